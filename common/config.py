@@ -1,0 +1,195 @@
+"""The run configuration: every `[tool.flwr.app.config]` key, parsed and validated in one place.
+
+Flower hands both apps a flat `run_config` mapping (pyproject defaults merged with `--run-config`
+overrides). `RunConfig.from_mapping` turns it into a typed, frozen object and rejects bad values
+with a message that names the key, the value and what is allowed, before any work starts. The
+defaults live only in `pyproject.toml` (`app_defaults()` reads them), so there is one source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
+from data.noise import NOISE_TYPES, parse_rate_range
+from data.partition import PARTITION_NAMES
+from models import MODEL_NAMES
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Strategies the ServerApp can build (strategies/registry.py maps each name to a Flower strategy).
+STRATEGY_NAMES = (
+    "fedavg",
+    "fedprox",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "multikrum",
+    "bulyan",
+)
+LOCAL_LOSSES = ("ce", "logit-adjusted")
+DEVICES = ("auto", "cpu", "cuda")
+DATASETS_WITHOUT_FILES = ("digits",)
+
+
+class ConfigError(ValueError):
+    """A run-config value that is not allowed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Typed view of the run config; field names are the keys with '-' replaced by '_'."""
+
+    strategy: str
+    dataset: str
+    data_dir: str
+    download: bool
+    cifar10n_labels: str
+    model: str
+    num_rounds: int
+    clients_per_round: int
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    local_loss: str
+    partition: str
+    dirichlet_alpha: float
+    dirichlet_min_size: int
+    shards_per_client: int
+    noise_type: str
+    noise_rate: str
+    noise_groups: str
+    seed: int
+    device: str
+    eval_batch_size: int
+    fraction_evaluate: float
+    proximal_mu: float
+    trimmed_beta: float
+    compromised_rate: float
+    out_dir: str
+    run_name: str
+
+    @classmethod
+    def from_mapping(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Parse and validate a Flower run config (raises ConfigError on the first bad value)."""
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            key = field.name.replace("_", "-")
+            if key not in run_config:
+                raise ConfigError(f"run config is missing key '{key}' (see pyproject.toml)")
+            values[field.name] = _coerce(key, run_config[key], field.type)
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The run config as Flower spells it (kebab-case keys)."""
+        return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def noise_range(self) -> tuple[float, float]:
+        return parse_rate_range(self.noise_rate)
+
+    def clients_sampled(self, num_clients: int) -> int:
+        """Clients per round: the configured number, or 10 % of the clients (at least 1) for 0,
+        as the paper samples (frac = 0.1)."""
+        wanted = self.clients_per_round or max(int(0.1 * num_clients), 1)
+        if wanted > num_clients:
+            raise ConfigError(
+                f"clients-per-round={wanted} is larger than the number of clients "
+                f"({num_clients}); use at most {num_clients}"
+            )
+        return wanted
+
+    def validate(self) -> None:
+        _choice("strategy", self.strategy, STRATEGY_NAMES)
+        _choice("dataset", self.dataset, DATASET_NAMES)
+        _choice("cifar10n-labels", self.cifar10n_labels, tuple(CIFAR10N_LABEL_KEYS))
+        _choice("model", self.model, MODEL_NAMES)
+        _choice("local-loss", self.local_loss, LOCAL_LOSSES)
+        _choice("partition", self.partition, PARTITION_NAMES)
+        _choice("noise-type", self.noise_type, NOISE_TYPES)
+        _choice("device", self.device, DEVICES)
+        for key, value in (
+            ("num-rounds", self.num_rounds),
+            ("local-epochs", self.local_epochs),
+            ("batch-size", self.batch_size),
+            ("eval-batch-size", self.eval_batch_size),
+            ("shards-per-client", self.shards_per_client),
+        ):
+            if value < 1:
+                raise ConfigError(f"{key}={value} is not allowed: it must be at least 1")
+        for key, value in (
+            ("clients-per-round", self.clients_per_round),
+            ("dirichlet-min-size", self.dirichlet_min_size),
+        ):
+            if value < 0:
+                raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")
+        for key, value in (
+            ("lr", self.lr),
+            ("weight-decay", self.weight_decay),
+            ("proximal-mu", self.proximal_mu),
+        ):
+            if value < 0:
+                raise ConfigError(f"{key}={value} is not allowed: it must be >= 0")
+        if self.dirichlet_alpha <= 0:
+            raise ConfigError(f"dirichlet-alpha={self.dirichlet_alpha} must be > 0")
+        for key, value in (
+            ("momentum", self.momentum),
+            ("fraction-evaluate", self.fraction_evaluate),
+            ("compromised-rate", self.compromised_rate),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key}={value} is outside [0, 1]")
+        if not 0.0 <= self.trimmed_beta < 0.5:
+            raise ConfigError(f"trimmed-beta={self.trimmed_beta} must be in [0, 0.5)")
+        try:
+            self.noise_range  # noqa: B018  (parsing is the check)
+        except ValueError as err:
+            raise ConfigError(f"noise-rate: {err}") from err
+        if self.noise_type == "human" and self.dataset not in ("cifar10n", "clothing1m"):
+            raise ConfigError(
+                f"noise-type='human' needs a dataset with human labels (cifar10n, clothing1m), "
+                f"not dataset='{self.dataset}'"
+            )
+        if self.dataset not in DATASETS_WITHOUT_FILES and not self.data_dir:
+            raise ConfigError(
+                f"dataset='{self.dataset}' reads files: set data-dir to the folder that holds "
+                "them (see docs/datasets.md)"
+            )
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
+
+
+def _coerce(key: str, value: Any, annotation: str) -> Any:
+    """Flower keeps TOML types; accept ints for floats, reject anything else with a clear error."""
+    kind = {"str": str, "int": int, "float": float, "bool": bool}[annotation]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"{key}={value!r} must be of type {annotation}")
+    return value
+
+
+def app_defaults(pyproject: Path = PROJECT_ROOT / "pyproject.toml") -> dict[str, Any]:
+    """The `[tool.flwr.app.config]` defaults, read from pyproject.toml (the single source)."""
+    with open(pyproject, "rb") as handle:
+        return dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
+
+
+def config_with(**overrides: Any) -> RunConfig:
+    """The default RunConfig with some keys changed (snake_case names); for tests and scripts."""
+    mapping = app_defaults()
+    for name, value in overrides.items():
+        mapping[name.replace("_", "-")] = value
+    return RunConfig.from_mapping(mapping)

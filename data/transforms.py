@@ -1,0 +1,149 @@
+"""Batched input pipelines: stored inputs (already on the target device) -> model inputs.
+
+Everything works on whole batches of tensors, with no per-sample PIL and no DataLoader, so that a
+client's local training can keep its data on the GPU. The image pipelines reproduce the authors'
+torchvision transforms (spec §6.1, §6.6):
+
+- CIFAR-10 / CIFAR-10-N train: RandomCrop(32, padding=4) (zero = black padding) ->
+  RandomHorizontalFlip(0.5) -> ToTensor -> Normalize(ImageNet mean/std); eval: ToTensor ->
+  Normalize. The random crop offsets and flip bits are drawn on the CPU from ``generator``, so a
+  given seed gives the same batch on any device.
+- digits: x / 16 (values 0..16), no augmentation.
+- Clothing1M: ToTensor -> Normalize(ImageNet), no augmentation (the 224x224 resize is done when
+  the files are decoded, see ``data.datasets.ImageFiles``).
+- AG News: token ids with the all-padding trailing columns removed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from data.datasets import DATASET_NAMES
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputPipeline:
+    """Turns a batch of stored inputs into model inputs; the identity by default."""
+
+    def train_batch(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Training-time transform (may be random; randomness drawn from ``generator``)."""
+        return x
+
+    def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic evaluation-time transform."""
+        return x
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Per-channel ``(x - mean) / std`` on ``[B, C, H, W]``, as torchvision's Normalize."""
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def draw_crop_flip(
+    batch_size: int,
+    padding: int = 4,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw per-sample crop offsets and flip bits on the CPU.
+
+    Returns ``(top, left, flip)``: int64 offsets in ``[0, 2 * padding]`` into the padded image
+    and a bool flip mask (probability 0.5), each of shape ``[batch_size]``.
+    """
+    top = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (batch_size,), generator=generator)
+    flip = torch.rand(batch_size, generator=generator) < 0.5
+    return top, left, flip
+
+
+def crop_flip(
+    x: torch.Tensor,
+    top: torch.Tensor,
+    left: torch.Tensor,
+    flip: torch.Tensor,
+    padding: int = 4,
+) -> torch.Tensor:
+    """Zero-pad ``x`` [B, C, H, W] by ``padding``, crop H x W at (top, left), then flip.
+
+    Equivalent to torchvision's RandomCrop(H, padding) followed by RandomHorizontalFlip, for
+    the given offsets, done for the whole batch with one gather (no loop over samples). Apply it
+    to the raw pixels (before normalisation) so that the padding is black.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))
+    device = x.device
+    top, left, flip = top.to(device), left.to(device), flip.to(device)
+    ar_h = torch.arange(h, device=device)
+    ar_w = torch.arange(w, device=device)
+    rows = top[:, None] + ar_h[None, :]  # [B, H]
+    cols = torch.where(flip[:, None], left[:, None] + (w - 1 - ar_w)[None, :], left[:, None] + ar_w)
+    bi = torch.arange(b, device=device)[:, None, None, None]
+    ci = torch.arange(c, device=device)[None, :, None, None]
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class ImagePipeline(InputPipeline):
+    """uint8 images -> float ``x / scale`` -> optional normalisation; optional crop+flip."""
+
+    def __init__(self, scale: float, mean=None, std=None, crop_padding: int | None = None):
+        self.scale = float(scale)
+        self.mean = mean
+        self.std = std
+        self.crop_padding = crop_padding
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div(self.scale)
+        if self.mean is not None:
+            x = normalize(x, self.mean, self.std)
+        return x
+
+    def train_batch(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        if self.crop_padding is not None:
+            top, left, flip = draw_crop_flip(x.shape[0], self.crop_padding, generator)
+            x = crop_flip(x, top, left, flip, self.crop_padding)
+        return self._to_float(x)
+
+    def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return self._to_float(x)
+
+
+class TokenPipeline(InputPipeline):
+    """int64 token ids; trailing columns that are padding in every row are removed."""
+
+    def __init__(self, pad_index: int = 1):
+        self.pad_index = int(pad_index)
+
+    def _trim(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.long()
+        used = (x != self.pad_index).any(dim=0).nonzero()
+        length = int(used.max()) + 1 if used.numel() else 1
+        return x[:, :length]
+
+    def train_batch(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        return self._trim(x)
+
+    def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return self._trim(x)
+
+
+def pipeline_for(dataset_name: str) -> InputPipeline:
+    """The input pipeline of a dataset (see the module docstring)."""
+    if dataset_name in ("cifar10", "cifar10n"):
+        return ImagePipeline(255.0, IMAGENET_MEAN, IMAGENET_STD, crop_padding=4)
+    if dataset_name == "digits":
+        return ImagePipeline(16.0)
+    if dataset_name == "clothing1m":
+        return ImagePipeline(255.0, IMAGENET_MEAN, IMAGENET_STD)
+    if dataset_name == "agnews":
+        return TokenPipeline(pad_index=1)
+    raise ValueError(f"unknown dataset {dataset_name!r}; allowed: {', '.join(DATASET_NAMES)}")

@@ -1,0 +1,79 @@
+"""From the `strategy` run-config key to a configured Flower strategy.
+
+The baselines are Flower's own classes with seeded partition-id sampling mixed in
+(strategies.sampling), so all of them see the same clients in the same rounds for one seed.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    Strategy,
+)
+
+from common.config import STRATEGY_NAMES, ConfigError, RunConfig
+from strategies.sampling import ClientRoster, SeededSampling
+
+_FLOWER_CLASSES = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+}
+assert tuple(_FLOWER_CLASSES) == STRATEGY_NAMES, "registry and config disagree on the names"
+
+_SEEDED_CLASSES = {
+    name: type(f"Seeded{cls.__name__}", (SeededSampling, cls), {})
+    for name, cls in _FLOWER_CLASSES.items()
+}
+
+
+def malicious_clients(config: RunConfig, clients_per_round: int) -> int:
+    """f for the Byzantine-robust rules: int(m * compromised-rate), as FNBench sets it."""
+    return int(clients_per_round * config.compromised_rate)
+
+
+def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
+    """Reject settings a strategy cannot run with, before any training (ConfigError)."""
+    sampled = config.clients_sampled(num_clients)
+    f = malicious_clients(config, sampled)
+    if config.strategy == "bulyan" and sampled < 4 * f + 3:
+        raise ConfigError(
+            f"bulyan needs clients-per-round >= 4*f + 3 with f = int(clients-per-round * "
+            f"compromised-rate) = {f}; got {sampled} clients per round. Lower compromised-rate "
+            f"to at most {max((sampled - 3) // 4, 0) / sampled:.3f} or sample more clients"
+        )
+    if config.strategy in ("krum", "multikrum") and sampled < 2 * f + 3:
+        raise ConfigError(
+            f"{config.strategy} needs clients-per-round >= 2*f + 3 with f = {f}; got {sampled}"
+        )
+
+
+def build_strategy(config: RunConfig, roster: ClientRoster) -> Strategy:
+    """The strategy named by `config.strategy`, sampling over `roster`'s partitions."""
+    check_strategy_settings(config, roster.num_clients)
+    sampled = config.clients_sampled(roster.num_clients)
+    f = malicious_clients(config, sampled)
+    extra = {
+        "fedprox": {"proximal_mu": config.proximal_mu},
+        "fedtrimmedavg": {"beta": config.trimmed_beta},
+        "krum": {"num_malicious_nodes": f},
+        "multikrum": {"num_malicious_nodes": f, "num_nodes_to_select": sampled - f},
+        "bulyan": {"num_malicious_nodes": f},
+    }.get(config.strategy, {})
+    return _SEEDED_CLASSES[config.strategy](
+        roster=roster,
+        seed=config.seed,
+        clients_per_round=sampled,
+        evaluate_clients=round(config.fraction_evaluate * roster.num_clients),
+        **extra,
+    )

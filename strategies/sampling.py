@@ -1,0 +1,205 @@
+"""Seeded client sampling over partition ids, for every strategy.
+
+Flower's built-in sampling is an unseeded `random.sample` over node ids, and node ids are random
+per run, so two strategies with the same seed would train different clients. Here the sampled
+*partition ids* of round r are a function of (seed, r) alone, and the roster (learned from the
+clients) turns them into node ids. Every strategy with the same seed therefore trains the same
+clients in the same rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+
+from common import seeding
+
+
+def sample_partitions(
+    seed: int,
+    server_round: int,
+    num_clients: int,
+    count: int,
+    purpose: int = seeding.CLIENT_SAMPLING,
+) -> list[int]:
+    """`count` distinct partition ids for `server_round`, uniform without replacement, sorted."""
+    if count <= 0:
+        return []
+    rng = seeding.numpy_rng(seed, purpose, server_round)
+    return sorted(int(p) for p in rng.choice(num_clients, size=count, replace=False))
+
+
+@dataclass(frozen=True)
+class ClientRoster:
+    """Which Flower node holds which partition (learned by asking the clients)."""
+
+    node_of_partition: dict[int, int]
+    examples_of_partition: dict[int, int]
+    true_noise_rates: dict[int, float]  # simulation diagnostic, never used by an algorithm
+    partition_of_node: dict[int, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        inverse = {node: part for part, node in self.node_of_partition.items()}
+        object.__setattr__(self, "partition_of_node", inverse)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.node_of_partition)
+
+    def partition_of(self, node_id: int) -> int:
+        return self.partition_of_node[node_id]
+
+    def node_ids(self, partitions: Iterable[int]) -> list[int]:
+        return [self.node_of_partition[p] for p in partitions]
+
+
+def roster_from_whoami(answers: dict[int, dict[str, float]]) -> ClientRoster:
+    """Build the roster from the clients' `whoami` answers (node id -> metrics).
+
+    Raises ValueError when the clients are inconsistent: they disagree on the number of
+    partitions, two nodes claim one partition, or some partitions never answered.
+    """
+    if not answers:
+        raise ValueError("no client answered: is any SuperNode connected?")
+    counts = sorted({int(a["num-partitions"]) for a in answers.values()})
+    if len(counts) > 1:
+        raise ValueError(f"inconsistent clients: they report num-partitions {counts}")
+    expected = counts[0]
+    node_of_partition: dict[int, int] = {}
+    for node, answer in sorted(answers.items()):
+        partition = int(answer["partition-id"])
+        if partition in node_of_partition:
+            raise ValueError(
+                f"inconsistent clients: nodes {node_of_partition[partition]} and {node} "
+                f"both hold partition-id {partition}"
+            )
+        if not 0 <= partition < expected:
+            raise ValueError(
+                f"inconsistent clients: node {node} has partition-id {partition}, "
+                f"outside 0..{expected - 1}"
+            )
+        node_of_partition[partition] = node
+    missing = sorted(set(range(expected)) - set(node_of_partition))
+    if missing:
+        raise ValueError(
+            f"only {len(node_of_partition)} of {expected} clients answered; "
+            f"missing partition-ids {missing[:20]}"
+        )
+    by_partition = {int(a["partition-id"]): a for a in answers.values()}
+    return ClientRoster(
+        node_of_partition=dict(sorted(node_of_partition.items())),
+        examples_of_partition={p: int(a["num-examples"]) for p, a in sorted(by_partition.items())},
+        true_noise_rates={p: float(a["true-noise-rate"]) for p, a in sorted(by_partition.items())},
+    )
+
+
+class SampledGrid:
+    """A view of a Grid that shows only this round's sampled nodes to the parent strategy."""
+
+    def __init__(self, grid, node_ids: list[int]) -> None:
+        self._grid = grid
+        self._node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._node_ids)
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+
+class SeededSampling:
+    """Mixin placed before a Flower strategy class (e.g. `class X(SeededSampling, FedAvg)`).
+
+    The parent is built with fraction 1.0 and minimum 1 node, so it takes exactly the nodes that
+    this mixin shows it. Replies are sorted by partition id before aggregation, so the sums run
+    in the same order every time (bit-reproducible aggregation).
+    """
+
+    def __init__(
+        self,
+        *,
+        roster: ClientRoster,
+        seed: int,
+        clients_per_round: int,
+        evaluate_clients: int,
+        **flower_kwargs,
+    ) -> None:
+        flower_kwargs.update(
+            fraction_train=1.0,
+            fraction_evaluate=1.0,
+            min_train_nodes=1,
+            min_evaluate_nodes=1,
+            min_available_nodes=1,
+        )
+        super().__init__(**flower_kwargs)
+        self.roster = roster
+        self.seed = seed
+        self.clients_per_round = clients_per_round
+        self.evaluate_clients = evaluate_clients
+        self.last_train_metrics: MetricRecord | None = None
+        self.last_evaluate_metrics: MetricRecord | None = None
+        self.last_sampled: list[int] = []
+
+    def sampled_partitions(self, server_round: int) -> list[int]:
+        return sample_partitions(
+            self.seed, server_round, self.roster.num_clients, self.clients_per_round
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
+    ) -> Iterable[Message]:
+        self.last_sampled = self.sampled_partitions(server_round)
+        view = SampledGrid(grid, self.roster.node_ids(self.last_sampled))
+        return super().configure_train(server_round, arrays, config, view)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
+    ) -> Iterable[Message]:
+        # Its own stream, so that evaluation does not mirror the training sample.
+        partitions = sample_partitions(
+            self.seed,
+            server_round,
+            self.roster.num_clients,
+            self.evaluate_clients,
+            purpose=seeding.EVALUATE_SAMPLING,
+        )
+        if not partitions:
+            return []
+        view = SampledGrid(grid, self.roster.node_ids(partitions))
+        return super().configure_evaluate(server_round, arrays, config, view)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        ordered = _ordered_without_errors(replies, self.roster, f"round {server_round} training")
+        arrays, metrics = super().aggregate_train(server_round, ordered)
+        self.last_train_metrics = metrics
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        ordered = _ordered_without_errors(
+            replies, self.roster, f"round {server_round} evaluation", allow_none=True
+        )
+        metrics = super().aggregate_evaluate(server_round, ordered)
+        self.last_evaluate_metrics = metrics
+        return metrics
+
+
+def _ordered_without_errors(
+    replies: Iterable[Message], roster: ClientRoster, what: str, allow_none: bool = False
+) -> list[Message]:
+    """Replies sorted by partition id; a client that raised fails the run, loudly.
+
+    (A client that does not answer in time sends no reply at all and is simply left out.)
+    """
+    replies = list(replies)
+    failed = [m for m in replies if m.has_error()]
+    if failed:
+        reasons = "; ".join(
+            f"partition {roster.partition_of(m.metadata.src_node_id)}: {m.error.reason}"
+            for m in failed[:3]
+        )
+        raise RuntimeError(f"{len(failed)} client(s) failed in {what}: {reasons}")
+    if not replies and not allow_none:
+        raise RuntimeError(f"no client replied in {what}")
+    return sorted(replies, key=lambda m: roster.partition_of(m.metadata.src_node_id))

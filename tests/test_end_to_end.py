@@ -1,0 +1,104 @@
+"""The app as a user runs it: `python simulation.py ...` through Flower's simulation runtime.
+
+Each run gets its own FLWR_HOME (a temp dir) and its own SuperLink port, and must leave no
+process behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulation import processes_with_environment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run simulation.py with its own FLWR_HOME; check that it left no process behind."""
+    home = tmp_path / "flwr"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "simulation.py"), "--flwr-home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=tmp_path,
+    )
+    assert processes_with_environment("FLWR_HOME", str(home)) == set()
+    return done
+
+
+def test_demo_run_completes_and_writes_results(tmp_path):
+    out = tmp_path / "results"
+    done = launch(
+        tmp_path,
+        "--num-clients",
+        "4",
+        "--quiet",
+        "--run-config",
+        f"num-rounds=2 clients-per-round=2 fraction-evaluate=0.5 out-dir='{out}' run-name='e2e'",
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = out / "e2e"
+    assert f"Results: {run_dir}" in done.stdout
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run_config"]["num-rounds"] == 2
+    assert config["num_clients"] == 4
+    assert config["versions"]["flwr"] == "1.41.0"
+    assert len(config["client_true_noise_rates"]) == 4
+
+    with open(run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert all(0.0 <= float(r["test_accuracy"]) <= 1.0 for r in rows)
+    assert all(int(r["clients"]) == 2 for r in rows[1:])
+    assert float(rows[-1]["train_loss"]) > 0
+    # Two rounds of SGD on digits must beat chance (10 classes) clearly.
+    assert float(rows[-1]["test_accuracy"]) > 0.3
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["rounds_completed"] == 2
+    assert summary["last10_mean_accuracy"] == pytest.approx(
+        100 * (float(rows[1]["test_accuracy"]) + float(rows[2]["test_accuracy"])) / 2, abs=1e-3
+    )
+    assert (run_dir / "accuracy.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("strategy='fedsgd'", "strategy='fedsgd' is not known; allowed: fedavg"),
+        ("noise-rate='0.0,1.5'", "1.5"),
+        ("dataset='cifar10' data-dir='/nonexistent/cifar'", "/nonexistent/cifar"),
+        ("no-such-key=1", "unknown run-config key(s) no-such-key"),
+    ],
+)
+def test_bad_values_fail_fast_with_a_clear_message(tmp_path, override, message):
+    done = launch(tmp_path, "--run-config", override, timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "flwr" / "logs").exists()  # nothing was started
+
+
+def test_a_run_that_fails_inside_flower_exits_nonzero_and_cleans_up(tmp_path):
+    # 3 clients cannot fill a Dirichlet partition with 1000 samples each: the apps fail after
+    # the SuperLink started, and `flwr run` itself would exit 0.
+    done = launch(
+        tmp_path,
+        "--num-clients",
+        "3",
+        "--quiet",
+        "--run-config",
+        "num-rounds=1 clients-per-round=2 dirichlet-min-size=1000 run-name='bad' "
+        f"out-dir='{tmp_path / 'out'}'",
+    )
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "the run did not complete" in done.stderr
+    assert "finished:failed" in done.stderr
