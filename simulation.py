@@ -78,11 +78,13 @@ def preflight(mapping: dict[str, Any], num_clients: int) -> None:
     """The checks that need no training: data files present, strategy settings possible."""
     from common.config import RunConfig
     from data.datasets import check_data_files
+    from data.noise import client_noise_plan
     from strategies.registry import check_strategy_settings
 
     config = RunConfig.from_mapping(mapping)
     check_data_files(config.dataset, config.data_dir or None, download=config.download)
     check_strategy_settings(config, num_clients)
+    client_noise_plan(config.noise_type, config.noise_range, num_clients, config.noise_groups)
 
 
 def free_port() -> int:

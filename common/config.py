@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
-from data.noise import NOISE_TYPES, parse_rate_range
+from data.noise import NOISE_TYPES, parse_noise_groups, parse_rate_range
 from data.partition import PARTITION_NAMES
 from models import MODEL_NAMES
 
@@ -150,10 +150,16 @@ class RunConfig:
                 raise ConfigError(f"{key}={value} is outside [0, 1]")
         if not 0.0 <= self.trimmed_beta < 0.5:
             raise ConfigError(f"trimmed-beta={self.trimmed_beta} must be in [0, 0.5)")
+        if self.seed < 0:
+            raise ConfigError(f"seed={self.seed} is not allowed: it must be 0 or more")
         try:
             self.noise_range  # noqa: B018  (parsing is the check)
         except ValueError as err:
             raise ConfigError(f"noise-rate: {err}") from err
+        try:
+            parse_noise_groups(self.noise_groups, None, self.noise_range)
+        except ValueError as err:
+            raise ConfigError(f"noise-groups='{self.noise_groups}': {err}") from err
         if self.noise_type == "human" and self.dataset not in ("cifar10n", "clothing1m"):
             raise ConfigError(
                 f"noise-type='human' needs a dataset with human labels (cifar10n, clothing1m), "

@@ -57,7 +57,7 @@ class NoiseGroup:
 
 
 def parse_noise_groups(
-    spec: str, num_clients: int, default_range: tuple[float, float]
+    spec: str, num_clients: int | None, default_range: tuple[float, float]
 ) -> list[NoiseGroup]:
     """Parse ``"kind:count[:lo,hi];kind:count[:lo,hi];..."`` into groups, in client-index order.
 
@@ -67,8 +67,13 @@ def parse_noise_groups(
 
     An empty ``spec`` gives the authors' mixed setting: ``symmetric`` for the first
     ``ceil(num_clients / 2)`` clients, then ``pairflip`` for the rest, both over ``default_range``.
+
+    ``num_clients=None`` checks the spec's syntax, kinds and ranges only (the run config is
+    checked before the number of clients is known); an empty spec then gives no groups.
     """
-    if num_clients < 1:
+    if num_clients is None and (not spec or not spec.strip()):
+        return []
+    if num_clients is not None and num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     lo, hi = default_range
     if not spec or not spec.strip():
@@ -104,7 +109,7 @@ def parse_noise_groups(
         g_lo, g_hi = parse_rate_range(fields[2]) if len(fields) == 3 else (lo, hi)
         groups.append(NoiseGroup(kind, count, g_lo, g_hi))
     total = sum(g.num_clients for g in groups)
-    if total != num_clients:
+    if num_clients is not None and total != num_clients:
         raise ValueError(
             f"noise groups {spec!r} cover {total} clients, but there are {num_clients} clients"
         )

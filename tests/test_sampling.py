@@ -1,0 +1,414 @@
+"""Tests for strategies/sampling.py and strategies/registry.py (no Flower runtime, no Ray)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.error import Error
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+)
+from flwr.supercore.task_identity import TaskIdentity
+
+from common import seeding
+from common.config import STRATEGY_NAMES, ConfigError, config_with
+from strategies.registry import build_strategy, check_strategy_settings
+from strategies.sampling import (
+    SeededSampling,
+    _ordered_without_errors,
+    roster_from_whoami,
+    sample_partitions,
+)
+
+NUM_CLIENTS = 20
+FLOWER_CLASS = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+    "multikrum": MultiKrum,
+    "bulyan": Bulyan,
+}
+
+
+def node_of(partition: int) -> int:
+    """Node ids that sort in the opposite order to the partition ids."""
+    return 9000 - 13 * partition
+
+
+def whoami(num_clients: int = NUM_CLIENTS) -> dict[int, dict[str, float]]:
+    return {
+        node_of(p): {
+            "partition-id": p,
+            "num-partitions": num_clients,
+            "num-examples": 30 + p,
+            "true-noise-rate": p / 100,
+        }
+        for p in range(num_clients)
+    }
+
+
+ROSTER = roster_from_whoami(whoami())
+
+
+class FakeGrid:
+    """What the strategies need of a Grid: the connected node ids."""
+
+    def __init__(self, node_ids):
+        self.node_ids = list(node_ids)
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+
+@pytest.fixture
+def flower_task(monkeypatch):
+    """Messages read the run id of the running task; pretend to be a ServerApp task."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+# --- sample_partitions -------------------------------------------------------------------------
+
+
+def test_sample_partitions_is_a_function_of_seed_and_round():
+    assert sample_partitions(1, 3, 100, 10) == sample_partitions(1, 3, 100, 10)
+    rounds = {tuple(sample_partitions(1, r, 100, 10)) for r in range(1, 21)}
+    assert len(rounds) == 20
+    assert sample_partitions(1, 3, 100, 10) != sample_partitions(2, 3, 100, 10)
+
+
+@pytest.mark.parametrize(("num_clients", "count"), [(100, 10), (10, 5), (7, 7), (3, 1)])
+def test_sample_partitions_gives_distinct_sorted_ids_in_range(num_clients, count):
+    for server_round in range(1, 6):
+        ids = sample_partitions(4, server_round, num_clients, count)
+        assert len(ids) == count
+        assert ids == sorted(set(ids))
+        assert all(isinstance(i, int) and 0 <= i < num_clients for i in ids)
+
+
+def test_sample_partitions_all_clients_when_count_is_all():
+    assert sample_partitions(1, 1, 6, 6) == list(range(6))
+
+
+def test_sample_partitions_zero_count_is_empty():
+    assert sample_partitions(1, 1, 10, 0) == []
+
+
+def test_sample_partitions_is_uniform_over_rounds():
+    rounds, num_clients, count = 2000, 10, 3
+    hits = np.zeros(num_clients)
+    for server_round in range(1, rounds + 1):
+        hits[sample_partitions(0, server_round, num_clients, count)] += 1
+    expected = rounds * count / num_clients  # 600; sd ~ 20
+    assert np.all(np.abs(hits - expected) < 0.15 * expected), hits
+
+
+def test_evaluation_sampling_is_its_own_stream():
+    train = [sample_partitions(1, r, 100, 10) for r in range(1, 6)]
+    evaluate = [
+        sample_partitions(1, r, 100, 10, purpose=seeding.EVALUATE_SAMPLING) for r in range(1, 6)
+    ]
+    assert train != evaluate
+
+
+# --- roster ------------------------------------------------------------------------------------
+
+
+def test_roster_maps_nodes_and_partitions():
+    roster = roster_from_whoami(whoami(5))
+    assert roster.num_clients == 5
+    assert roster.node_of_partition == {p: node_of(p) for p in range(5)}
+    for p in range(5):
+        assert roster.partition_of(node_of(p)) == p
+    assert roster.node_ids([3, 0]) == [node_of(3), node_of(0)]
+    assert roster.examples_of_partition == {p: 30 + p for p in range(5)}
+    assert roster.true_noise_rates == {p: p / 100 for p in range(5)}
+
+
+def test_roster_rejects_disagreeing_num_partitions():
+    answers = whoami(4)
+    answers[node_of(2)]["num-partitions"] = 5
+    with pytest.raises(ValueError, match="inconsistent clients") as info:
+        roster_from_whoami(answers)
+    assert "4" in str(info.value) and "5" in str(info.value)
+
+
+def test_roster_rejects_duplicate_partition_ids():
+    answers = whoami(4)
+    answers[node_of(3)]["partition-id"] = 1
+    with pytest.raises(ValueError, match="inconsistent clients") as info:
+        roster_from_whoami(answers)
+    message = str(info.value)
+    assert str(node_of(1)) in message and str(node_of(3)) in message
+    assert "partition-id 1" in message
+
+
+def test_roster_rejects_out_of_range_partition_ids():
+    answers = whoami(4)
+    answers[node_of(3)]["partition-id"] = 7
+    with pytest.raises(ValueError, match="inconsistent clients") as info:
+        roster_from_whoami(answers)
+    assert "partition-id 7" in str(info.value)
+
+
+def test_roster_names_the_missing_partitions():
+    answers = whoami(6)
+    del answers[node_of(1)]
+    del answers[node_of(4)]
+    with pytest.raises(ValueError) as info:
+        roster_from_whoami(answers)
+    message = str(info.value)
+    assert "4 of 6" in message
+    assert "[1, 4]" in message
+
+
+def test_roster_rejects_no_answers():
+    with pytest.raises(ValueError, match="no client answered"):
+        roster_from_whoami({})
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_build_strategy_gives_the_matching_flower_class(name):
+    config = config_with(strategy=name, clients_per_round=10, compromised_rate=0.1)
+    strategy = build_strategy(config, ROSTER)
+    assert isinstance(strategy, FLOWER_CLASS[name])
+    assert isinstance(strategy, SeededSampling)
+    # the class mixed in is exactly the named one (Krum is a MultiKrum subclass, not the reverse)
+    assert type(strategy).__mro__[2] is FLOWER_CLASS[name]
+    assert strategy.clients_per_round == config.clients_sampled(NUM_CLIENTS) == 10
+    assert strategy.seed == config.seed
+    assert strategy.roster is ROSTER
+
+
+def test_build_strategy_passes_the_strategy_settings():
+    prox = build_strategy(config_with(strategy="fedprox", proximal_mu=0.37), ROSTER)
+    assert prox.proximal_mu == 0.37
+    trimmed = build_strategy(config_with(strategy="fedtrimmedavg", trimmed_beta=0.3), ROSTER)
+    assert trimmed.beta == 0.3
+    # f = int(clients-per-round * compromised-rate) = int(12 * 0.2) = 2
+    for name in ("krum", "multikrum", "bulyan"):
+        robust = build_strategy(
+            config_with(strategy=name, clients_per_round=12, compromised_rate=0.2), ROSTER
+        )
+        assert robust.num_malicious_nodes == 2
+    multikrum = build_strategy(
+        config_with(strategy="multikrum", clients_per_round=12, compromised_rate=0.2), ROSTER
+    )
+    assert multikrum.num_nodes_to_select == 10
+
+
+def test_build_strategy_ten_percent_when_clients_per_round_is_zero():
+    strategy = build_strategy(config_with(clients_per_round=0), ROSTER)
+    assert strategy.clients_per_round == 2
+
+
+def test_build_strategy_evaluate_clients_from_fraction():
+    assert build_strategy(config_with(fraction_evaluate=0.25), ROSTER).evaluate_clients == 5
+    assert build_strategy(config_with(fraction_evaluate=0.0), ROSTER).evaluate_clients == 0
+
+
+def test_bulyan_needs_enough_clients():
+    config = config_with(strategy="bulyan", clients_per_round=10, compromised_rate=0.2)
+    with pytest.raises(ConfigError) as info:
+        check_strategy_settings(config, NUM_CLIENTS)
+    message = str(info.value)
+    assert "bulyan" in message
+    assert "4*f + 3" in message
+    assert "= 2" in message  # f
+    assert "got 10" in message
+    with pytest.raises(ConfigError):
+        build_strategy(config, ROSTER)
+
+
+def test_bulyan_accepts_exactly_4f_plus_3():
+    config = config_with(strategy="bulyan", clients_per_round=11, compromised_rate=0.2)
+    check_strategy_settings(config, NUM_CLIENTS)  # f = 2, 11 = 4*2 + 3
+
+
+def test_krum_needs_enough_clients():
+    config = config_with(strategy="krum", clients_per_round=4, compromised_rate=0.5)
+    with pytest.raises(ConfigError, match="krum needs clients-per-round >= 2\\*f \\+ 3"):
+        check_strategy_settings(config, NUM_CLIENTS)
+
+
+def test_too_many_clients_per_round_for_the_roster():
+    with pytest.raises(ConfigError, match="clients-per-round=30"):
+        build_strategy(config_with(clients_per_round=30), ROSTER)
+
+
+# --- seeded configure_train --------------------------------------------------------------------
+
+
+def train_messages(name: str, server_round: int = 1, **config):
+    strategy = build_strategy(config_with(strategy=name, **config), ROSTER)
+    grid = FakeGrid(ROSTER.node_of_partition.values())
+    return strategy, list(
+        strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid)
+    )
+
+
+@pytest.mark.usefixtures("flower_task")
+@pytest.mark.parametrize("server_round", [1, 2, 7])
+def test_configure_train_sends_to_the_seeded_sample(server_round):
+    config = config_with()
+    m = config.clients_sampled(NUM_CLIENTS)
+    expected = set(ROSTER.node_ids(sample_partitions(config.seed, server_round, NUM_CLIENTS, m)))
+    _, avg = train_messages("fedavg", server_round)
+    _, median = train_messages("fedmedian", server_round)
+    assert len(avg) == m
+    assert {msg.metadata.dst_node_id for msg in avg} == expected
+    assert {msg.metadata.dst_node_id for msg in median} == expected
+    for msg in avg + median:
+        assert msg.metadata.message_type == "train"
+        assert msg.content["config"]["server-round"] == server_round
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_configure_train_sample_changes_with_seed_and_round():
+    _, first = train_messages("fedavg", 1, seed=1)
+    _, second = train_messages("fedavg", 2, seed=1)
+    _, other_seed = train_messages("fedavg", 1, seed=2)
+    nodes = [{msg.metadata.dst_node_id for msg in msgs} for msgs in (first, second, other_seed)]
+    assert nodes[0] != nodes[1]
+    assert nodes[0] != nodes[2]
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_configure_train_records_the_sampled_partitions():
+    strategy, messages = train_messages("fedavg", 4)
+    assert strategy.last_sampled == sample_partitions(1, 4, NUM_CLIENTS, 5)
+    assert sorted(ROSTER.partition_of(m.metadata.dst_node_id) for m in messages) == (
+        strategy.last_sampled
+    )
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_fedprox_sends_proximal_mu():
+    _, messages = train_messages("fedprox", 1, proximal_mu=0.25)
+    assert all(m.content["config"]["proximal-mu"] == 0.25 for m in messages)
+    _, plain = train_messages("fedavg", 1)
+    assert all("proximal-mu" not in m.content["config"] for m in plain)
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_configure_evaluate_uses_its_own_seeded_sample():
+    config = config_with(fraction_evaluate=0.25)
+    strategy = build_strategy(config, ROSTER)
+    grid = FakeGrid(ROSTER.node_of_partition.values())
+    messages = list(strategy.configure_evaluate(3, ArrayRecord(), ConfigRecord(), grid))
+    expected = sample_partitions(config.seed, 3, NUM_CLIENTS, 5, purpose=seeding.EVALUATE_SAMPLING)
+    assert {m.metadata.dst_node_id for m in messages} == set(ROSTER.node_ids(expected))
+    assert all(m.metadata.message_type == "evaluate" for m in messages)
+    none = build_strategy(config_with(fraction_evaluate=0.0), ROSTER)
+    assert list(none.configure_evaluate(3, ArrayRecord(), ConfigRecord(), grid)) == []
+
+
+# --- aggregation -------------------------------------------------------------------------------
+
+
+def train_replies(messages, seed: int = 0):
+    """One successful reply per instruction, with weights whose float32 sum depends on order."""
+    rng = np.random.default_rng(seed)
+    replies = []
+    for msg in messages:
+        partition = ROSTER.partition_of(msg.metadata.dst_node_id)
+        values = rng.standard_normal(500) * 10.0 ** rng.integers(-6, 7, 500)
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord([values.astype(np.float32)]),
+                "metrics": MetricRecord(
+                    {"num-examples": 30 + partition, "train-loss": 0.1 * partition}
+                ),
+            }
+        )
+        replies.append(Message(content, reply_to=msg))
+    return replies
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_aggregate_train_is_independent_of_reply_order():
+    strategy, messages = train_messages("fedavg", 1, clients_per_round=8)
+    replies = train_replies(messages)
+    first, metrics = strategy.aggregate_train(1, replies)
+    second, _ = strategy.aggregate_train(1, list(reversed(replies)))
+    third, last_metrics = strategy.aggregate_train(1, replies[3:] + replies[:3])
+    a = first.to_numpy_ndarrays()[0]
+    assert np.array_equal(a, second.to_numpy_ndarrays()[0])
+    assert np.array_equal(a, third.to_numpy_ndarrays()[0])
+    assert metrics["train-loss"] == last_metrics["train-loss"]
+    assert strategy.last_train_metrics is last_metrics
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_aggregate_train_is_the_weighted_mean():
+    strategy, messages = train_messages("fedavg", 1)
+    replies = train_replies(messages)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    weights, values = [], []
+    for reply in replies:
+        weights.append(reply.content["metrics"]["num-examples"])
+        values.append(reply.content["arrays"].to_numpy_ndarrays()[0].astype(np.float64))
+    expected = np.average(np.stack(values), axis=0, weights=weights)
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_aggregate_train_fails_loudly_on_a_client_error():
+    strategy, messages = train_messages("fedavg", 1)
+    replies = train_replies(messages)
+    failing = messages[2]
+    replies[2] = Message(Error(code=0, reason="CUDA out of memory"), reply_to=failing)
+    partition = ROSTER.partition_of(failing.metadata.dst_node_id)
+    with pytest.raises(RuntimeError) as info:
+        strategy.aggregate_train(1, replies)
+    message = str(info.value)
+    assert f"partition {partition}: CUDA out of memory" in message
+    assert "round 1 training" in message
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_aggregate_train_fails_without_replies():
+    strategy, _ = train_messages("fedavg", 1)
+    with pytest.raises(RuntimeError, match="no client replied in round 1 training"):
+        strategy.aggregate_train(1, [])
+
+
+class StubMessage:
+    def __init__(self, node: int, reason: str | None = None):
+        self.metadata = type("Metadata", (), {"src_node_id": node})()
+        self.error = type("Error", (), {"reason": reason})()
+        self._failed = reason is not None
+
+    def has_error(self) -> bool:
+        return self._failed
+
+
+def test_ordered_without_errors_sorts_by_partition_id():
+    replies = [StubMessage(node_of(p)) for p in (4, 0, 9, 2)]
+    ordered = _ordered_without_errors(replies, ROSTER, "test")
+    assert [ROSTER.partition_of(m.metadata.src_node_id) for m in ordered] == [0, 2, 4, 9]
+
+
+def test_ordered_without_errors_allows_none_for_evaluation():
+    assert _ordered_without_errors([], ROSTER, "evaluation", allow_none=True) == []
+    with pytest.raises(RuntimeError, match="no client replied"):
+        _ordered_without_errors([], ROSTER, "training")
+
+
+def test_ordered_without_errors_names_failed_partitions():
+    replies = [StubMessage(node_of(1)), StubMessage(node_of(6), "disk full")]
+    with pytest.raises(RuntimeError, match="1 client\\(s\\) failed in x: partition 6: disk full"):
+        _ordered_without_errors(replies, ROSTER, "x")
