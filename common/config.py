@@ -160,10 +160,12 @@ class RunConfig:
             parse_noise_groups(self.noise_groups, None, self.noise_range)
         except ValueError as err:
             raise ConfigError(f"noise-groups='{self.noise_groups}': {err}") from err
-        if self.noise_type == "human" and self.dataset not in ("cifar10n", "clothing1m"):
+        human = ("cifar10n", "clothing1m")
+        if (self.noise_type == "human") != (self.dataset in human):
             raise ConfigError(
-                f"noise-type='human' needs a dataset with human labels (cifar10n, clothing1m), "
-                f"not dataset='{self.dataset}'"
+                "noise-type='human' goes with the datasets whose labels are human-noisy "
+                f"({', '.join(human)}), and only with them; got noise-type='{self.noise_type}' "
+                f"with dataset='{self.dataset}'"
             )
         if self.dataset not in DATASETS_WITHOUT_FILES and not self.data_dir:
             raise ConfigError(

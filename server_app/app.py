@@ -112,6 +112,8 @@ def main(grid: Grid, context: Context) -> None:
                 "test_macro_f1": result.macro_f1,
                 "train_loss": float(train["train-loss"]) if train else None,
                 "clients": len(strategy.last_sampled) if server_round > 0 else 0,
+                # mean over the round's clients (Flower averages metrics by num-examples)
+                "client_train_seconds": float(train["train-seconds"]) if train else None,
             }
         )
         return MetricRecord(result.as_metrics("test-"))

@@ -29,6 +29,7 @@ METRIC_COLUMNS = (
     "test_macro_f1",
     "train_loss",
     "clients",
+    "client_train_seconds",
     "round_seconds",
     "elapsed_seconds",
 )
