@@ -1,8 +1,12 @@
 """The ClientApp: thin Flower glue around client_app.training.
 
 Messages it answers:
-- `train`: E local epochs (CE or logit-adjusted CE, plus FedProx's term when the server sends
-  `proximal-mu`); replies with the weights, `num-examples`, `train-loss`, `partition-id`.
+- `train`: E local epochs (CE or logit-adjusted CE as the server's `local-loss` says, plus
+  FedProx's term when it sends `proximal-mu`); replies with the weights, `num-examples`,
+  `train-loss`, `train-seconds`, `partition-id`.
+- `train.masked`: MaskedOptim's noisy-client training (client_app.masked) with per-sample label
+  logits kept in `context.state` across rounds; the same reply, plus label diagnostics.
+- `query.class_loss`: the per-class mean loss of the received model, for noisy-client detection.
 - `evaluate`: the received model on the client's local data (observed and clean labels).
 - `query.whoami`: the partition id and size, so the server maps node ids to clients, plus the
   true noise rate (a simulation-only diagnostic that no algorithm reads).
@@ -17,14 +21,22 @@ import functools
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.masked import (
+    MaskedSettings,
+    init_label_logits,
+    masked_train_locally,
+    per_class_loss,
+)
 from client_app.training import LocalTraining, train_locally
 from common import seeding
 from common.config import RunConfig
 from common.evaluation import evaluate_model, resolve_device
+from common.label_metrics import label_confusion
 from data.client_data import ClientData
 from data.federation import DataSettings, Federation, cached_federation
 from data.transforms import InputPipeline, pipeline_for
@@ -47,6 +59,39 @@ class LocalClient:
         """The cached model holding the received weights (all of them, BN buffers too)."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
         return self.model
+
+    def label_confusion(self, labels: np.ndarray) -> list[int]:
+        """Flattened confusion of `labels` against the clean labels (a simulation diagnostic)."""
+        clean = self.data.clean_labels.cpu().numpy()
+        return label_confusion(clean, labels, self.data.num_classes).ravel().tolist()
+
+
+class LabelStore:
+    """A noisy client's label logits (n x C), kept in the node's `context.state` between rounds,
+    with the number of masked rounds they have been through."""
+
+    KEY = "masked-labels"
+
+    def __init__(self, state: RecordDict) -> None:
+        self.state = state
+
+    def load(self, device: torch.device) -> torch.Tensor | None:
+        if self.KEY not in self.state:
+            return None
+        return torch.as_tensor(self.state[self.KEY]["label-logits"].numpy()).to(device)
+
+    def save(self, label_logits: torch.Tensor) -> int:
+        """Store the logits; return how many masked rounds they have now been through."""
+        rounds = 1
+        if self.KEY in self.state:
+            rounds += int(self.state[self.KEY]["masked-rounds"].numpy())
+        self.state[self.KEY] = ArrayRecord(
+            array_dict={
+                "label-logits": Array(label_logits.detach().cpu().numpy()),
+                "masked-rounds": Array(np.array(rounds, dtype=np.int64)),
+            }
+        )
+        return rounds
 
 
 def _frozen(run_config) -> tuple:
@@ -104,36 +149,131 @@ def local_client(context: Context) -> LocalClient:
     )
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    client = local_client(context)
-    config = client.config
-    server_config = msg.content["config"]
-    model = client.load(msg.content["arrays"])
-    settings = LocalTraining(
+def local_training(config: RunConfig, server_config) -> LocalTraining:
+    """This round's local SGD settings; the server may choose the loss and FedProx's mu."""
+    return LocalTraining(
         epochs=config.local_epochs,
         batch_size=config.batch_size,
         lr=config.lr,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
-        loss=config.local_loss,
+        loss=str(server_config.get("local-loss", config.local_loss)),
         proximal_mu=float(server_config.get("proximal-mu", 0.0)),
     )
-    server_round = int(server_config["server-round"])
-    generator = seeding.torch_generator(
-        config.seed, seeding.LOCAL_SHUFFLE, server_round, client.data.partition_id
-    )
-    started = time.perf_counter()
-    stats = train_locally(model, client.data, client.pipeline, settings, generator)
-    metrics = MetricRecord(
+
+
+def train_metrics(client: LocalClient, mean_loss: float, seconds: float) -> MetricRecord:
+    """The same keys for every kind of training reply (Flower checks that they agree)."""
+    return MetricRecord(
         {
             "num-examples": len(client.data),
-            "train-loss": stats.mean_loss,
-            "train-seconds": time.perf_counter() - started,
+            "train-loss": mean_loss,
+            "train-seconds": seconds,
             "partition-id": client.data.partition_id,
         }
     )
+
+
+def shuffle_generator(client: LocalClient, server_round: int, purpose: int = seeding.LOCAL_SHUFFLE):
+    return seeding.torch_generator(
+        client.config.seed, purpose, server_round, client.data.partition_id
+    )
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    client = local_client(context)
+    server_config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    settings = local_training(client.config, server_config)
+    generator = shuffle_generator(client, int(server_config["server-round"]))
+    started = time.perf_counter()
+    stats = train_locally(model, client.data, client.pipeline, settings, generator)
+    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+def masked_settings(config: RunConfig) -> MaskedSettings:
+    return MaskedSettings(
+        keep_ratio=config.mask_keep,
+        alpha=config.compat_weight,
+        beta=config.entropy_weight,
+        label_lr=config.label_lr,
+        label_scale=config.label_scale,
+        local_weight=config.premerge_local_weight,
+        fp16_autocast=config.masked_fp16,
+        masked_terms=config.masked_terms,
+    )
+
+
+@app.train("masked")
+def train_masked(msg: Message, context: Context) -> Message:
+    """MaskedOptim's noisy-client training (spec §3) with label logits kept across rounds."""
+    client = local_client(context)
+    config = client.config
+    server_config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    masked = masked_settings(config)
+    labels = LabelStore(context.state)
+    label_logits = labels.load(client.data.inputs.device)
+    if label_logits is None:  # first time this client is noisy: K * onehot(observed)
+        label_logits = init_label_logits(
+            client.data.observed_labels, client.data.num_classes, masked.label_scale
+        )
+    generator = shuffle_generator(client, int(server_config["server-round"]))
+    started = time.perf_counter()
+    result = masked_train_locally(
+        model,
+        client.data,
+        client.pipeline,
+        local_training(config, server_config),
+        masked,
+        label_logits,
+        generator,
+    )
+    seconds = time.perf_counter() - started
+    rounds = labels.save(result.label_logits)
+    corrected = result.label_logits.argmax(1).cpu().numpy()
+    diagnostics = ConfigRecord(
+        {
+            "corrected-confusion": client.label_confusion(corrected),
+            "masked-rounds": rounds,
+        }
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(result.upload_state),
+            "metrics": train_metrics(client, result.mean_loss, seconds),
+            "labels": diagnostics,
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.query("class_loss")
+def class_loss(msg: Message, context: Context) -> Message:
+    """Per-class mean loss of the received model on local data, for noisy-client detection."""
+    client = local_client(context)
+    model = client.load(msg.content["arrays"])
+    server_round = int(msg.content["config"]["server-round"])
+    losses, present = per_class_loss(
+        model,
+        client.data,
+        client.pipeline,
+        shuffle_generator(client, server_round, seeding.CLASS_LOSS),
+        client.config.class_loss_batch_size,
+    )
+    metrics = MetricRecord(
+        {
+            "class-loss": [float(v) if p else 0.0 for v, p in zip(losses, present, strict=True)],
+            "class-present": [int(p) for p in present],
+            "partition-id": client.data.partition_id,
+        }
+    )
+    observed = client.data.observed_labels.cpu().numpy()
+    diagnostics = ConfigRecord({"observed-confusion": client.label_confusion(observed)})
+    content = RecordDict({"metrics": metrics, "labels": diagnostics})
     return Message(content=content, reply_to=msg)
 
 

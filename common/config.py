@@ -31,7 +31,11 @@ STRATEGY_NAMES = (
     "krum",
     "multikrum",
     "bulyan",
+    "maskedoptim",
+    "rfa",
 )
+GM_SCOPES = ("per-tensor", "whole-model")
+MASKABLE_TERMS = ("compat", "entropy", "class")
 LOCAL_LOSSES = ("ce", "logit-adjusted")
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS_WITHOUT_FILES = ("digits",)
@@ -75,6 +79,22 @@ class RunConfig:
     compromised_rate: float
     out_dir: str
     run_name: str
+    warmup_rounds: int
+    gmm_fits: int
+    noisy_threshold: float
+    class_loss_batch_size: int
+    mask_keep: float
+    masked_terms: str
+    compat_weight: float
+    entropy_weight: float
+    label_lr: float
+    label_scale: float
+    premerge_local_weight: float
+    masked_fp16: bool
+    gm_scope: str
+    gm_weighted: bool
+    gm_max_iter: int
+    gm_eps: float
 
     @classmethod
     def from_mapping(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -117,18 +137,25 @@ class RunConfig:
         _choice("partition", self.partition, PARTITION_NAMES)
         _choice("noise-type", self.noise_type, NOISE_TYPES)
         _choice("device", self.device, DEVICES)
+        _choice("gm-scope", self.gm_scope, GM_SCOPES)
+        for term in self.masked_terms.split(","):
+            _choice("masked-terms", term.strip(), MASKABLE_TERMS)
         for key, value in (
             ("num-rounds", self.num_rounds),
             ("local-epochs", self.local_epochs),
             ("batch-size", self.batch_size),
             ("eval-batch-size", self.eval_batch_size),
             ("shards-per-client", self.shards_per_client),
+            ("gmm-fits", self.gmm_fits),
+            ("class-loss-batch-size", self.class_loss_batch_size),
+            ("gm-max-iter", self.gm_max_iter),
         ):
             if value < 1:
                 raise ConfigError(f"{key}={value} is not allowed: it must be at least 1")
         for key, value in (
             ("clients-per-round", self.clients_per_round),
             ("dirichlet-min-size", self.dirichlet_min_size),
+            ("warmup-rounds", self.warmup_rounds),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")
@@ -136,15 +163,24 @@ class RunConfig:
             ("lr", self.lr),
             ("weight-decay", self.weight_decay),
             ("proximal-mu", self.proximal_mu),
+            ("compat-weight", self.compat_weight),
+            ("entropy-weight", self.entropy_weight),
+            ("label-lr", self.label_lr),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be >= 0")
+        for key, value in (("label-scale", self.label_scale), ("gm-eps", self.gm_eps)):
+            if value <= 0:
+                raise ConfigError(f"{key}={value} is not allowed: it must be > 0")
         if self.dirichlet_alpha <= 0:
             raise ConfigError(f"dirichlet-alpha={self.dirichlet_alpha} must be > 0")
         for key, value in (
             ("momentum", self.momentum),
             ("fraction-evaluate", self.fraction_evaluate),
             ("compromised-rate", self.compromised_rate),
+            ("noisy-threshold", self.noisy_threshold),
+            ("mask-keep", self.mask_keep),
+            ("premerge-local-weight", self.premerge_local_weight),
         ):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key}={value} is outside [0, 1]")

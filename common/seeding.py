@@ -17,6 +17,7 @@ CLIENT_SAMPLING = 3
 MODEL_INIT = 4
 LOCAL_SHUFFLE = 5
 EVALUATE_SAMPLING = 6
+CLASS_LOSS = 7
 
 
 def numpy_rng(seed: int, purpose: int, *keys: int) -> np.random.Generator:

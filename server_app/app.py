@@ -98,6 +98,15 @@ def main(grid: Grid, context: Context) -> None:
     test_labels = torch.as_tensor(dataset.test_labels).to(device)
     pipeline = pipeline_for(config.dataset)
 
+    def diagnostics() -> dict:
+        """The strategy's own per-round columns (MaskedOptim: detection, label correction)."""
+        if not hasattr(strategy, "round_diagnostics"):
+            return {}
+        columns = strategy.round_diagnostics()
+        if columns and not results.has("detection.json"):
+            results.write_json("detection.json", strategy.final_report())
+        return columns
+
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluate_model(model, test_inputs, test_labels, pipeline, config.eval_batch_size)
@@ -114,6 +123,7 @@ def main(grid: Grid, context: Context) -> None:
                 "clients": len(strategy.last_sampled) if server_round > 0 else 0,
                 # mean over the round's clients (Flower averages metrics by num-examples)
                 "client_train_seconds": float(train["train-seconds"]) if train else None,
+                **diagnostics(),
             }
         )
         return MetricRecord(result.as_metrics("test-"))
@@ -129,5 +139,7 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as err:
         results.finish("failed", error="".join(traceback.format_exception_only(err)).strip())
         raise
+    if hasattr(strategy, "final_report"):
+        results.write_json("detection.json", strategy.final_report())
     summary = results.finish("completed")
     log(INFO, "maskedoptim: finished: %s", summary)

@@ -5,6 +5,9 @@
 - `summary.json`: final, best and last-10-round mean accuracy, wall time and status; rewritten
   every round, so an interrupted run still says how far it got.
 - `accuracy.png`: test accuracy per round (every 10 rounds and at the end).
+- `detection.json` (MaskedOptim): the clients flagged noisy, the GMM votes, detection precision
+  and recall against the true noise rates, label correction per client (written at detection and
+  at the end).
 """
 
 from __future__ import annotations
@@ -30,6 +33,16 @@ METRIC_COLUMNS = (
     "train_loss",
     "clients",
     "client_train_seconds",
+    # MaskedOptim only (empty before detection and for other strategies):
+    "detected_noisy",
+    "detect_precision",
+    "detect_recall",
+    "label_acc_observed",
+    "label_acc_corrected",
+    "label_f1_observed",
+    "label_f1_corrected",
+    "label_precision_corrected",
+    "label_recall_corrected",
     "round_seconds",
     "elapsed_seconds",
 )
@@ -137,6 +150,12 @@ class RunResults:
         if row["round"] % 10 == 0:
             plot_accuracy(self.rows, self.directory / "accuracy.png", self.title)
 
+    def has(self, name: str) -> bool:
+        return (self.directory / name).exists()
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> None:
+        _write_json(self.directory / name, payload)
+
     def summary(self, status: str) -> dict[str, Any]:
         return summarise(self.rows, time.monotonic() - self.started, status)
 
@@ -144,6 +163,13 @@ class RunResults:
         summary = self.summary(status)
         if error:
             summary["error"] = error
+        if self.rows and self.rows[-1].get("label_acc_corrected") is not None:
+            last = self.rows[-1]
+            summary.update(
+                {key: 100 * last[key] for key in METRIC_COLUMNS if key.startswith("label_")}
+            )
+            summary["detect_precision"] = last["detect_precision"]
+            summary["detect_recall"] = last["detect_recall"]
         _write_json(self.directory / "summary.json", summary)
         if self.rows:
             plot_accuracy(self.rows, self.directory / "accuracy.png", self.title)

@@ -1,7 +1,8 @@
 """From the `strategy` run-config key to a configured Flower strategy.
 
 The baselines are Flower's own classes with seeded partition-id sampling mixed in
-(strategies.sampling), so all of them see the same clients in the same rounds for one seed.
+(strategies.sampling), so all of them see the same clients in the same rounds for one seed;
+`maskedoptim` and `rfa` are ours (strategies.maskedoptim), with the same sampling.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import STRATEGY_NAMES, ConfigError, RunConfig
+from strategies.maskedoptim import GeometricMedian, MaskedOptimStrategy, Rfa
 from strategies.sampling import ClientRoster, SeededSampling
 
 _FLOWER_CLASSES = {
@@ -29,12 +31,11 @@ _FLOWER_CLASSES = {
     "multikrum": MultiKrum,
     "bulyan": Bulyan,
 }
-assert tuple(_FLOWER_CLASSES) == STRATEGY_NAMES, "registry and config disagree on the names"
-
 _SEEDED_CLASSES = {
     name: type(f"Seeded{cls.__name__}", (SeededSampling, cls), {})
     for name, cls in _FLOWER_CLASSES.items()
-}
+} | {"maskedoptim": MaskedOptimStrategy, "rfa": Rfa}
+assert tuple(_SEEDED_CLASSES) == STRATEGY_NAMES, "registry and config disagree on the names"
 
 
 def malicious_clients(config: RunConfig, clients_per_round: int) -> int:
@@ -63,8 +64,22 @@ def build_strategy(config: RunConfig, roster: ClientRoster) -> Strategy:
     check_strategy_settings(config, roster.num_clients)
     sampled = config.clients_sampled(roster.num_clients)
     f = malicious_clients(config, sampled)
+    median = GeometricMedian(
+        scope=config.gm_scope,
+        weighted=config.gm_weighted,
+        max_iter=config.gm_max_iter,
+        eps=config.gm_eps,
+    )
     extra = {
         "fedprox": {"proximal_mu": config.proximal_mu},
+        "rfa": {"median": median, "local_loss": "ce"},
+        "maskedoptim": {
+            "median": median,
+            "local_loss": "logit-adjusted",
+            "warmup_rounds": config.warmup_rounds,
+            "gmm_fits": config.gmm_fits,
+            "noisy_threshold": config.noisy_threshold,
+        },
         "fedtrimmedavg": {"beta": config.trimmed_beta},
         "krum": {"num_malicious_nodes": f},
         "multikrum": {"num_malicious_nodes": f, "num_nodes_to_select": sampled - f},

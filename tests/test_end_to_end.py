@@ -102,3 +102,45 @@ def test_a_run_that_fails_inside_flower_exits_nonzero_and_cleans_up(tmp_path):
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "the run did not complete" in done.stderr
     assert "finished:failed" in done.stderr
+
+
+def test_maskedoptim_flags_the_noisy_clients_and_keeps_their_labels(tmp_path):
+    """Three clean clients and three with 70 % symmetric noise; every client trains every round,
+    so the flagged ones go through several masked rounds after the warm-up."""
+    out = tmp_path / "results"
+    keys = (
+        "strategy='maskedoptim' num-rounds=7 warmup-rounds=3 clients-per-round=6 "
+        "local-epochs=2 partition='iid' noise-type='mixed' "
+        "noise-groups='clean:3;symmetric:3:0.7,0.7' "
+        f"out-dir='{out}' run-name='mo'"
+    )
+    done = launch(tmp_path, "--num-clients", "6", "--quiet", "--run-config", keys)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = out / "mo"
+    report = json.loads((run_dir / "detection.json").read_text())
+
+    detection = report["detection"]
+    assert detection["round"] == 3
+    assert detection["flagged_noisy"] == [3, 4, 5]
+    assert detection["quality"]["precision"] == 1.0 and detection["quality"]["recall"] == 1.0
+
+    # Only flagged clients were sent masked training: rounds 4..7 for each of them.
+    assert report["masked_messages_sent"] == {"3": 4, "4": 4, "5": 4}
+    per_client = report["label_correction_per_client"]
+    for partition in ("3", "4", "5"):
+        # The label logits persisted in context.state: their round counter reached 4.
+        assert per_client[partition]["masked_rounds"] == 4
+        assert per_client[partition]["observed_accuracy"] == pytest.approx(0.3, abs=0.01)
+        # Correction makes the labels clearly better than the observed ones.
+        assert per_client[partition]["corrected_accuracy"] > 0.35
+
+    with open(run_dir / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(r["detected_noisy"] == "" for r in rows[:3])
+    assert all(int(r["detected_noisy"]) == 3 for r in rows[3:])
+    corrected = [float(r["label_acc_corrected"]) for r in rows[3:]]
+    assert corrected[0] == pytest.approx(float(rows[3]["label_acc_observed"]))  # not yet trained
+    assert len(set(corrected[1:])) > 1  # the labels change from one masked round to the next
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["label_acc_corrected"] > summary["label_acc_observed"]

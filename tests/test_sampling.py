@@ -180,7 +180,21 @@ def test_roster_rejects_no_answers():
 # --- registry ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_every_strategy_name_is_built():
+    assert set(FLOWER_CLASS) | {"maskedoptim", "rfa"} == set(STRATEGY_NAMES)
+
+
+@pytest.mark.parametrize("name", ["maskedoptim", "rfa"])
+def test_geometric_median_strategies_are_seeded_and_configured(name):
+    config = config_with(strategy=name, clients_per_round=10, gm_scope="whole-model", gm_max_iter=7)
+    strategy = build_strategy(config, ROSTER)
+    assert isinstance(strategy, SeededSampling) and isinstance(strategy, FedAvg)
+    assert strategy.median.scope == "whole-model" and strategy.median.max_iter == 7
+    assert strategy.local_loss == ("logit-adjusted" if name == "maskedoptim" else "ce")
+    assert strategy.clients_per_round == 10
+
+
+@pytest.mark.parametrize("name", list(FLOWER_CLASS))
 def test_build_strategy_gives_the_matching_flower_class(name):
     config = config_with(strategy=name, clients_per_round=10, compromised_rate=0.1)
     strategy = build_strategy(config, ROSTER)

@@ -1,0 +1,373 @@
+"""MaskedOptim's client core: masked label optimisation on a noisy client (torch only, no Flower).
+
+After the warm-up (spec §2), the server splits the clients into clean and noisy ones from their
+per-class loss vectors (§2.3, computed here by `per_class_loss`). A noisy client then trains
+with PENCIL-style end-to-end label correction (§3), as the authors'
+`LocalUpdateMaskedOptim.train_stage2`:
+
+- every sample has learnable label logits ``Ytil`` (§3.1), initialised to ``K * onehot(observed)``
+  (`init_label_logits`) and kept by the client across rounds (never uploaded);
+- the network learns from the soft labels ``y_d = softmax(Ytil)`` through
+  ``L = L_c / C + alpha * L_o + beta * L_e / C`` (§3.2, `masked_optim_loss`): ``L_c`` is
+  KL(p || y_d), ``L_o`` pulls ``y_d`` back towards the observed label, ``L_e`` is the prediction
+  entropy. The "mask" keeps, per batch, the ``floor(tau * B)`` samples with the smallest plain CE
+  w.r.t. the observed label (`small_loss_mask`) and by default applies to ``L_o`` only, so
+  probably-mislabelled samples only drift towards the model's prediction;
+- label logits take plain gradient steps of size eta = 1000, gathered over an epoch and applied
+  once per epoch (§3.3);
+- at the end of a round the label distribution is averaged with the final model's soft
+  prediction and rescaled by K (§3.6), and the uploaded model is pre-merged with the received
+  global model: ``zeta * local + (1 - zeta) * global`` with zeta = 0.8 (§3.7).
+
+`masked_train_locally` runs one such round (§3.5). Choices and departures from the authors' code
+are commented where they are made (search for "Departure" / "Choice").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from client_app.training import LocalTraining, batch_indices
+from data.client_data import ClientData
+from data.transforms import InputPipeline
+
+# Terms the small-loss mask can apply to (spec §11.2 row 6: the authors mask only "compat").
+MASKABLE_TERMS = ("compat", "entropy", "class")
+
+
+@functools.lru_cache(maxsize=32)
+def parse_masked_terms(masked_terms: str) -> frozenset[str]:
+    """Parse a comma list such as "compat" or "compat,entropy"; "" or "none" masks nothing."""
+    names = [t.strip() for t in masked_terms.split(",") if t.strip()]
+    if names == ["none"]:
+        return frozenset()
+    unknown = [t for t in names if t not in MASKABLE_TERMS]
+    if unknown:
+        raise ValueError(
+            f"masked-terms {masked_terms!r} names unknown terms {unknown}; "
+            f"allowed: a comma list of {', '.join(MASKABLE_TERMS)} (or 'none')"
+        )
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class MaskedSettings:
+    """MaskedOptim's stage-2 hyperparameters for a noisy client (defaults: the authors', §8)."""
+
+    keep_ratio: float = 0.8  # tau: fraction of each batch KEPT (smallest CE) for the compat term
+    alpha: float = 0.5  # compatibility weight
+    beta: float = 0.1  # entropy weight
+    label_lr: float = 1000.0  # eta: label step, once per epoch
+    label_scale: float = 10.0  # K: init K*onehot and rescale after the merge
+    local_weight: float = 0.8  # zeta: uploaded model = zeta*local + (1-zeta)*received global
+    fp16_autocast: bool = False  # the authors' fp16 autocast (no GradScaler); CUDA only
+    masked_terms: str = "compat"  # "compat" (authors) or a comma list of compat,entropy,class
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.keep_ratio <= 1.0:
+            raise ValueError(f"keep_ratio must lie in [0, 1], got {self.keep_ratio}")
+        if not 0.0 <= self.local_weight <= 1.0:
+            raise ValueError(f"local_weight must lie in [0, 1], got {self.local_weight}")
+        parse_masked_terms(self.masked_terms)  # raises on unknown names
+
+
+def init_label_logits(
+    observed_labels: torch.Tensor, num_classes: int, scale: float = 10.0
+) -> torch.Tensor:
+    """float32 [n, C]: zeros with `scale` (K) at each observed label (spec §3.1).
+
+    On the labels' device. With K = 10 and C = 10, softmax gives 0.99959 at the label.
+    """
+    n = int(observed_labels.shape[0])
+    logits = torch.zeros(n, num_classes, dtype=torch.float32, device=observed_labels.device)
+    logits[torch.arange(n, device=observed_labels.device), observed_labels] = float(scale)
+    return logits
+
+
+def small_loss_mask(
+    logits: torch.Tensor, observed: torch.Tensor, keep_ratio: float
+) -> torch.Tensor:
+    """float [B]: ones at the floor(keep_ratio * B) samples with the smallest CE, zeros elsewhere.
+
+    Spec §3.2 item 1: plain CE with the observed labels, over the whole batch (not per class),
+    `torch.topk(largest=False)` as the authors; ties are broken by topk. No gradient flows.
+    """
+    with torch.no_grad():
+        losses = F.cross_entropy(logits.detach().float(), observed, reduction="none")
+        batch = losses.shape[0]
+        # int() of the product, as the authors' `int(0.8 * B)` (floor for non-negative values).
+        keep = int(keep_ratio * batch)
+        mask = torch.zeros(batch, dtype=torch.float32, device=logits.device)
+        if keep > 0:
+            mask[torch.topk(losses, keep, largest=False).indices] = 1.0
+    return mask
+
+
+def _loss_terms(
+    logits: torch.Tensor,
+    label_logits: torch.Tensor,
+    observed: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    masked: frozenset[str],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, L_c, L_o, L_e) as tensors: no device sync, for the training loop."""
+    # Choice: the loss is computed in fp32 even when the forward ran under fp16 autocast (the
+    # authors take softmax of the fp16 logits, giving fp16 probabilities; spec §3.4). log_softmax
+    # instead of log(softmax) for stability; the value and gradients are the same as theirs.
+    log_p = F.log_softmax(logits.float(), dim=1)
+    p = log_p.exp()
+    log_y = F.log_softmax(label_logits.float(), dim=1)
+    batch, num_classes = logits.shape
+    per_sample = {
+        "class": (p * (log_p - log_y)).sum(dim=1),  # KL(p_i || y_d,i)
+        "compat": -log_y.gather(1, observed.view(-1, 1)).squeeze(1),  # -log y_d,i[obs_i]
+        "entropy": -(p * log_p).sum(dim=1),  # H(p_i)
+    }
+    # Every term is divided by B, masked or not (the authors' mean over the batch of m_i * l_i).
+    terms = {
+        name: (values * mask).sum() / batch if name in masked else values.sum() / batch
+        for name, values in per_sample.items()
+    }
+    total = (
+        terms["class"] / num_classes
+        + alpha * terms["compat"]
+        + beta * terms["entropy"] / (num_classes)
+    )
+    return total, terms["class"], terms["compat"], terms["entropy"]
+
+
+def masked_optim_loss(
+    logits: torch.Tensor,
+    label_logits: torch.Tensor,
+    observed: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    masked_terms: str | Iterable[str] = "compat",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The noisy-client loss of spec §3.2: ``L_c / C + alpha * L_o + beta * L_e / C``.
+
+    p = softmax(logits), y_d = softmax(label_logits);
+    L_c = (1/B) sum_i KL(p_i || y_d,i), L_o = -(1/B) sum_i m_i log y_d,i[observed_i] (divided by B,
+    not by sum m), L_e = (1/B) sum_i H(p_i). The mask multiplies the terms named in
+    `masked_terms` ("compat" = L_o only, as the authors; "class" = L_c, "entropy" = L_e).
+    Returns the total (differentiable w.r.t. both logits and label_logits) and the three parts as
+    floats (this syncs the device; the training loop uses the tensor version).
+    """
+    masked = (
+        parse_masked_terms(masked_terms)
+        if isinstance(masked_terms, str)
+        else parse_masked_terms(",".join(masked_terms))
+    )
+    total, l_c, l_o, l_e = _loss_terms(
+        logits, label_logits, observed, mask, alpha=alpha, beta=beta, masked=masked
+    )
+    parts = {"class": l_c, "compat": l_o, "entropy": l_e}
+    return total, {name: float(value.detach()) for name, value in parts.items()}
+
+
+def merge_labels(
+    label_logits: torch.Tensor, predictions: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """End-of-round label merge (spec §3.6): ``K * (softmax(Ytil) + P) / 2``, in [0, K]."""
+    return (F.softmax(label_logits, dim=1) + predictions) / 2 * scale
+
+
+def premerge_state(
+    local: dict[str, torch.Tensor], received: dict[str, torch.Tensor], local_weight: float
+) -> dict[str, torch.Tensor]:
+    """``zeta * local + (1 - zeta) * received`` for every state entry (spec §3.7).
+
+    Floating tensors keep their dtype. Integer tensors (BatchNorm's num_batches_tracked) are
+    interpolated the way torch promotes ``python float * int64 tensor`` (to the default float
+    dtype, as in the authors' code) and cast back, which truncates toward zero, as the authors'
+    `load_state_dict` does when it copies the float into the int64 buffer.
+    """
+    merged = {}
+    for name, value in local.items():
+        mixed = local_weight * value + (1.0 - local_weight) * received[name]
+        merged[name] = mixed if value.is_floating_point() else mixed.to(value.dtype)
+    return merged
+
+
+@dataclass
+class MaskedRoundResult:
+    mean_loss: float  # mean of the minimised loss over the steps taken
+    num_steps: int
+    label_logits: torch.Tensor  # the merged label logits to keep for the next round (same device)
+    upload_state: dict[str, torch.Tensor]  # pre-merged state dict to send (model.state_dict() keys)
+    before_merge_labels: torch.Tensor  # argmax of Ytil after the E epochs, before the merge
+
+
+def _autocast(enabled: bool, device: torch.device):
+    """fp16 autocast for the authors' stage-2 forward (spec §3.4, B5); only on CUDA."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    # Choice: on other devices the flag is ignored (fp16 autocast is a CUDA feature).
+    return contextlib.nullcontext()
+
+
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def _soft_predictions(
+    model: nn.Module,
+    data: ClientData,
+    pipeline: InputPipeline,
+    batch_size: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """softmax predictions [n, C] (fp32) over all local samples, as the authors' merge pass.
+
+    Spec §3.5 / B6, reproduced: no grad, the model still in TRAIN mode (BatchNorm uses batch
+    statistics and updates its running statistics, which the caller restores), shuffled batches
+    of B with the last partial batch kept, and the training augmentation. Choice: fp32 forward
+    even when training used fp16 autocast (the authors' autocast line is commented out here).
+    """
+    device = data.inputs.device
+    n = len(data)
+    predictions = torch.empty(n, data.num_classes, dtype=torch.float32, device=device)
+    order = torch.randperm(n, generator=generator).to(device)
+    with torch.no_grad():
+        for idx in order.split(batch_size):
+            logits = model(pipeline.train_batch(data.inputs[idx], generator))
+            predictions[idx] = F.softmax(logits.float(), dim=1)
+    return predictions
+
+
+def masked_train_locally(
+    model: nn.Module,
+    data: ClientData,
+    pipeline: InputPipeline,
+    settings: LocalTraining,
+    masked: MaskedSettings,
+    label_logits: torch.Tensor,
+    generator: torch.Generator,
+) -> MaskedRoundResult:
+    """One stage-2 round of a noisy client (spec §3.5), starting from the received global model.
+
+    `model` must hold the received global weights on entry. Only settings.epochs, batch_size, lr,
+    momentum and weight_decay are used (settings.loss and proximal_mu do not apply to noisy
+    clients: the loss is §3.2's). `label_logits` ([n, C], the client's Ytil) is not modified in
+    place; the merged logits for the next round come back in the result, on the same device.
+    The observed labels are never changed (spec §3.6): the mask and L_o always use them.
+
+    On return the model holds w_final, the locally trained weights AND buffers exactly as they
+    were after the last SGD step (the soft-prediction pass's BatchNorm running-statistics updates
+    are undone), in train mode. The pre-merged weights are only in `upload_state`.
+    """
+    device = data.inputs.device
+    n, num_classes = len(data), data.num_classes
+    if tuple(label_logits.shape) != (n, num_classes):
+        raise ValueError(
+            f"label_logits has shape {tuple(label_logits.shape)}, expected ({n}, {num_classes})"
+        )
+    masked_set = parse_masked_terms(masked.masked_terms)
+    received = _state_copy(model)  # w0, kept for the pre-merge
+    # Working copy on the data's device (the authors keep Ytil on the CPU and move rows to the
+    # GPU per batch; same arithmetic, fewer transfers).
+    ytil = label_logits.detach().to(device=device, dtype=torch.float32).clone()
+
+    model.train()
+    optimiser = torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+    loss_sum = torch.zeros((), device=device)
+    steps = 0
+    for _ in range(settings.epochs):
+        grad_buffer = torch.zeros_like(ytil)  # G: rows not visited this epoch stay 0
+        for idx in batch_indices(n, settings.batch_size, generator, device):
+            inputs = pipeline.train_batch(data.inputs[idx], generator)
+            observed = data.observed_labels[idx]
+            with _autocast(masked.fp16_autocast, device):
+                logits = model(inputs)
+            # All batches of an epoch read the epoch-start Ytil (the step comes after the epoch).
+            rows = ytil[idx].detach().clone().requires_grad_(True)
+            mask = small_loss_mask(logits, observed, masked.keep_ratio)
+            loss, _, _, _ = _loss_terms(
+                logits,
+                rows,
+                observed,
+                mask,
+                alpha=masked.alpha,
+                beta=masked.beta,
+                masked=masked_set,
+            )
+            optimiser.zero_grad(set_to_none=True)
+            # No GradScaler with autocast, as the authors (spec §3.4, B5: fidelity mode).
+            loss.backward()
+            grad_buffer[idx] = rows.grad  # each sample at most once per epoch
+            optimiser.step()
+            loss_sum += loss.detach()  # stays on the device: no sync per step
+            steps += 1
+        # Plain gradient descent on the label logits, once per epoch (spec §3.3).
+        ytil = ytil - masked.label_lr * grad_buffer
+
+    final_state = _state_copy(model)  # w_final, taken BEFORE the soft-prediction pass (B6)
+    before_merge = ytil.argmax(dim=1)
+    predictions = _soft_predictions(model, data, pipeline, settings.batch_size, generator)
+    # Choice: undo the pass's BatchNorm running-stat updates so the model is exactly w_final.
+    model.load_state_dict(final_state)
+    merged = merge_labels(ytil, predictions, masked.label_scale)
+    upload = premerge_state(final_state, received, masked.local_weight)
+    return MaskedRoundResult(
+        mean_loss=float(loss_sum) / max(steps, 1),
+        num_steps=steps,
+        label_logits=merged.to(label_logits.device),
+        upload_state=upload,
+        before_merge_labels=before_merge.to(label_logits.device),
+    )
+
+
+def per_class_loss(
+    model: nn.Module,
+    data: ClientData,
+    pipeline: InputPipeline,
+    generator: torch.Generator,
+    batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The client's per-class mean loss vector for noisy-client detection (spec §2.3).
+
+    As the authors' GMM block, computed by the client (§11.2 row 2): model in eval mode, no grad,
+    the TRAINING transform (augmentation on; its randomness from `generator`), plain per-sample
+    CE with the observed labels (no logit adjustment), batches of `batch_size` in the client's
+    sample order (the authors' loader does not shuffle). Returns, on the CPU, float32 losses [C]
+    (the mean over the client's samples of each observed class, NaN for classes it does not hold)
+    and the bool [C] mask of the classes it holds.
+
+    Choice: the model's train/eval mode is restored on return (the authors leave it in eval mode;
+    this makes no difference to the result).
+    """
+    device = data.inputs.device
+    num_classes = data.num_classes
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(num_classes, dtype=torch.float32, device=device)
+    try:
+        with torch.no_grad():
+            for idx in torch.arange(len(data), device=device).split(batch_size):
+                logits = model(pipeline.train_batch(data.inputs[idx], generator))
+                observed = data.observed_labels[idx]
+                losses = F.cross_entropy(logits.float(), observed, reduction="none")
+                sums.index_add_(0, observed, losses)
+    finally:
+        model.train(was_training)
+    counts = torch.bincount(data.observed_labels, minlength=num_classes).to(sums)
+    present = counts > 0
+    means = torch.where(present, sums / counts.clamp_min(1.0), torch.full_like(sums, float("nan")))
+    return means.cpu(), present.cpu()

@@ -1,0 +1,224 @@
+"""Model aggregation rules as plain numpy: the geometric median used by MaskedOptim and a mean.
+
+MaskedOptim aggregates every round (warm-up included) with the geometric median of the uploaded
+models, computed by the authors' `RFA` function (`fl_components/fed.py`, spec §5.1):
+
+* plain Weiszfeld iterations started at the mean of the points, no smoothing parameter, only a
+  distance floor ``eps`` that is also the convergence tolerance (default 1e-5, 10 iterations);
+* **per state_dict entry**: every weight tensor and every BN buffer (``num_batches_tracked``
+  included) gets its own median, with its own Weiszfeld weights;
+* **unweighted**: the clients' sample counts are ignored;
+* when the step becomes shorter than ``eps`` the loop stops and keeps the *previous* iterate, not
+  the new one (spec §11, B9).
+
+`geometric_median_per_tensor` reproduces this. `geometric_median_whole_model` is the original RFA
+formulation (one median of the concatenated model vectors), and optional client weights are
+available for both; neither is the authors' default. Everything is computed in float64 and cast
+back to the dtype of the inputs at the end: floating tensors are cast, integer tensors are
+truncated toward zero, as torch does when a float tensor is copied into an int64 buffer on
+``load_state_dict``.
+
+No Flower and no torch here: tensors are numpy arrays, models are lists of arrays in a fixed order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_MAX_ITER = 10
+DEFAULT_EPS = 1e-5
+
+
+def _normalised_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
+    """Weights as a float64 vector summing to 1 (None: uniform). Raises ValueError if invalid."""
+    if weights is None:
+        return np.full(count, 1.0 / count)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim != 1 or w.shape[0] != count:
+        raise ValueError(f"expected {count} weights (one per point/model), got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite")
+    if np.any(w < 0):
+        raise ValueError("weights must be non-negative")
+    total = w.sum()
+    if total <= 0:
+        raise ValueError("weights must have a positive sum")
+    return w / total
+
+
+def _check_iteration_args(max_iter: int, eps: float) -> None:
+    if max_iter < 0:
+        raise ValueError(f"max_iter must be >= 0, got {max_iter}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+
+
+def _weiszfeld(
+    stacked: np.ndarray, weights: np.ndarray, max_iter: int, eps: float
+) -> tuple[np.ndarray, int]:
+    """Weiszfeld on `stacked` ([m, D] float64) with normalised `weights` ([m]).
+
+    Returns the median ([D]) and how many Weiszfeld updates were *accepted* (0 .. max_iter), i.e.
+    how many times z was replaced; the final, rejected step of a converged run is not counted.
+    """
+    z = weights @ stacked
+    accepted = 0
+    for _ in range(max_iter):
+        distances = np.linalg.norm(stacked - z, axis=1)
+        alphas = weights / np.maximum(distances, eps)
+        alphas /= alphas.sum()
+        z_new = alphas @ stacked
+        if np.linalg.norm(z_new - z) < eps:
+            break  # the authors keep the previous iterate (B9)
+        z = z_new
+        accepted += 1
+    return z, accepted
+
+
+def geometric_median(
+    points: Sequence[np.ndarray],
+    weights: Sequence[float] | None = None,
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    eps: float = DEFAULT_EPS,
+) -> np.ndarray:
+    """Approximate weighted geometric median of equally shaped arrays (Weiszfeld, as the authors).
+
+    Each array is one point; distances are Frobenius norms over the whole array. In float64:
+    z starts at the weighted mean (weights normalised; None means uniform, the authors' default);
+    then at most `max_iter` times: d_i = ||X_i - z||, a_i = w_i / max(d_i, eps), a /= sum(a),
+    z_new = sum_i a_i X_i; if ||z_new - z|| < eps the loop stops and z (not z_new) is returned,
+    otherwise z = z_new. Returns a float64 array of the points' shape.
+    """
+    if len(points) == 0:
+        raise ValueError("geometric_median needs at least one point")
+    arrays = [np.asarray(p) for p in points]
+    shape = arrays[0].shape
+    for i, a in enumerate(arrays):
+        if a.shape != shape:
+            raise ValueError(f"point {i} has shape {a.shape}, expected {shape} like point 0")
+    _check_iteration_args(max_iter, eps)
+    w = _normalised_weights(weights, len(arrays))
+    stacked = np.stack([a.astype(np.float64, copy=False).reshape(-1) for a in arrays])
+    median, _ = _weiszfeld(stacked, w, max_iter, eps)
+    return median.reshape(shape)
+
+
+def _check_models(models: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
+    """Models as lists of arrays; all with the same number of tensors and the same shapes."""
+    if len(models) == 0:
+        raise ValueError("need at least one model")
+    converted = [[np.asarray(t) for t in model] for model in models]
+    reference = converted[0]
+    for k, model in enumerate(converted):
+        if len(model) != len(reference):
+            raise ValueError(
+                f"model {k} has {len(model)} tensors, expected {len(reference)} like model 0"
+            )
+        for j, (tensor, ref) in enumerate(zip(model, reference, strict=True)):
+            if tensor.shape != ref.shape:
+                raise ValueError(
+                    f"tensor {j} of model {k} has shape {tensor.shape}, expected {ref.shape}"
+                )
+    return converted
+
+
+def _output_dtype(tensors: Sequence[np.ndarray]) -> np.dtype:
+    dtype = np.result_type(*tensors)
+    if np.issubdtype(dtype, np.bool_) or not (
+        np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)
+    ):
+        raise TypeError(f"cannot aggregate tensors of dtype {dtype}: need floating or integer")
+    return dtype
+
+
+def _cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float64 -> `dtype`: floating is cast, integer truncated toward zero (as torch's copy)."""
+    if np.issubdtype(dtype, np.integer):
+        return np.trunc(values).astype(dtype)
+    return values.astype(dtype)
+
+
+def geometric_median_per_tensor(
+    models: Sequence[Sequence[np.ndarray]],
+    weights: Sequence[float] | None = None,
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    eps: float = DEFAULT_EPS,
+) -> list[np.ndarray]:
+    """One geometric median per tensor index: the authors' `RFA` aggregation (spec §5.1).
+
+    `models[k]` is client k's list of tensors, in the same order and shapes for every client (BN
+    buffers included, as the authors aggregate the whole state_dict). Tensor j of the result is
+    `geometric_median([m[j] for m in models], weights, ...)`, so every tensor gets its own Weiszfeld
+    weights. Default: unweighted, 10 iterations, eps 1e-5, as the authors. Each output has the
+    dtype of the inputs: floating tensors are cast back, integer tensors (``num_batches_tracked``)
+    are truncated toward zero.
+    """
+    converted = _check_models(models)
+    _check_iteration_args(max_iter, eps)
+    w = _normalised_weights(weights, len(converted))
+    result = []
+    for j in range(len(converted[0])):
+        tensors = [model[j] for model in converted]
+        dtype = _output_dtype(tensors)
+        stacked = np.stack([t.astype(np.float64, copy=False).reshape(-1) for t in tensors])
+        median, _ = _weiszfeld(stacked, w, max_iter, eps)
+        result.append(_cast_back(median.reshape(tensors[0].shape), dtype))
+    return result
+
+
+def geometric_median_whole_model(
+    models: Sequence[Sequence[np.ndarray]],
+    weights: Sequence[float] | None = None,
+    *,
+    max_iter: int = DEFAULT_MAX_ITER,
+    eps: float = DEFAULT_EPS,
+) -> list[np.ndarray]:
+    """One geometric median of whole model vectors (RFA's original formulation; not the default).
+
+    Each client's tensors are flattened and concatenated into one vector, the Weiszfeld iterations
+    (as in `geometric_median`) run once on those vectors, and the median is split back into tensors
+    of the original shapes. Same dtype rule as `geometric_median_per_tensor`.
+    """
+    converted = _check_models(models)
+    _check_iteration_args(max_iter, eps)
+    w = _normalised_weights(weights, len(converted))
+    reference = converted[0]
+    dtypes = [_output_dtype([model[j] for model in converted]) for j in range(len(reference))]
+    if not reference:
+        return []
+    stacked = np.stack(
+        [
+            np.concatenate([t.astype(np.float64, copy=False).reshape(-1) for t in model])
+            for model in converted
+        ]
+    )
+    median, _ = _weiszfeld(stacked, w, max_iter, eps)
+    result = []
+    offset = 0
+    for ref, dtype in zip(reference, dtypes, strict=True):
+        size = ref.size
+        result.append(_cast_back(median[offset : offset + size].reshape(ref.shape), dtype))
+        offset += size
+    return result
+
+
+def weighted_mean(
+    models: Sequence[Sequence[np.ndarray]], weights: Sequence[float] | None = None
+) -> list[np.ndarray]:
+    """Per-tensor weighted mean sum_k w_k X_k / sum_k w_k (FedAvg with w_k = n_k; None: uniform).
+
+    Computed in float64; same dtype rule as `geometric_median_per_tensor`.
+    """
+    converted = _check_models(models)
+    w = _normalised_weights(weights, len(converted))
+    result = []
+    for j in range(len(converted[0])):
+        tensors = [model[j] for model in converted]
+        dtype = _output_dtype(tensors)
+        stacked = np.stack([t.astype(np.float64, copy=False).reshape(-1) for t in tensors])
+        result.append(_cast_back((w @ stacked).reshape(tensors[0].shape), dtype))
+    return result

@@ -1,0 +1,269 @@
+"""MaskedOptim's server side (spec §1, §2, §5.1) and the RFA baseline, as Flower strategies.
+
+- `GeometricMedianAggregation`: FedAvg's messaging with the geometric median of the uploaded
+  models as the aggregation rule (per tensor, unweighted, 10 Weiszfeld iterations by default).
+- `Rfa`: plain-CE local training + geometric median (the authors' `--method RFA`).
+- `MaskedOptimStrategy`: rounds 1..T_w warm up (every sampled client trains with logit-adjusted
+  CE); right after aggregating round T_w it asks *all* clients for their per-class mean loss of
+  the global model, splits them into clean and noisy with a Gaussian mixture
+  (strategies.detection), and from then on sends clean clients `train` (logit-adjusted CE) and
+  noisy clients `train.masked` (masked optimisation with learnable labels). Every round,
+  warm-up included, is aggregated with the geometric median.
+
+The mathematics is in strategies.aggregation and strategies.detection; this file routes
+messages and keeps the diagnostics (which no decision ever reads).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common import log
+from flwr.serverapp.strategy import FedAvg
+
+from common.label_metrics import metrics_from_confusion
+from strategies.aggregation import geometric_median_per_tensor, geometric_median_whole_model
+from strategies.detection import detection_quality, split_noisy_clients
+from strategies.sampling import SeededSampling
+
+MASKED_TRAIN = "train.masked"
+CLASS_LOSS_QUERY = "query.class_loss"
+
+
+@dataclass(frozen=True)
+class GeometricMedian:
+    """How the uploaded models are combined (spec §5.1, §11.2 row 10)."""
+
+    scope: str = "per-tensor"  # or "whole-model" (RFA's original, one median of flat vectors)
+    weighted: bool = False  # the authors ignore sample counts
+    max_iter: int = 10
+    eps: float = 1e-5
+
+    def combine(self, models: list[list[np.ndarray]], examples: list[int]) -> list[np.ndarray]:
+        rule = (
+            geometric_median_per_tensor
+            if self.scope == "per-tensor"
+            else geometric_median_whole_model
+        )
+        weights = examples if self.weighted else None
+        return rule(models, weights, max_iter=self.max_iter, eps=self.eps)
+
+
+class GeometricMedianAggregation(FedAvg):
+    """FedAvg's messaging; aggregation by the geometric median of the replies' arrays."""
+
+    def __init__(self, *, median: GeometricMedian, local_loss: str, **flower_kwargs) -> None:
+        super().__init__(**flower_kwargs)
+        self.median = median
+        self.local_loss = local_loss
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+        config["local-loss"] = self.local_loss  # the loss clean clients train with
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        contents = [message.content for message in valid]
+        keys = list(contents[0]["arrays"].keys())
+        models = [[content["arrays"][key].numpy() for key in keys] for content in contents]
+        examples = [int(content["metrics"]["num-examples"]) for content in contents]
+        combined = self.median.combine(models, examples)
+        pairs = zip(keys, combined, strict=True)
+        arrays = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(a)) for k, a in pairs})
+        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+class Rfa(SeededSampling, GeometricMedianAggregation):
+    """The RFA baseline: plain CE local training, geometric-median aggregation."""
+
+
+@dataclass
+class LabelCorrection:
+    """Label diagnostics of the flagged clients, from their own reports (simulation only).
+
+    Confusion matrices (rows = clean label, columns = label) summed over the flagged clients:
+    the observed labels, and the current corrected labels (argmax of the label logits; the
+    observed label for a flagged client not trained with masking yet), spec §3.8.
+    """
+
+    observed: dict[int, np.ndarray] = field(default_factory=dict)
+    corrected: dict[int, np.ndarray] = field(default_factory=dict)
+    masked_rounds: Counter = field(default_factory=Counter)
+
+    def start(self, partition: int, observed_confusion: np.ndarray) -> None:
+        self.observed[partition] = observed_confusion
+        self.corrected[partition] = observed_confusion
+
+    def update(self, partition: int, corrected_confusion: np.ndarray, rounds: int) -> None:
+        self.corrected[partition] = corrected_confusion
+        self.masked_rounds[partition] = rounds
+
+    def metrics(self) -> dict[str, float]:
+        if not self.observed:
+            return {}
+        before = metrics_from_confusion(sum(self.observed.values()))
+        after = metrics_from_confusion(sum(self.corrected.values()))
+        return {
+            "label_acc_observed": before["accuracy"],
+            "label_f1_observed": before["macro_f1"],
+            "label_acc_corrected": after["accuracy"],
+            "label_precision_corrected": after["macro_precision"],
+            "label_recall_corrected": after["macro_recall"],
+            "label_f1_corrected": after["macro_f1"],
+        }
+
+    def per_client(self) -> dict[int, dict[str, Any]]:
+        return {
+            partition: {
+                "masked_rounds": self.masked_rounds[partition],
+                "observed_accuracy": metrics_from_confusion(self.observed[partition])["accuracy"],
+                "corrected_accuracy": metrics_from_confusion(self.corrected[partition])["accuracy"],
+            }
+            for partition in sorted(self.observed)
+        }
+
+
+def confusion_from(record: ConfigRecord, key: str) -> np.ndarray:
+    flat = np.asarray(record[key], dtype=np.int64)
+    side = int(round(flat.size**0.5))
+    return flat.reshape(side, side)
+
+
+class MaskedOptimStrategy(SeededSampling, GeometricMedianAggregation):
+    """Warm-up, one-off detection after round T_w, then routing by group (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        warmup_rounds: int,
+        gmm_fits: int,
+        noisy_threshold: float,
+        query_timeout: float = 3600.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.warmup_rounds = warmup_rounds
+        self.gmm_fits = gmm_fits
+        self.noisy_threshold = noisy_threshold
+        self.query_timeout = query_timeout
+        self.noisy: frozenset[int] | None = None  # None until detection has run
+        self.detection: dict[str, Any] | None = None
+        self.labels = LabelCorrection()
+        self.masked_sent: Counter = Counter()
+        self._grid = None
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+        self._grid = grid  # kept for the detection query, which follows an aggregation
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if self.noisy is None:
+            return messages
+        return [self._route(message) for message in messages]
+
+    def _route(self, message: Message) -> Message:
+        node = message.metadata.dst_node_id
+        partition = self.roster.partition_of(node)
+        if partition not in self.noisy:
+            return message
+        self.masked_sent[partition] += 1
+        return Message(content=message.content, dst_node_id=node, message_type=MASKED_TRAIN)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        for reply in replies:
+            if not reply.has_error() and "labels" in reply.content:
+                labels = reply.content["labels"]
+                self.labels.update(
+                    self.roster.partition_of(reply.metadata.src_node_id),
+                    confusion_from(labels, "corrected-confusion"),
+                    int(labels["masked-rounds"]),
+                )
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if server_round == self.warmup_rounds and arrays is not None:
+            self.detect(server_round, arrays)
+        return arrays, metrics
+
+    def detect(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Ask every client for its per-class loss of the global model; split by GMM."""
+        queries = [
+            Message(
+                RecordDict(
+                    {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
+                ),
+                dst_node_id=node,
+                message_type=CLASS_LOSS_QUERY,
+            )
+            for node in self.roster.node_of_partition.values()
+        ]
+        answers: dict[int, Message] = {}
+        for reply in self._grid.send_and_receive(queries, timeout=self.query_timeout):
+            partition = self.roster.partition_of(reply.metadata.src_node_id)
+            if reply.has_error():
+                log(WARNING, "detection: client %d failed (%s); it stays clean",
+                    partition, reply.error.reason)  # fmt: skip
+                continue
+            answers[partition] = reply
+        silent = sorted(set(self.roster.node_of_partition) - set(answers))
+        if silent:
+            log(WARNING, "detection: no answer from partitions %s; they stay clean", silent)
+        partitions = sorted(answers)
+        losses = np.array(
+            [
+                np.where(
+                    np.asarray(answers[p].content["metrics"]["class-present"], dtype=bool),
+                    np.asarray(answers[p].content["metrics"]["class-loss"], dtype=np.float64),
+                    np.nan,
+                )
+                for p in partitions
+            ]
+        ).reshape(len(partitions), -1)
+        split = split_noisy_clients(losses, num_fits=self.gmm_fits)
+        self.noisy = frozenset(partitions[row] for row in split.noisy)
+        if split.note:
+            log(WARNING, "detection: %s", split.note)
+        for partition in sorted(self.noisy):
+            labels = answers[partition].content["labels"]
+            self.labels.start(partition, confusion_from(labels, "observed-confusion"))
+        quality = detection_quality(self.noisy, self.roster.true_noise_rates, self.noisy_threshold)
+        self.detection = {
+            "round": server_round,
+            "flagged_noisy": sorted(self.noisy),
+            "clean": sorted(set(self.roster.node_of_partition) - self.noisy),
+            "not_answered": silent,
+            "note": split.note,
+            "gmm_votes": [list(vote) for vote in split.votes],
+            "noisy_threshold": self.noisy_threshold,
+            "quality": quality,
+            "class_loss": {p: losses[i].tolist() for i, p in enumerate(partitions)},
+        }
+        log(INFO, "detection after round %d: %d of %d clients flagged noisy: %s; %s",
+            server_round, len(self.noisy), self.roster.num_clients, sorted(self.noisy),
+            quality)  # fmt: skip
+
+    def round_diagnostics(self) -> dict[str, float]:
+        """Columns for metrics.csv: detection quality and label correction so far."""
+        if self.detection is None:
+            return {}
+        quality = self.detection["quality"]
+        return {
+            "detected_noisy": len(self.noisy),
+            "detect_precision": quality["precision"],
+            "detect_recall": quality["recall"],
+            **self.labels.metrics(),
+        }
+
+    def final_report(self) -> dict[str, Any]:
+        """What results/detection.json holds."""
+        return {
+            "detection": self.detection,
+            "masked_messages_sent": dict(sorted(self.masked_sent.items())),
+            "label_correction": self.labels.metrics(),
+            "label_correction_per_client": self.labels.per_client(),
+        }
