@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and make:
-#   make run    create the environment, then run the embedded demo (digits, 10 clients)
+#   make run    create the environment, then run the embedded demo (MaskedOptim on digits, 10 clients)
 #   make test   create the environment, then run the test suite
 # The environment is .venv/, made with uv (installed into .tools/ first if it is missing).
 

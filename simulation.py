@@ -262,6 +262,24 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
             value = summary[key]
             shown = f"{value:.2f}" if isinstance(value, float) else value
             print(f"  {label:<28} {shown}")
+    detection_path = results_dir / "detection.json"
+    if detection_path.is_file():
+        report = json.loads(detection_path.read_text())
+        detection = report.get("detection") or {}
+        quality = detection.get("quality", {})
+        print(f"  {'flagged noisy clients':<28} {detection.get('flagged_noisy')}")
+        print(
+            f"  {'detection precision/recall':<28} {quality.get('precision', float('nan')):.2f}"
+            f" / {quality.get('recall', float('nan')):.2f} (truly noisy: true rate > "
+            f"{detection.get('noisy_threshold')})"
+        )
+        labels = report.get("label_correction") or {}
+        if labels:
+            print(
+                f"  {'label accuracy, flagged (%)':<28} {100 * labels['label_acc_observed']:.2f}"
+                f" observed -> {100 * labels['label_acc_corrected']:.2f} corrected "
+                f"(macro-F1 {100 * labels['label_f1_corrected']:.2f})"
+            )
     if "error" in summary:
         print(f"  error: {summary['error']}")
     return summary

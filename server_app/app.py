@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
@@ -74,6 +74,14 @@ def main(grid: Grid, context: Context) -> None:
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
     roster = discover_clients(grid)
     strategy = build_strategy(config, roster)
+    if config.strategy == "maskedoptim" and config.warmup_rounds >= config.num_rounds:
+        log(
+            WARNING,
+            "maskedoptim: warmup-rounds=%d >= num-rounds=%d, so noisy-client detection never "
+            "runs and every round is warm-up (logit-adjusted CE + geometric median)",
+            config.warmup_rounds,
+            config.num_rounds,
+        )
 
     run_name = config.run_name or default_run_name(config.strategy, config.dataset, config.seed)
     results = RunResults.create(
