@@ -203,14 +203,16 @@ class MaskedOptimStrategy(SeededSampling, GeometricMedianAggregation):
             for node in self.roster.node_of_partition.values()
         ]
         answers: dict[int, Message] = {}
+        failed: list[int] = []
         for reply in self._grid.send_and_receive(queries, timeout=self.query_timeout):
             partition = self.roster.partition_of(reply.metadata.src_node_id)
             if reply.has_error():
                 log(WARNING, "detection: client %d failed (%s); it stays clean",
                     partition, reply.error.reason)  # fmt: skip
+                failed.append(partition)
                 continue
             answers[partition] = reply
-        silent = sorted(set(self.roster.node_of_partition) - set(answers))
+        silent = sorted(set(self.roster.node_of_partition) - set(answers) - set(failed))
         if silent:
             log(WARNING, "detection: no answer from partitions %s; they stay clean", silent)
         partitions = sorted(answers)
@@ -237,6 +239,7 @@ class MaskedOptimStrategy(SeededSampling, GeometricMedianAggregation):
             "flagged_noisy": sorted(self.noisy),
             "clean": sorted(set(self.roster.node_of_partition) - self.noisy),
             "not_answered": silent,
+            "failed": sorted(failed),
             "note": split.note,
             "gmm_votes": [list(vote) for vote in split.votes],
             "noisy_threshold": self.noisy_threshold,

@@ -1,0 +1,160 @@
+"""MaskedOptim's server strategy without a Flower runtime: warm-up messages, the detection query
+after round T_w (with a silent client and a failing one), routing by group, and the geometric
+median as the aggregation rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.config import config_with
+from strategies.aggregation import geometric_median_per_tensor
+from strategies.registry import build_strategy
+from strategies.sampling import roster_from_whoami
+
+NUM_CLIENTS = 8
+NUM_CLASSES = 3
+NOISY = (5, 6)
+SILENT = 7
+FAILING = 0
+ROSTER = roster_from_whoami(
+    {
+        1000 + p: {
+            "partition-id": p,
+            "num-partitions": NUM_CLIENTS,
+            "num-examples": 50,
+            "true-noise-rate": 0.5 if p in NOISY else 0.0,
+        }
+        for p in range(NUM_CLIENTS)
+    }
+)
+
+
+@pytest.fixture(autouse=True)
+def flower_task(monkeypatch):
+    """Messages read the run id of the running task; pretend to be a ServerApp task."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+def class_loss_reply(query: Message, losses: list[float]) -> Message:
+    partition = ROSTER.partition_of(query.metadata.dst_node_id)
+    confusion = np.eye(NUM_CLASSES, dtype=np.int64) * 10
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(
+                {
+                    "class-loss": losses,
+                    "class-present": [1] * NUM_CLASSES,
+                    "partition-id": partition,
+                }
+            ),
+            "labels": ConfigRecord({"observed-confusion": confusion.ravel().tolist()}),
+        }
+    )
+    return Message(content, reply_to=query)
+
+
+class DetectionGrid:
+    """Answers the class-loss query: noisy clients have high losses, one client stays silent,
+    one fails with an error."""
+
+    def __init__(self, same_losses: bool = False) -> None:
+        self.same_losses = same_losses
+        self.queries: list[Message] = []
+
+    def get_node_ids(self):
+        return list(ROSTER.node_of_partition.values())
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for query in messages:
+            self.queries.append(query)
+            partition = ROSTER.partition_of(query.metadata.dst_node_id)
+            if partition == SILENT:
+                continue
+            if partition == FAILING:
+                replies.append(Message(Error(code=0, reason="disk full"), reply_to=query))
+                continue
+            if self.same_losses:
+                replies.append(class_loss_reply(query, [0.5, 0.6, 0.7]))
+                continue
+            base = 2.0 if partition in NOISY else 0.3
+            replies.append(
+                class_loss_reply(query, [base + 0.01 * partition + 0.1 * c for c in range(3)])
+            )
+        return replies
+
+
+def model_reply(message: Message, value: float) -> Message:
+    arrays = ArrayRecord([np.full(4, value, dtype=np.float32), np.array(3 + int(value))])
+    metrics = MetricRecord(
+        {"num-examples": 50, "train-loss": value, "train-seconds": 0.1, "partition-id": 0}
+    )
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)
+
+
+def start(grid, warmup_rounds: int = 2):
+    config = config_with(
+        strategy="maskedoptim", clients_per_round=NUM_CLIENTS, warmup_rounds=warmup_rounds
+    )
+    return build_strategy(config, ROSTER)
+
+
+def train_round(strategy, grid, server_round: int):
+    initial = ArrayRecord([np.zeros(4, dtype=np.float32), np.array(0)])
+    messages = list(strategy.configure_train(server_round, initial, ConfigRecord(), grid))
+    replies = [model_reply(m, float(ROSTER.partition_of(m.metadata.dst_node_id))) for m in messages]
+    arrays, _ = strategy.aggregate_train(server_round, replies)
+    return messages, replies, arrays
+
+
+def test_warmup_then_detection_then_routing():
+    grid = DetectionGrid()
+    strategy = start(grid)
+    messages, _, _ = train_round(strategy, grid, 1)
+    assert {m.metadata.message_type for m in messages} == {"train"}
+    assert all(m.content["config"]["local-loss"] == "logit-adjusted" for m in messages)
+    assert strategy.noisy is None and not grid.queries
+
+    train_round(strategy, grid, 2)  # the end of warm-up: detection follows the aggregation
+    assert {ROSTER.partition_of(q.metadata.dst_node_id) for q in grid.queries} == set(range(8))
+    assert {q.metadata.message_type for q in grid.queries} == {"query.class_loss"}
+    assert strategy.noisy == frozenset(NOISY)
+    assert strategy.detection["not_answered"] == [SILENT]  # stays clean, logged
+    assert strategy.detection["failed"] == [FAILING]  # likewise
+    assert SILENT in strategy.detection["clean"] and FAILING in strategy.detection["clean"]
+    assert strategy.detection["quality"]["precision"] == 1.0
+
+    messages, _, _ = train_round(strategy, grid, 3)
+    routed = {
+        ROSTER.partition_of(m.metadata.dst_node_id): m.metadata.message_type for m in messages
+    }
+    assert {p for p, kind in routed.items() if kind == "train.masked"} == set(NOISY)
+    assert {p for p, kind in routed.items() if kind == "train"} == set(range(8)) - set(NOISY)
+    assert len(grid.queries) == 8  # detection ran once
+
+
+def test_all_clients_alike_flags_nobody_and_the_run_goes_on():
+    grid = DetectionGrid(same_losses=True)
+    strategy = start(grid)
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    assert strategy.noisy == frozenset()
+    messages, _, _ = train_round(strategy, grid, 3)
+    assert {m.metadata.message_type for m in messages} == {"train"}
+
+
+def test_aggregation_is_the_per_tensor_geometric_median():
+    grid = DetectionGrid()
+    strategy = start(grid, warmup_rounds=5)
+    _, replies, arrays = train_round(strategy, grid, 1)
+    models = [[a.numpy() for a in r.content["arrays"].values()] for r in replies]
+    expected = geometric_median_per_tensor(models)
+    result = [a.numpy() for a in arrays.values()]
+    for got, want in zip(result, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert result[1].dtype == np.int64  # integer buffers stay integers
