@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client_app.training import LocalTraining, batch_indices
+from client_app.training import LocalTraining, batch_indices, local_optimiser
 from data.client_data import ClientData
 from data.transforms import InputPipeline
 
@@ -281,12 +281,7 @@ def masked_train_locally(
     ytil = label_logits.detach().to(device=device, dtype=torch.float32).clone()
 
     model.train()
-    optimiser = torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
+    optimiser = local_optimiser(model, settings)
     loss_sum = torch.zeros((), device=device)
     steps = 0
     for _ in range(settings.epochs):

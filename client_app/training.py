@@ -62,6 +62,16 @@ def batch_indices(
     return list(order[: num_batches * batch_size].view(num_batches, batch_size))
 
 
+def local_optimiser(model: nn.Module, settings: LocalTraining) -> torch.optim.SGD:
+    """A fresh SGD optimiser, as the authors create one every round (no momentum carried over)."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
+
+
 def train_locally(
     model: nn.Module,
     data: ClientData,
@@ -71,12 +81,7 @@ def train_locally(
 ) -> TrainStats:
     """Train `model` in place on the client's observed labels for `settings.epochs` epochs."""
     model.train()
-    optimiser = torch.optim.SGD(
-        model.parameters(),
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )
+    optimiser = local_optimiser(model, settings)
     log_prior = torch.log(data.class_prior()) if settings.loss == "logit-adjusted" else None
     anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else None
     device = data.inputs.device

@@ -22,6 +22,7 @@ bytes differ from the official files, and torchvision's md5 check would reject i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import pickle
 import re
@@ -348,7 +349,10 @@ def _read_cifar10(root: Path, download: bool, name: str = "cifar10"):
 
 
 def _load_cifar10(root: Path, download: bool) -> Dataset:
-    x_train, y_train, x_test, y_test, names = _read_cifar10(root, download)
+    return _cifar10_dataset(*_read_cifar10(root, download))
+
+
+def _cifar10_dataset(x_train, y_train, x_test, y_test, names) -> Dataset:
     return Dataset(
         name="cifar10",
         num_classes=10,
@@ -387,19 +391,8 @@ def _load_cifar10n(root: Path, download: bool, key: str) -> Dataset:
         )
     if human.shape != y_train.shape:
         raise ValueError(f"{field!r} in {path} has shape {human.shape}, expected {y_train.shape}")
-    return Dataset(
-        name="cifar10n",
-        num_classes=10,
-        class_names=names,
-        input_kind="image",
-        input_shape=(3, 32, 32),
-        train_inputs=x_train,
-        train_labels=y_train,
-        train_clean_labels=y_train.copy(),
-        train_human_labels=human,
-        test_inputs=x_test,
-        test_labels=y_test,
-    )
+    cifar10 = _cifar10_dataset(x_train, y_train, x_test, y_test, names)
+    return dataclasses.replace(cifar10, name="cifar10n", train_human_labels=human)
 
 
 # --- AG News ---------------------------------------------------------------------------------
