@@ -1,11 +1,26 @@
 """Run the app in Flower's simulation runtime, safely, and fail loudly when the run fails.
 
-    python simulation.py [--run-config FILE.toml | --run-config "key=value ..."]... \
-                         [--num-clients N] [--federation-config "key=value ..."]
+One run:
 
-What it does, and why (see ../shared/spec/flower.md):
+    python simulation.py [--run-config FILE.toml | --run-config "key=value ..."]... \
+                         [--set key=value]... [--num-clients N] [--federation-config "..."]
+
+A comparison (every strategy with every seed, one run after another, on the same federation and
+the same seeded client sampling for a seed), with a table and a plot:
+
+    python simulation.py --config configs/paper-cifar10-lenet.toml --set data-dir=/data/cifar10 \
+                         --strategies fedavg,rfa,maskedoptim --seeds 1,2,3 --num-clients 100 \
+                         [--out results/cmp-paper]
+
+It writes `<out>/<strategy>-seed<seed>/` per run (with the run's log, `flower.log`) and, as runs
+finish, `comparison.csv`, `comparison.md`, `runs.csv` and `accuracy.png` (common.comparison).
+Running it again skips the runs that are complete, so an interrupted sweep resumes; a folder
+holding a run made with other settings stops it before anything runs. A failed run stops the sweep
+(exit 1) and shows the end of its log.
+
+What it does for every run, and why (see ../shared/spec/flower.md):
 - validates the run config here first (the same checks as the ServerApp), so a bad value fails
-  in a second with a message naming it, before anything starts;
+  in a second with a message naming it, before anything starts (exit 2);
 - uses its own FLWR_HOME inside the checkout (`.flwr/`), turns off runtime dependency
   installation (it would reach for the network), telemetry and update checks;
 - starts its own SuperLink on a free port, from a neutral working directory (a SuperLink
@@ -13,7 +28,7 @@ What it does, and why (see ../shared/spec/flower.md):
   it started, when the run ends, fails or is interrupted;
 - `flwr run` exits 0 even when the run failed: this checks the run's status and exits 1;
 - prints where the results went and a one-screen summary.
-Several `--run-config` options merge left to right (a preset file, then single keys).
+Several `--run-config` options merge left to right (a preset file, then single keys), then `--set`.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ import sys
 import time
 import tomllib
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +56,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Merge `--run-config` items: TOML files or "k=v k2='s'" strings (values in TOML syntax)."""
     from flwr.common.config import parse_config_args
 
+    from common.config import ConfigError
+
     merged: dict[str, Any] = {}
     for item in items:
         if item.endswith(".toml"):
@@ -49,7 +67,28 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             with open(path, "rb") as handle:
                 merged.update(tomllib.load(handle))
         else:
-            merged.update(parse_config_args([item]))
+            try:
+                merged.update(parse_config_args([item]))
+            except Exception as err:  # click's error type; say which text was bad
+                raise ConfigError(f"--run-config {item!r}: {err}") from None
+    return merged
+
+
+def parse_set_options(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` items: the value in TOML syntax, or else taken as a plain string
+    (so `--set strategy=fedavg` works as well as `--set "strategy='fedavg'"`)."""
+    from common.config import ConfigError
+
+    merged: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        try:
+            value = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        merged[key.strip()] = value
     return merged
 
 
@@ -229,13 +268,17 @@ def run_status(env: dict[str, str]) -> tuple[str, str]:
     return str(last.get("run-id", "")), str(last.get("status", "unknown"))
 
 
-def wait_for_run(env: dict[str, str], poll_seconds: float = 2.0) -> tuple[str, str]:
+def wait_for_run(
+    env: dict[str, str], poll_seconds: float = 2.0, on_poll: Callable[[], None] | None = None
+) -> tuple[str, str]:
     """Poll the SuperLink until its run has finished (`flwr run` returns at once without
     --stream, and a stream can end early)."""
     while True:
         run_id, status = run_status(env)
         if not run_id or status.startswith("finished") or status.startswith("unknown"):
             return run_id, status
+        if on_poll is not None:
+            on_poll()
         time.sleep(poll_seconds)
 
 
@@ -291,8 +334,14 @@ def run_simulation(
     federation_config: str,
     stream: bool = True,
     flwr_home: Path = DEFAULT_FLWR_HOME,
+    log_file: Path | None = None,
+    on_poll: Callable[[], None] | None = None,
+    verbose: bool = True,
 ) -> int:
-    """Run one simulation with `mapping` as its run config; return the process exit code."""
+    """Run one simulation with `mapping` as its run config; return the process exit code.
+
+    With `log_file`, the run's streamed log goes to that file instead of the terminal and
+    `on_poll` is called about every second while the run goes (for progress lines)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     run_name = mapping["run-name"]
     config_file = flwr_home / "runs" / f"{run_name}.toml"
@@ -306,32 +355,251 @@ def run_simulation(
     federation = f"num-supernodes={num_clients} {federation_config}".strip()
     flwr = str(Path(sys.executable).parent / "flwr")
     command = [flwr, "run", str(ROOT), "local", "--run-config", str(config_file)]
-    command += ["--federation-config", federation] + (["--stream"] if stream else [])
+    command += ["--federation-config", federation]
+    command += ["--stream"] if stream or log_file is not None else []
     with LocalSuperLink(port, env, flwr_home / "logs" / f"superlink-{port}.log"):
-        launched = subprocess.run(command, env=env, cwd=flwr_home, check=False)
-        run_id, status = wait_for_run(env) if launched.returncode == 0 else run_status(env)
-    summary = print_summary(Path(mapping["out-dir"]) / run_name)
+        if log_file is None:
+            returncode = subprocess.run(command, env=env, cwd=flwr_home, check=False).returncode
+        else:
+            with open(log_file, "w") as log:
+                process = subprocess.Popen(
+                    command, env=env, cwd=flwr_home, stdout=log, stderr=subprocess.STDOUT
+                )
+                while process.poll() is None:
+                    if on_poll is not None:
+                        on_poll()
+                    time.sleep(1.0)
+                returncode = process.returncode
+        run_id, status = wait_for_run(env, on_poll=on_poll) if returncode == 0 else run_status(env)
+    results_dir = Path(mapping["out-dir"]) / run_name
+    summary = print_summary(results_dir) if verbose else read_summary(results_dir)
     completed = status == "finished:completed" and (summary or {}).get("status") == "completed"
-    if launched.returncode != 0 or not completed:
+    if returncode != 0 or not completed:
+        where = log_file or flwr_home / "logs"
         print(
-            f"\nerror: the run did not complete (flwr run exit {launched.returncode}, "
-            f"run {run_id or '?'} status {status}); SuperLink log in {flwr_home / 'logs'}",
+            f"\nerror: the run did not complete (flwr run exit {returncode}, "
+            f"run {run_id or '?'} status {status}); log in {where}",
             file=sys.stderr,
         )
         return 1
     return 0
 
 
+def read_summary(results_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((results_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def rounds_done(results_dir: Path) -> tuple[int, float]:
+    """(trained rounds written so far, the run's elapsed seconds at the last of them)."""
+    try:
+        lines = (results_dir / "metrics.csv").read_text().splitlines()
+    except OSError:
+        return 0, 0.0
+    trained = [line.split(",") for line in lines[1:] if line and not line.startswith("0,")]
+    return len(trained), float(trained[-1][-1]) if trained else 0.0
+
+
+class SweepProgress:
+    """Progress lines for a comparison sweep: which run, which round, elapsed, estimate left."""
+
+    def __init__(self, num_rounds: int, interval: float = 15.0) -> None:
+        self.num_rounds, self.interval = num_rounds, interval
+        self.run_seconds: list[float] = []  # wall time of the runs finished in this sweep
+
+    def start(self, label: str, results_dir: Path, runs_after: int) -> None:
+        self.label, self.results_dir, self.runs_after = label, results_dir, runs_after
+        self.started = time.monotonic()
+        self.last_shown = (-1, 0.0)
+
+    def estimate_left(self, done: int, round_seconds: float) -> float:
+        elapsed = time.monotonic() - self.started
+        this_run = (self.num_rounds - done) * round_seconds if done else 0.0
+        per_run = (
+            sum(self.run_seconds) / len(self.run_seconds)
+            if self.run_seconds
+            else (elapsed + this_run if done else float("nan"))
+        )
+        return this_run + self.runs_after * per_run
+
+    def poll(self) -> None:
+        done, run_elapsed = rounds_done(self.results_dir)
+        now = time.monotonic()
+        shown_round, shown_at = self.last_shown
+        if done == shown_round or (now - shown_at < self.interval and done < self.num_rounds):
+            return
+        self.last_shown = (done, now)
+        left = self.estimate_left(done, run_elapsed / done if done else 0.0)
+        estimate = "" if left != left else f", about {format_duration(left)} left in the sweep"
+        print(
+            f"{self.label}: round {done}/{self.num_rounds}, "
+            f"{format_duration(now - self.started)} elapsed{estimate}",
+            flush=True,
+        )
+
+    def finish(self) -> float:
+        seconds = time.monotonic() - self.started
+        self.run_seconds.append(seconds)
+        return seconds
+
+
+def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_clients: int):
+    """The run-config keys (and client count) in which a stored run differs from `mapping`."""
+    from common.config import RunConfig
+
+    try:
+        stored = json.loads((results_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []  # nothing usable there: the run will be redone
+    wanted = RunConfig.from_mapping(mapping).to_mapping()
+    ignored = {"out-dir", "run-name", "data-dir"}  # where things live, not what is computed
+    differences = [
+        key
+        for key, value in wanted.items()
+        if key not in ignored and stored.get("run_config", {}).get(key) != value
+    ]
+    if stored.get("num_clients") != num_clients:
+        differences.append(f"--num-clients ({stored.get('num_clients')} there)")
+    return differences
+
+
+def plan_comparison(
+    overrides: dict[str, Any], strategies: list[str], seeds: list[int], out: Path, num_clients: int
+) -> list[dict[str, Any]]:
+    """Every (seed, strategy) run's validated config, seed by seed (so an interrupted sweep has
+    whole seeds to compare); raises ConfigError/DatasetNotFoundError before anything runs."""
+    from common.comparison import run_folder_name
+    from common.config import ConfigError
+
+    plans = []
+    for seed in seeds:
+        for strategy in strategies:
+            mapping = resolve_run_config(
+                overrides
+                | {
+                    "strategy": strategy,
+                    "seed": seed,
+                    "out-dir": str(out),
+                    "run-name": run_folder_name(strategy, seed),
+                }
+            )
+            preflight(mapping, num_clients)
+            differences = stored_config_differences(out / mapping["run-name"], mapping, num_clients)
+            if differences:
+                raise ConfigError(
+                    f"{out / mapping['run-name']} holds a run made with other settings "
+                    f"(differs in: {', '.join(differences)}); give another --out or remove it"
+                )
+            plans.append(mapping)
+    return plans
+
+
+def run_comparison(
+    plans: list[dict[str, Any]],
+    strategies: list[str],
+    out: Path,
+    num_clients: int,
+    federation_config: str,
+    flwr_home: Path,
+    title: str,
+) -> int:
+    """Run the planned runs one after another, skipping the complete ones; rewrite the
+    comparison files after each; stop at the first failed run (exit 1, its log shown)."""
+    import shutil
+
+    from common.comparison import is_complete, load_run, write_comparison
+
+    num_rounds = int(plans[0]["num-rounds"])
+    progress = SweepProgress(num_rounds)
+    command = " ".join(["python", "simulation.py", *sys.argv[1:]])
+    preamble = f"Made by `{command}` ({num_clients} clients, {num_rounds} rounds)."
+
+    def refresh() -> None:
+        records = [load_run(out / plan["run-name"]) for plan in plans]
+        finished = [r for r in records if is_complete(r, num_rounds)]
+        if finished:
+            write_comparison(out, finished, strategies, title, preamble)
+
+    refresh()  # a resumed sweep shows what it already has
+    for index, mapping in enumerate(plans, 1):
+        label = f"[{index}/{len(plans)}] {mapping['strategy']} seed {mapping['seed']}"
+        results_dir = out / mapping["run-name"]
+        if is_complete(load_run(results_dir), num_rounds):
+            print(f"{label}: already complete, skipped", flush=True)
+            continue
+        if results_dir.exists():
+            print(f"{label}: an incomplete earlier attempt is there; running it again")
+            shutil.rmtree(results_dir)
+        results_dir.mkdir(parents=True)
+        progress.start(label, results_dir, runs_after=len(plans) - index)
+        print(f"{label}: started (log: {results_dir / 'flower.log'})", flush=True)
+        code = run_simulation(
+            mapping,
+            num_clients,
+            federation_config,
+            flwr_home=flwr_home,
+            log_file=results_dir / "flower.log",
+            on_poll=progress.poll,
+            verbose=False,
+        )
+        seconds = progress.finish()
+        refresh()
+        if code != 0:
+            log_lines = (results_dir / "flower.log").read_text(errors="replace").splitlines()
+            print(f"{label}: FAILED; the last lines of its log:", file=sys.stderr)
+            print("\n".join(log_lines[-60:]), file=sys.stderr)
+            return code
+        record = load_run(results_dir)
+        print(
+            f"{label}: done in {format_duration(seconds)}: last-10 accuracy "
+            f"{record.figures['last10_accuracy']:.2f} %",
+            flush=True,
+        )
+    print(f"\nComparison ({out}):\n")
+    print((out / "comparison.md").read_text())
+    return 0
+
+
+def comma_list(text: str, kind: type = str) -> list:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        values = [kind(item) for item in items]
+    except ValueError:
+        message = f"not a comma-separated list of {kind.__name__}: {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not values:
+        raise argparse.ArgumentTypeError("an empty list")
+    return list(dict.fromkeys(values))  # in order, without repeats
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--run-config",
+        "--config",
         action="append",
         default=[],
         metavar="TOML_OR_KEYS",
         help='a preset file (configs/*.toml) or "key=value ..."; repeatable, merged in order',
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="one run-config key (applied after --run-config); repeatable",
     )
     parser.add_argument(
         "--num-clients", type=int, default=10, help="simulated clients (num-supernodes)"
@@ -340,6 +608,22 @@ def main(argv: list[str] | None = None) -> int:
         "--federation-config",
         default="client-resources-num-cpus=1 client-resources-num-gpus=0",
         help='Flower federation settings, e.g. "client-resources-num-gpus=0.25"',
+    )
+    parser.add_argument(
+        "--strategies",
+        type=comma_list,
+        help="compare: run each of these strategies (comma-separated) for every seed",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=lambda text: comma_list(text, int),
+        help="compare: run every strategy with each of these seeds (comma-separated)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="the results folder (a comparison's; default results/cmp-<preset name>); "
+        "for one run, the same as out-dir",
     )
     parser.add_argument("--quiet", action="store_true", help="do not stream the run's logs")
     parser.add_argument(
@@ -356,13 +640,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.num_clients < 1:
         print(f"error: --num-clients={args.num_clients}: it must be at least 1", file=sys.stderr)
         return 2
+    comparing = args.strategies is not None or args.seeds is not None
     try:
-        mapping = resolve_run_config(parse_overrides(args.run_config))
-        preflight(mapping, args.num_clients)
+        overrides = parse_overrides(args.run_config) | parse_set_options(args.set)
+        if comparing:
+            preset = next((Path(i).stem for i in args.run_config if i.endswith(".toml")), "")
+            out = (args.out or ROOT / "results" / f"cmp-{preset or 'default'}").resolve()
+            base = resolve_run_config(overrides)
+            strategies = args.strategies or [base["strategy"]]
+            plans = plan_comparison(
+                overrides, strategies, args.seeds or [base["seed"]], out, args.num_clients
+            )
+        else:
+            if args.out is not None:
+                overrides["out-dir"] = str(args.out)
+            mapping = resolve_run_config(overrides)
+            preflight(mapping, args.num_clients)
     except (ConfigError, DatasetNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
+        if comparing:
+            title = f"{preset or base['dataset']}: " + ", ".join(strategies)
+            return run_comparison(
+                plans,
+                strategies,
+                out,
+                args.num_clients,
+                args.federation_config,
+                args.flwr_home.resolve(),
+                title,
+            )
         return run_simulation(
             mapping,
             args.num_clients,

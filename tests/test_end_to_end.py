@@ -144,3 +144,54 @@ def test_maskedoptim_flags_the_noisy_clients_and_keeps_their_labels(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert summary["label_acc_corrected"] > summary["label_acc_observed"]
+
+
+def test_the_comparison_runner_writes_a_table_and_resumes(tmp_path):
+    out = tmp_path / "cmp"
+    sweep = (
+        "--strategies", "fedavg,fedmedian", "--seeds", "1,2", "--num-clients", "3",
+        "--set", "num-rounds=2", "--set", "clients-per-round=2", "--out", str(out),
+    )  # fmt: skip
+    done = launch(tmp_path, *sweep)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[4/4] fedmedian seed 2: done" in done.stdout
+    runs = {}
+    for strategy in ("fedavg", "fedmedian"):
+        for seed in (1, 2):
+            summary = json.loads((out / f"{strategy}-seed{seed}" / "summary.json").read_text())
+            assert summary["status"] == "completed" and summary["rounds_completed"] == 2
+            assert (out / f"{strategy}-seed{seed}" / "flower.log").stat().st_size > 0
+            runs[strategy, seed] = summary["last10_mean_accuracy"]
+    with open(out / "comparison.csv") as handle:
+        table = {row["strategy"]: row for row in csv.DictReader(handle)}
+    assert list(table) == ["fedavg", "fedmedian"]
+    for strategy, row in table.items():
+        assert row["seeds"] == "1,2"
+        expected = (runs[strategy, 1] + runs[strategy, 2]) / 2
+        assert float(row["last10_accuracy_mean"]) == pytest.approx(expected, abs=1e-3)
+    # The same seed gives both strategies the same clients: the partitions and noise match.
+    configs = [json.loads((out / f"{s}-seed1" / "config.json").read_text()) for s in table]
+    assert configs[0]["client_true_noise_rates"] == configs[1]["client_true_noise_rates"]
+    assert "| fedmedian | 1,2 |" in (out / "comparison.md").read_text()
+    assert (out / "accuracy.png").stat().st_size > 1000
+
+    again = launch(tmp_path, *sweep)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already complete, skipped") == 4
+    assert "started" not in again.stdout
+
+    changed = launch(tmp_path, *sweep, "--set", "lr=0.5")
+    assert changed.returncode == 2
+    assert "differs in: lr" in changed.stderr
+
+
+def test_the_comparison_runner_stops_at_a_failed_run_and_shows_its_log(tmp_path):
+    done = launch(
+        tmp_path,
+        "--strategies", "fedavg", "--seeds", "1", "--num-clients", "3",
+        "--set", "num-rounds=1", "--set", "clients-per-round=2", "--set", "dirichlet-min-size=1000",
+        "--out", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "[1/1] fedavg seed 1: FAILED; the last lines of its log:" in done.stderr
+    assert "dirichlet" in done.stderr.lower()  # the failure's reason, from the run's log

@@ -1,0 +1,253 @@
+"""Side by side: the figures of finished runs, per strategy, as mean ± std over seeds.
+
+A comparison sweep (`simulation.py --strategies ... --seeds ...`) keeps each run in
+`<out>/<strategy>-seed<seed>/` (the files of server_app.results) and, after every run, rewrites:
+
+- `runs.csv`: one row per finished run (strategy, seed and its headline figures);
+- `comparison.csv` / `comparison.md`: one row per strategy, mean and std over its seeds of the
+  last-10-round accuracy, best, final, last-10 macro-F1, wall time, seconds per round, and, for the
+  strategies that detect noisy clients, detection and label-correction figures;
+- `accuracy.png`: test accuracy per round, the mean over seeds with a ±1 std band, a line per
+  strategy.
+
+Nothing here knows about Flower or torch: it reads the run folders' JSON and CSV files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# (column, label in comparison.md, scale applied for display) for the per-run figures.
+FIGURES = (
+    ("last10_accuracy", "last-10 acc (%)", 1.0),
+    ("best_accuracy", "best (%)", 1.0),
+    ("final_accuracy", "final (%)", 1.0),
+    ("last10_macro_f1", "last-10 macro-F1 (%)", 1.0),
+    ("wall_minutes", "minutes in rounds", 1.0),
+    ("seconds_per_round", "s/round", 1.0),
+)
+# Only for strategies that flag noisy clients (detection.json).
+DETECTION_FIGURES = (
+    ("flagged", "flagged", 1.0),
+    ("detect_precision", "det. precision", 1.0),
+    ("detect_recall", "det. recall", 1.0),
+    ("true_rate_flagged", "true rate flagged", 1.0),
+    ("true_rate_clean", "true rate clean", 1.0),
+    ("label_acc_before", "label acc before (%)", 100.0),
+    ("label_acc_after", "label acc after (%)", 100.0),
+    ("label_f1_after", "label macro-F1 after (%)", 100.0),
+)
+
+
+def run_folder_name(strategy: str, seed: int) -> str:
+    return f"{strategy}-seed{seed}"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The figures of one finished run, read back from its folder."""
+
+    strategy: str
+    seed: int
+    status: str
+    rounds_completed: int
+    figures: dict[str, float | None]
+    accuracy_per_round: dict[int, float] = field(default_factory=dict)  # round -> %
+
+
+def _number(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def load_run(directory: Path) -> RunRecord | None:
+    """The run in `directory`, or None when its config or summary is missing or unreadable."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+        summary = json.loads((directory / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    figures: dict[str, float | None] = {
+        "last10_accuracy": _number(summary.get("last10_mean_accuracy")),
+        "best_accuracy": _number(summary.get("best_accuracy")),
+        "final_accuracy": _number(summary.get("final_accuracy")),
+        "last10_macro_f1": _number(summary.get("last10_mean_macro_f1")),
+        "wall_minutes": _number(summary.get("wall_seconds", 0.0)) / 60,
+        "seconds_per_round": _number(summary.get("seconds_per_round")),
+    }
+    detection_file = directory / "detection.json"
+    if detection_file.is_file():
+        report = json.loads(detection_file.read_text())
+        quality = (report.get("detection") or {}).get("quality") or {}
+        labels = report.get("label_correction") or {}
+        figures.update(
+            flagged=_number(quality.get("flagged")),
+            detect_precision=_number(quality.get("precision")),
+            detect_recall=_number(quality.get("recall")),
+            true_rate_flagged=_number(quality.get("mean_true_rate_flagged")),
+            true_rate_clean=_number(quality.get("mean_true_rate_clean")),
+            label_acc_before=_number(labels.get("label_acc_observed")),
+            label_acc_after=_number(labels.get("label_acc_corrected")),
+            label_f1_after=_number(labels.get("label_f1_corrected")),
+        )
+    accuracy: dict[int, float] = {}
+    try:
+        with open(directory / "metrics.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("test_accuracy"):
+                    accuracy[int(row["round"])] = 100 * float(row["test_accuracy"])
+    except OSError:
+        pass
+    return RunRecord(
+        strategy=str(config["run_config"]["strategy"]),
+        seed=int(config["seed"]),
+        status=str(summary.get("status", "unknown")),
+        rounds_completed=int(summary.get("rounds_completed", 0)),
+        figures=figures,
+        accuracy_per_round=accuracy,
+    )
+
+
+def is_complete(record: RunRecord | None, num_rounds: int) -> bool:
+    return (
+        record is not None
+        and record.status == "completed"
+        and record.rounds_completed == num_rounds
+    )
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the known values (std None below two values)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return None, None
+    return statistics.mean(known), (statistics.stdev(known) if len(known) > 1 else None)
+
+
+def strategy_rows(records: list[RunRecord], order: list[str] | None = None) -> list[dict]:
+    """One row per strategy: its seeds and mean/std of every figure (keys `<figure>_mean/_std`)."""
+    by_strategy: dict[str, list[RunRecord]] = {}
+    for record in sorted(records, key=lambda r: r.seed):
+        by_strategy.setdefault(record.strategy, []).append(record)
+    names = [s for s in (order or []) if s in by_strategy]
+    names += sorted(set(by_strategy) - set(names))
+    rows = []
+    for name in names:
+        runs = by_strategy[name]
+        row: dict[str, Any] = {"strategy": name, "seeds": ",".join(str(r.seed) for r in runs)}
+        for key, _, _ in FIGURES + DETECTION_FIGURES:
+            row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r.figures.get(key) for r in runs])
+        rows.append(row)
+    return rows
+
+
+def _shown(mean: float | None, std: float | None, scale: float) -> str:
+    if mean is None:
+        return ""
+    return f"{scale * mean:.2f}" + ("" if std is None else f" ± {scale * std:.2f}")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """comparison.md's table; the detection columns only when some strategy has them."""
+    figures = list(FIGURES)
+    if any(row.get("flagged_mean") is not None for row in rows):
+        figures += DETECTION_FIGURES
+    lines = [
+        "| strategy | seeds | " + " | ".join(label for _, label, _ in figures) + " |",
+        "|" + " --- |" * (len(figures) + 2),
+    ]
+    for row in rows:
+        cells = [_shown(row[f"{k}_mean"], row[f"{k}_std"], scale) for k, _, scale in figures]
+        lines.append(f"| {row['strategy']} | {row['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _replace(path: Path, write) -> None:
+    """Write through a temporary file so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({c: _cell(row.get(c)) for c in columns})
+
+    _replace(path, write)
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def plot_comparison(records: list[RunRecord], path: Path, title: str, order: list[str]) -> None:
+    """Accuracy per round: mean over seeds, ±1 std band, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in strategy_rows(records, order):
+        runs = [r for r in records if r.strategy == row["strategy"]]
+        rounds = sorted(set.intersection(*(set(r.accuracy_per_round) for r in runs)))
+        if not rounds:
+            continue
+        values = np.array([[r.accuracy_per_round[t] for t in rounds] for r in runs])
+        mean = values.mean(axis=0)
+        (line,) = ax.plot(rounds, mean, label=f"{row['strategy']} ({len(runs)} seeds)")
+        if len(runs) > 1:
+            std = values.std(axis=0, ddof=1)
+            ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _replace(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def _position(order: list[str], strategy: str) -> tuple[int, str]:
+    return (order.index(strategy) if strategy in order else len(order), strategy)
+
+
+def write_comparison(
+    out: Path, records: list[RunRecord], order: list[str], title: str, preamble: str = ""
+) -> None:
+    """runs.csv, comparison.csv, comparison.md and accuracy.png in `out` from `records`."""
+    out.mkdir(parents=True, exist_ok=True)
+    run_columns = ["strategy", "seed", "rounds_completed"] + [k for k, _, _ in FIGURES]
+    run_columns += [k for k, _, _ in DETECTION_FIGURES]
+    runs = [
+        {"strategy": r.strategy, "seed": r.seed, "rounds_completed": r.rounds_completed} | r.figures
+        for r in sorted(records, key=lambda r: (_position(order, r.strategy), r.seed))
+    ]
+    _write_csv(out / "runs.csv", runs, run_columns)
+    rows = strategy_rows(records, order)
+    columns = ["strategy", "seeds"] + [
+        f"{key}_{stat}" for key, _, _ in FIGURES + DETECTION_FIGURES for stat in ("mean", "std")
+    ]
+    _write_csv(out / "comparison.csv", rows, columns)
+    text = f"# {title}\n\n{preamble}\n\n" if preamble else f"# {title}\n\n"
+    _replace(out / "comparison.md", lambda tmp: tmp.write_text(text + markdown_table(rows)))
+    plot_comparison(records, out / "accuracy.png", title, order)

@@ -1,0 +1,191 @@
+"""The comparison table and plot (common.comparison) and the sweep's helpers in simulation.py."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import pytest
+
+from common.comparison import (
+    is_complete,
+    load_run,
+    markdown_table,
+    mean_std,
+    run_folder_name,
+    strategy_rows,
+    write_comparison,
+)
+from common.config import ConfigError, app_defaults
+from server_app.results import RunResults
+from simulation import (
+    SweepProgress,
+    comma_list,
+    parse_set_options,
+    rounds_done,
+    stored_config_differences,
+)
+
+
+def fake_run(
+    root: Path, strategy: str, seed: int, accuracies: list[float], detection: dict | None = None
+) -> Path:
+    """A run folder written by the real results writer, with the given test accuracies."""
+    directory = root / run_folder_name(strategy, seed)
+    config = {"run_config": {**app_defaults(), "strategy": strategy, "seed": seed}, "seed": seed}
+    results = RunResults.create(directory, strategy, {**config, "num_clients": 10})
+    for round_number, accuracy in enumerate(accuracies):
+        results.add_round(
+            {"round": round_number, "test_accuracy": accuracy, "test_macro_f1": accuracy / 2}
+        )
+    if detection is not None:
+        results.write_json("detection.json", detection)
+    results.finish("completed")
+    return directory
+
+
+def detection_report(flagged: int, precision: float, before: float, after: float) -> dict:
+    return {
+        "detection": {
+            "quality": {
+                "flagged": flagged,
+                "precision": precision,
+                "recall": 0.5,
+                "mean_true_rate_flagged": 0.3,
+                "mean_true_rate_clean": 0.1,
+            }
+        },
+        "label_correction": {
+            "label_acc_observed": before,
+            "label_acc_corrected": after,
+            "label_f1_corrected": after,
+        },
+    }
+
+
+def test_mean_std_uses_the_sample_deviation_and_skips_unknown_values():
+    assert mean_std([1.0, None, 3.0]) == (2.0, pytest.approx(2**0.5))
+    assert mean_std([4.0]) == (4.0, None)
+    assert mean_std([None]) == (None, None)
+
+
+def test_load_run_reads_the_figures_the_results_writer_wrote(tmp_path):
+    directory = fake_run(tmp_path, "fedavg", 3, [0.1, 0.5, 0.7])
+    record = load_run(directory)
+    assert (record.strategy, record.seed, record.status) == ("fedavg", 3, "completed")
+    assert record.rounds_completed == 2
+    assert record.figures["last10_accuracy"] == pytest.approx(60.0)
+    assert record.figures["best_accuracy"] == pytest.approx(70.0)
+    assert record.figures["last10_macro_f1"] == pytest.approx(30.0)
+    assert record.accuracy_per_round == pytest.approx({0: 10.0, 1: 50.0, 2: 70.0})
+    assert "flagged" not in record.figures
+    assert is_complete(record, 2) and not is_complete(record, 3)
+    assert load_run(tmp_path / "missing") is None
+
+
+def test_an_interrupted_run_is_not_complete(tmp_path):
+    directory = tmp_path / "fedavg-seed1"
+    results = RunResults.create(directory, "x", {"run_config": {"strategy": "fedavg"}, "seed": 1})
+    results.add_round({"round": 0, "test_accuracy": 0.1, "test_macro_f1": 0.1})
+    results.add_round({"round": 1, "test_accuracy": 0.2, "test_macro_f1": 0.1})
+    record = load_run(directory)
+    assert record.status == "running" and not is_complete(record, 1)
+
+
+def test_strategy_rows_average_over_seeds_in_the_requested_order(tmp_path):
+    records = [
+        load_run(fake_run(tmp_path, "rfa", 1, [0.1, 0.40])),
+        load_run(fake_run(tmp_path, "fedavg", 2, [0.1, 0.60])),
+        load_run(fake_run(tmp_path, "fedavg", 1, [0.1, 0.50])),
+    ]
+    rows = strategy_rows(records, order=["fedavg", "rfa"])
+    assert [row["strategy"] for row in rows] == ["fedavg", "rfa"]
+    assert rows[0]["seeds"] == "1,2"
+    assert rows[0]["last10_accuracy_mean"] == pytest.approx(55.0)
+    assert rows[0]["last10_accuracy_std"] == pytest.approx(statistics.stdev([50.0, 60.0]))
+    assert rows[1]["last10_accuracy_std"] is None  # one seed: no spread to report
+
+
+def test_the_detection_columns_appear_only_for_strategies_that_detect(tmp_path):
+    plain = [load_run(fake_run(tmp_path, "fedavg", 1, [0.1, 0.5]))]
+    assert "det. precision" not in markdown_table(strategy_rows(plain))
+    detecting = plain + [
+        load_run(fake_run(tmp_path, "maskedoptim", s, [0.1, 0.5], detection_report(*figures)))
+        for s, figures in ((1, (40, 0.9, 0.7, 0.8)), (2, (50, 0.7, 0.6, 0.8)))
+    ]
+    table = markdown_table(strategy_rows(detecting, ["fedavg", "maskedoptim"]))
+    assert "det. precision" in table and "label acc after (%)" in table
+    fedavg_line, masked_line = table.splitlines()[2:4]
+    assert masked_line.startswith("| maskedoptim | 1,2 |")
+    assert "| 45.00 ± 7.07 | 0.80 ± 0.14 |" in masked_line
+    assert "| 65.00 ± 7.07 | 80.00 ± 0.00 |" in masked_line  # label accuracy before, after (%)
+    assert fedavg_line.endswith("|  |  |  |  |  |  |  |  |")
+
+
+def test_write_comparison_writes_tables_and_plot(tmp_path):
+    runs = tmp_path / "runs"
+    records = [
+        load_run(fake_run(runs, strategy, seed, [0.1, 0.2 + 0.1 * seed]))
+        for strategy in ("fedavg", "fedmedian")
+        for seed in (1, 2)
+    ]
+    out = tmp_path / "cmp"
+    write_comparison(out, records, ["fedmedian", "fedavg"], "title", "Made by a test.")
+    with open(out / "comparison.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["strategy"] for row in rows] == ["fedmedian", "fedavg"]
+    assert float(rows[1]["last10_accuracy_mean"]) == pytest.approx(35.0)
+    with open(out / "runs.csv") as handle:
+        runs_rows = list(csv.DictReader(handle))
+    assert [(r["strategy"], r["seed"]) for r in runs_rows] == [
+        ("fedmedian", "1"),
+        ("fedmedian", "2"),
+        ("fedavg", "1"),
+        ("fedavg", "2"),
+    ]
+    text = (out / "comparison.md").read_text()
+    assert text.startswith("# title\n\nMade by a test.")
+    assert "| fedavg | 1,2 | 35.00 ± 7.07 |" in text
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_set_options_take_toml_values_or_plain_strings():
+    assert parse_set_options(["lr=0.1", "strategy=fedavg", "data-dir='/x y'", "download=true"]) == {
+        "lr": 0.1,
+        "strategy": "fedavg",
+        "data-dir": "/x y",
+        "download": True,
+    }
+    with pytest.raises(ConfigError, match="'lr'"):
+        parse_set_options(["lr"])
+
+
+def test_comma_lists_keep_order_and_drop_repeats():
+    assert comma_list("rfa, fedavg,rfa") == ["rfa", "fedavg"]
+    assert comma_list("3,1", int) == [3, 1]
+    with pytest.raises(Exception, match="'1,x'"):
+        comma_list("1,x", int)
+
+
+def test_stored_config_differences_name_the_changed_keys(tmp_path):
+    directory = fake_run(tmp_path, "fedavg", 1, [0.1, 0.2])
+    wanted = {**app_defaults(), "strategy": "fedavg", "seed": 1, "out-dir": "/elsewhere"}
+    assert stored_config_differences(directory, wanted, 10) == []
+    assert stored_config_differences(directory, {**wanted, "lr": 0.5}, 10) == ["lr"]
+    assert stored_config_differences(directory, wanted, 4) == ["--num-clients (10 there)"]
+    assert stored_config_differences(tmp_path / "nothing", wanted, 10) == []
+
+
+def test_progress_reads_rounds_and_estimates_what_is_left(tmp_path):
+    directory = fake_run(tmp_path, "fedavg", 1, [0.1, 0.2, 0.3])
+    done, elapsed = rounds_done(directory)
+    assert done == 2 and elapsed >= 0.0
+    progress = SweepProgress(num_rounds=4)
+    progress.start("[1/3] fedavg seed 1", directory, runs_after=2)
+    # Half of this run left at 10 s per round, then two runs of the projected length.
+    left = progress.estimate_left(done=2, round_seconds=10.0)
+    assert left >= 20.0 + 2 * 20.0
+    progress.run_seconds = [100.0]  # once a run has finished, its length is the estimate
+    assert progress.estimate_left(done=2, round_seconds=10.0) == pytest.approx(20.0 + 200.0)
