@@ -33,6 +33,10 @@ STRATEGY_NAMES = (
     "bulyan",
     "maskedoptim",
     "rfa",
+    "median-torch",
+    "trimmedmean-fnbench",
+    "krum-fnbench",
+    "fedexp",
 )
 GM_SCOPES = ("per-tensor", "whole-model")
 MASKABLE_TERMS = ("compat", "entropy", "class")

@@ -222,3 +222,123 @@ def weighted_mean(
         stacked = np.stack([t.astype(np.float64, copy=False).reshape(-1) for t in tensors])
         result.append(_cast_back((w @ stacked).reshape(tensors[0].shape), dtype))
     return result
+
+
+# --- The authors' aggregation baselines (FNBench `fl_components/fed.py`, spec §5.2) -------------
+
+
+def coordinate_lower_median(models: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Coordinate-wise median with torch.median's rule: for an even number of models, the lower
+    of the two middle values, not their mean (the authors' `Median`, spec §11.3 B11).
+
+    Every output value is one of the inputs, so each tensor keeps its dtype exactly."""
+    converted = _check_models(models)
+    middle = (len(converted) - 1) // 2
+    result = []
+    for j in range(len(converted[0])):
+        tensors = [model[j] for model in converted]
+        dtype = _output_dtype(tensors)
+        stacked = np.stack([t.astype(dtype, copy=False) for t in tensors])
+        result.append(np.sort(stacked, axis=0)[middle])
+    return result
+
+
+def _flattened(models: list[list[np.ndarray]]) -> np.ndarray:
+    """[m, D] float64: each model's tensors (buffers included) concatenated, as the authors'
+    `multi_vectorization` does."""
+    return np.stack(
+        [
+            np.concatenate([t.astype(np.float64, copy=False).reshape(-1) for t in model])
+            if model
+            else np.zeros(0)
+            for model in models
+        ]
+    )
+
+
+def summed_squared_distances(models: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
+    """s_i = sum_j ||x_i - x_j||^2 over all models j (whole-model vectors): the distance score
+    of the authors' Krum and TrimmedMean variants."""
+    flat = _flattened(_check_models(models))
+    distances = np.zeros((len(flat), len(flat)))
+    for i in range(len(flat)):  # pair by pair: exact and symmetric (no |a|^2 + |b|^2 - 2ab)
+        for j in range(i + 1, len(flat)):
+            difference = flat[i] - flat[j]
+            distances[i, j] = distances[j, i] = difference @ difference
+    return distances.sum(axis=1)
+
+
+def krum_fnbench(models: Sequence[Sequence[np.ndarray]]) -> tuple[list[np.ndarray], int]:
+    """The authors' Krum variant (spec §5.2, B10): the model with the smallest sum of squared
+    distances to *all* models (a medoid; the textbook Krum sums over the m - f - 2 nearest
+    only). Returns a copy of that model and its index (ties: the lowest index).
+
+    Since sum_j ||x_i - x_j||^2 = m ||x_i - mean||^2 + const, this is the model nearest the mean.
+    """
+    converted = _check_models(models)
+    chosen = int(np.argmin(summed_squared_distances(converted)))
+    return [tensor.copy() for tensor in converted[chosen]], chosen
+
+
+def trimmed_mean_fnbench(
+    models: Sequence[Sequence[np.ndarray]], num_trimmed: int
+) -> tuple[list[np.ndarray], list[int]]:
+    """The authors' TrimmedMean variant (spec §5.2, B10): not coordinate-wise. Score each model by
+    s_i = sum_j ||x_i - x_j||^2, take the lower median of the scores, keep the m - 2f models whose
+    score is nearest to it, and return their uniform mean and their indices (sorted).
+
+    `num_trimmed` is f = int(m * compromised-rate); m - 2f must be at least 1."""
+    converted = _check_models(models)
+    keep = len(converted) - 2 * num_trimmed
+    if num_trimmed < 0 or keep < 1:
+        raise ValueError(
+            f"trimmed mean of {len(converted)} models with f={num_trimmed} keeps {keep} "
+            "models; need 0 <= f and m - 2f >= 1"
+        )
+    scores = summed_squared_distances(converted)
+    lower_median = np.sort(scores)[(len(scores) - 1) // 2]
+    kept = sorted(np.argsort(np.abs(scores - lower_median), kind="stable")[:keep].tolist())
+    return weighted_mean([converted[i] for i in kept]), kept
+
+
+FEDEXP_EPS = 1e-3  # the FedExP paper's and FNBench's epsilon
+
+
+def fedexp(
+    global_model: Sequence[np.ndarray],
+    models: Sequence[Sequence[np.ndarray]],
+    weights: Sequence[float] | None = None,
+    eps: float = FEDEXP_EPS,
+) -> tuple[list[np.ndarray], float]:
+    """FedExP (Jhunjhunwala et al., ICLR 2023; FNBench `FedExp`): extrapolate FedAvg's update.
+
+    With client updates d_k = x_k - g and p_k the normalised weights (sample counts, as FedAvg):
+    eta = max(1, sum_k p_k ||d_k||^2 / (2 (||sum_k p_k d_k||^2 + eps))) and the new global model is
+    g + eta * sum_k p_k d_k. Norms run over the floating tensors; integer buffers
+    (``num_batches_tracked``) are not extrapolated, they get the weighted mean. Returns the new
+    model and eta. (FNBench measures d_k from the *initial* model rather than the current
+    global one; this follows the paper.)"""
+    converted = _check_models([list(global_model), *models])
+    start, clients = converted[0], converted[1:]
+    if not clients:
+        raise ValueError("fedexp needs at least one client model")
+    p = _normalised_weights(weights, len(clients))
+    floating = [j for j, t in enumerate(start) if np.issubdtype(_output_dtype([t]), np.floating)]
+    deltas = {
+        j: np.stack([c[j].astype(np.float64) - start[j].astype(np.float64) for c in clients])
+        for j in floating
+    }
+    mean_delta = {j: np.tensordot(p, d, axes=1) for j, d in deltas.items()}
+    spread = sum(float(np.tensordot(p, (d**2).reshape(len(p), -1).sum(1), axes=1))
+                 for d in deltas.values())  # fmt: skip
+    mean_norm = sum(float((m**2).sum()) for m in mean_delta.values())
+    eta = max(1.0, spread / (2 * (mean_norm + eps)))
+    averaged = weighted_mean(clients, p)
+    result = []
+    for j, tensor in enumerate(start):
+        if j in mean_delta:
+            step = tensor.astype(np.float64) + eta * mean_delta[j]
+            result.append(_cast_back(step, _output_dtype([c[j] for c in converted])))
+        else:
+            result.append(averaged[j])
+    return result, eta

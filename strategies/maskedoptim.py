@@ -1,7 +1,5 @@
 """MaskedOptim's server side (spec §1, §2, §5.1) and the RFA baseline, as Flower strategies.
 
-- `GeometricMedianAggregation`: FedAvg's messaging with the geometric median of the uploaded
-  models as the aggregation rule (per tensor, unweighted, 10 Weiszfeld iterations by default).
 - `Rfa`: plain-CE local training + geometric median (the authors' `--method RFA`).
 - `MaskedOptimStrategy`: rounds 1..T_w warm up (every sampled client trains with logit-adjusted
   CE); right after aggregating round T_w it asks *all* clients for their per-class mean loss of
@@ -23,65 +21,19 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
-from flwr.serverapp.strategy import FedAvg
 
 from common.label_metrics import metrics_from_confusion
-from strategies.aggregation import geometric_median_per_tensor, geometric_median_whole_model
 from strategies.detection import detection_quality, split_noisy_clients
+from strategies.rules import RuleAggregation
 from strategies.sampling import SeededSampling
 
 MASKED_TRAIN = "train.masked"
 CLASS_LOSS_QUERY = "query.class_loss"
 
 
-@dataclass(frozen=True)
-class GeometricMedian:
-    """How the uploaded models are combined (spec §5.1, §11.2 row 10)."""
-
-    scope: str = "per-tensor"  # or "whole-model" (RFA's original, one median of flat vectors)
-    weighted: bool = False  # the authors ignore sample counts
-    max_iter: int = 10
-    eps: float = 1e-5
-
-    def combine(self, models: list[list[np.ndarray]], examples: list[int]) -> list[np.ndarray]:
-        rule = (
-            geometric_median_per_tensor
-            if self.scope == "per-tensor"
-            else geometric_median_whole_model
-        )
-        weights = examples if self.weighted else None
-        return rule(models, weights, max_iter=self.max_iter, eps=self.eps)
-
-
-class GeometricMedianAggregation(FedAvg):
-    """FedAvg's messaging; aggregation by the geometric median of the replies' arrays."""
-
-    def __init__(self, *, median: GeometricMedian, local_loss: str, **flower_kwargs) -> None:
-        super().__init__(**flower_kwargs)
-        self.median = median
-        self.local_loss = local_loss
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
-        config["local-loss"] = self.local_loss  # the loss clean clients train with
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
-        contents = [message.content for message in valid]
-        keys = list(contents[0]["arrays"].keys())
-        models = [[content["arrays"][key].numpy() for key in keys] for content in contents]
-        examples = [int(content["metrics"]["num-examples"]) for content in contents]
-        combined = self.median.combine(models, examples)
-        pairs = zip(keys, combined, strict=True)
-        arrays = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(a)) for k, a in pairs})
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
-
-
-class Rfa(SeededSampling, GeometricMedianAggregation):
+class Rfa(SeededSampling, RuleAggregation):
     """The RFA baseline: plain CE local training, geometric-median aggregation."""
 
 
@@ -137,7 +89,7 @@ def confusion_from(record: ConfigRecord, key: str) -> np.ndarray:
     return flat.reshape(side, side)
 
 
-class MaskedOptimStrategy(SeededSampling, GeometricMedianAggregation):
+class MaskedOptimStrategy(SeededSampling, RuleAggregation):
     """Warm-up, one-off detection after round T_w, then routing by group (see module doc)."""
 
     def __init__(

@@ -19,7 +19,15 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import STRATEGY_NAMES, ConfigError, RunConfig
-from strategies.maskedoptim import GeometricMedian, MaskedOptimStrategy, Rfa
+from strategies.maskedoptim import MaskedOptimStrategy, Rfa
+from strategies.rules import (
+    FedExp,
+    GeometricMedian,
+    KrumFnbench,
+    LowerMedian,
+    RuleAggregation,
+    TrimmedMeanFnbench,
+)
 from strategies.sampling import ClientRoster, SeededSampling
 
 _FLOWER_CLASSES = {
@@ -35,6 +43,11 @@ _SEEDED_CLASSES = {
     name: type(f"Seeded{cls.__name__}", (SeededSampling, cls), {})
     for name, cls in _FLOWER_CLASSES.items()
 } | {"maskedoptim": MaskedOptimStrategy, "rfa": Rfa}
+# The authors' aggregation baselines (FNBench variants, spec §5.2): plain CE, FedAvg messaging.
+_SEEDED_CLASSES |= dict.fromkeys(
+    ("median-torch", "trimmedmean-fnbench", "krum-fnbench", "fedexp"),
+    type("SeededRuleAggregation", (SeededSampling, RuleAggregation), {}),
+)
 assert tuple(_SEEDED_CLASSES) == STRATEGY_NAMES, "registry and config disagree on the names"
 
 
@@ -52,6 +65,11 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
             f"bulyan needs clients-per-round >= 4*f + 3 with f = int(clients-per-round * "
             f"compromised-rate) = {f}; got {sampled} clients per round. Lower compromised-rate "
             f"to at most {max((sampled - 3) // 4, 0) / sampled:.3f} or sample more clients"
+        )
+    if config.strategy == "trimmedmean-fnbench" and sampled - 2 * f < 1:
+        raise ConfigError(
+            f"trimmedmean-fnbench keeps clients-per-round - 2f models with f = {f}; got "
+            f"{sampled} clients per round, which keeps none. Lower compromised-rate below 0.5"
         )
     if config.strategy in ("krum", "multikrum") and sampled < 2 * f + 3:
         raise ConfigError(
@@ -72,9 +90,16 @@ def build_strategy(config: RunConfig, roster: ClientRoster) -> Strategy:
     )
     extra = {
         "fedprox": {"proximal_mu": config.proximal_mu},
-        "rfa": {"median": median, "local_loss": "ce"},
+        "rfa": {"rule": median, "local_loss": "ce"},
+        "median-torch": {"rule": LowerMedian(), "local_loss": "ce"},
+        "trimmedmean-fnbench": {
+            "rule": TrimmedMeanFnbench(config.compromised_rate),
+            "local_loss": "ce",
+        },
+        "krum-fnbench": {"rule": KrumFnbench(), "local_loss": "ce"},
+        "fedexp": {"rule": FedExp(), "local_loss": "ce"},
         "maskedoptim": {
-            "median": median,
+            "rule": median,
             "local_loss": "logit-adjusted",
             "warmup_rounds": config.warmup_rounds,
             "gmm_fits": config.gmm_fits,

@@ -228,3 +228,107 @@ def test_weighted_mean_matches_numpy_average():
         assert out[j].dtype == models[0][j].dtype
     uniform = weighted_mean(models)
     np.testing.assert_allclose(uniform[1], np.mean([m[1] for m in models], axis=0), atol=1e-12)
+
+
+# --- the authors' baselines (FNBench variants, spec §5.2) ---------------------------------------
+
+
+def _models(seed: int, m: int) -> list[list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        [rng.normal(size=(3, 4)).astype(np.float32), np.array(rng.integers(0, 50), np.int64)]
+        for _ in range(m)
+    ]
+
+
+@pytest.mark.parametrize("m", [4, 5, 10])
+def test_lower_median_matches_torch_median_the_authors_call(m):
+    import torch
+
+    models = _models(m, m)
+    ours = aggregation.coordinate_lower_median(models)
+    for j in range(2):
+        stacked = torch.stack([torch.as_tensor(model[j]) for model in models])
+        expected = torch.median(stacked, dim=0).values.numpy()
+        np.testing.assert_array_equal(ours[j], expected)
+        assert ours[j].dtype == models[0][j].dtype
+
+
+def test_lower_median_equals_flowers_median_for_odd_counts_only():
+    odd, even = _models(1, 5), _models(2, 4)
+    np.testing.assert_array_equal(
+        aggregation.coordinate_lower_median(odd)[0], np.median([m[0] for m in odd], axis=0)
+    )
+    assert not np.allclose(
+        aggregation.coordinate_lower_median(even)[0], np.median([m[0] for m in even], axis=0)
+    )
+
+
+def test_summed_squared_distances_by_hand():
+    models = [[np.array([x], np.float64)] for x in (0.0, 1.0, 2.0, 3.0, 100.0)]
+    expected = [10014.0, 9807.0, 9610.0, 9423.0, 38814.0]
+    np.testing.assert_allclose(aggregation.summed_squared_distances(models), expected)
+
+
+def test_krum_fnbench_returns_the_model_nearest_the_mean_and_never_an_outlier():
+    models = _models(3, 9)
+    models.append([np.full((3, 4), 1e3, np.float32), np.array(7, np.int64)])  # one far outlier
+    chosen_model, chosen = aggregation.krum_fnbench(models)
+    flat = np.stack([np.concatenate([t.reshape(-1).astype(np.float64) for t in m]) for m in models])
+    assert chosen == int(np.argmin(np.linalg.norm(flat - flat.mean(axis=0), axis=1)))
+    assert chosen != 9
+    for ours, original in zip(chosen_model, models[chosen], strict=True):
+        np.testing.assert_array_equal(ours, original)
+        assert ours is not original  # a copy: the caller may not alias a client's upload
+
+
+def test_trimmed_mean_fnbench_keeps_the_most_typical_scores():
+    models = [[np.array([x], np.float32)] for x in (0.0, 1.0, 2.0, 3.0, 100.0)]
+    # scores 10014, 9807, 9610, 9423, 38814; lower median 9807; nearest three: 1, 2, 0
+    mean, kept = aggregation.trimmed_mean_fnbench(models, num_trimmed=1)
+    assert kept == [0, 1, 2]
+    np.testing.assert_allclose(mean[0], [1.0])
+    assert mean[0].dtype == np.float32
+    everything, kept_all = aggregation.trimmed_mean_fnbench(models, num_trimmed=0)
+    assert kept_all == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(everything[0], [21.2], rtol=1e-6)
+
+
+def test_trimmed_mean_fnbench_with_the_paper_rate_keeps_four_of_ten():
+    _, kept = aggregation.trimmed_mean_fnbench(_models(4, 10), num_trimmed=int(10 * 0.3))
+    assert len(kept) == 4
+
+
+@pytest.mark.parametrize("trimmed", [-1, 3])
+def test_trimmed_mean_fnbench_rejects_impossible_trims(trimmed):
+    with pytest.raises(ValueError, match="m - 2f >= 1"):
+        aggregation.trimmed_mean_fnbench(_models(5, 5), num_trimmed=trimmed)
+
+
+def test_fedexp_is_fedavg_when_all_clients_agree():
+    start = [np.zeros((2, 2), np.float32)]
+    models = [[np.ones((2, 2), np.float32)] for _ in range(3)]
+    new, eta = aggregation.fedexp(start, models, [1, 2, 3])
+    assert eta == 1.0
+    np.testing.assert_allclose(new[0], np.ones((2, 2)))
+
+
+def test_fedexp_extrapolates_orthogonal_updates():
+    # d_k = 2 e_k for 4 clients: sum p||d||^2 = 4, ||mean d||^2 = 4 * (2/4)^2 = 1,
+    # eta = 4 / (2 * (1 + 1e-3)); the step goes eta times the mean update.
+    start = [np.zeros(4, np.float64), np.array(10, np.int64)]
+    models = [[2.0 * np.eye(4)[k], np.array(10 + 4 * k, np.int64)] for k in range(4)]
+    new, eta = aggregation.fedexp(start, models)
+    assert eta == pytest.approx(4 / (2 * (1 + 1e-3)))
+    np.testing.assert_allclose(new[0], eta * np.full(4, 0.5))
+    assert new[1] == 16 and new[1].dtype == np.int64  # counters: the plain mean, no step
+
+
+def test_fedexp_weights_are_the_sample_counts():
+    start = [np.zeros(3)]
+    models = [[np.eye(3)[k]] for k in range(3)]
+    _, uniform = aggregation.fedexp(start, models, [1, 1, 1])
+    _, skewed = aggregation.fedexp(start, models, [8, 1, 1])
+    # sum p||d||^2 = 1 either way; ||mean d||^2 = 1/3 (uniform) vs 0.66 (skewed)
+    assert uniform == pytest.approx(1 / (2 * (1 / 3 + 1e-3)))
+    assert skewed == 1.0  # 1 / (2 * 0.661) < 1: no extrapolation

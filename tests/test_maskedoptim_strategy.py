@@ -158,3 +158,24 @@ def test_aggregation_is_the_per_tensor_geometric_median():
     for got, want in zip(result, expected, strict=True):
         np.testing.assert_array_equal(got, want)
     assert result[1].dtype == np.int64  # integer buffers stay integers
+
+
+@pytest.mark.parametrize("name", ["fedexp", "median-torch", "krum-fnbench", "trimmedmean-fnbench"])
+def test_rule_strategies_aggregate_with_their_pure_function(name):
+    from strategies import aggregation
+
+    config = config_with(strategy=name, clients_per_round=NUM_CLIENTS, compromised_rate=0.3)
+    strategy = build_strategy(config, ROSTER)
+    messages, replies, arrays = train_round(strategy, DetectionGrid(), 1)
+    assert all(m.content["config"]["local-loss"] == "ce" for m in messages)
+    replies.sort(key=lambda r: ROSTER.partition_of(r.metadata.src_node_id))  # as aggregated
+    models = [[a.numpy() for a in r.content["arrays"].values()] for r in replies]
+    start = [np.zeros(4, dtype=np.float32), np.array(0)]  # the round's global model
+    expected = {
+        "fedexp": lambda: aggregation.fedexp(start, models, [50] * NUM_CLIENTS)[0],
+        "median-torch": lambda: aggregation.coordinate_lower_median(models),
+        "krum-fnbench": lambda: aggregation.krum_fnbench(models)[0],
+        "trimmedmean-fnbench": lambda: aggregation.trimmed_mean_fnbench(models, 2)[0],
+    }[name]()
+    for got, want in zip([a.numpy() for a in arrays.values()], expected, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -20,6 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from common import seeding
 from common.config import STRATEGY_NAMES, ConfigError, config_with
 from strategies.registry import build_strategy, check_strategy_settings
+from strategies.rules import FedExp, KrumFnbench, LowerMedian, TrimmedMeanFnbench
 from strategies.sampling import (
     SeededSampling,
     _ordered_without_errors,
@@ -180,8 +181,31 @@ def test_roster_rejects_no_answers():
 # --- registry ----------------------------------------------------------------------------------
 
 
-def test_every_strategy_name_is_built():
-    assert set(FLOWER_CLASS) | {"maskedoptim", "rfa"} == set(STRATEGY_NAMES)
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_every_strategy_name_is_built_with_seeded_sampling(name):
+    strategy = build_strategy(config_with(strategy=name, clients_per_round=10), ROSTER)
+    assert isinstance(strategy, SeededSampling) and isinstance(strategy, FedAvg)
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("median-torch", LowerMedian()),
+        ("krum-fnbench", KrumFnbench()),
+        ("trimmedmean-fnbench", TrimmedMeanFnbench(0.3)),
+        ("fedexp", FedExp()),
+    ],
+)
+def test_the_authors_aggregation_baselines_get_their_rule(name, rule):
+    config = config_with(strategy=name, clients_per_round=10, compromised_rate=0.3)
+    strategy = build_strategy(config, ROSTER)
+    assert strategy.rule == rule and strategy.local_loss == "ce"
+
+
+def test_trimmedmean_fnbench_must_keep_a_model():
+    config = config_with(strategy="trimmedmean-fnbench", clients_per_round=4, compromised_rate=0.5)
+    with pytest.raises(ConfigError, match="keeps none"):
+        build_strategy(config, ROSTER)
 
 
 @pytest.mark.parametrize("name", ["maskedoptim", "rfa"])
@@ -189,7 +213,7 @@ def test_geometric_median_strategies_are_seeded_and_configured(name):
     config = config_with(strategy=name, clients_per_round=10, gm_scope="whole-model", gm_max_iter=7)
     strategy = build_strategy(config, ROSTER)
     assert isinstance(strategy, SeededSampling) and isinstance(strategy, FedAvg)
-    assert strategy.median.scope == "whole-model" and strategy.median.max_iter == 7
+    assert strategy.rule.scope == "whole-model" and strategy.rule.max_iter == 7
     assert strategy.local_loss == ("logit-adjusted" if name == "maskedoptim" else "ce")
     assert strategy.clients_per_round == 10
 
