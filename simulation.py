@@ -452,8 +452,9 @@ class SweepProgress:
 
 
 def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_clients: int):
-    """The run-config keys (and client count) in which a stored run differs from `mapping`."""
-    from common.config import RunConfig
+    """The run-config keys (and client count) in which a stored run differs from `mapping`;
+    keys that the run's strategy does not read are not compared (common.config)."""
+    from common.config import RunConfig, key_matters
 
     try:
         stored = json.loads((results_dir / "config.json").read_text())
@@ -464,7 +465,9 @@ def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_cl
     differences = [
         key
         for key, value in wanted.items()
-        if key not in ignored and stored.get("run_config", {}).get(key) != value
+        if key not in ignored
+        and key_matters(key, wanted["strategy"])
+        and stored.get("run_config", {}).get(key) != value
     ]
     if stored.get("num_clients") != num_clients:
         differences.append(f"--num-clients ({stored.get('num_clients')} there)")

@@ -159,6 +159,10 @@ def local_training(config: RunConfig, server_config) -> LocalTraining:
         weight_decay=config.weight_decay,
         loss=str(server_config.get("local-loss", config.local_loss)),
         proximal_mu=float(server_config.get("proximal-mu", 0.0)),
+        sce_alpha=config.sce_alpha,
+        sce_beta=config.sce_beta,
+        kd_weight=float(server_config.get("kd-weight", 0.0)),
+        kd_temperature=float(server_config.get("kd-temperature", config.fednoro_temperature)),
     )
 
 
@@ -194,14 +198,18 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def masked_settings(config: RunConfig) -> MaskedSettings:
+def masked_settings(config: RunConfig, server_config) -> MaskedSettings:
+    """The run config's label-learning settings; the strategy may override the three in which
+    FedELC differs from MaskedOptim (no mask, its entropy weight, no pre-merge)."""
     return MaskedSettings(
-        keep_ratio=config.mask_keep,
+        keep_ratio=float(server_config.get("mask-keep", config.mask_keep)),
         alpha=config.compat_weight,
-        beta=config.entropy_weight,
+        beta=float(server_config.get("entropy-weight", config.entropy_weight)),
         label_lr=config.label_lr,
         label_scale=config.label_scale,
-        local_weight=config.premerge_local_weight,
+        local_weight=float(
+            server_config.get("premerge-local-weight", config.premerge_local_weight)
+        ),
         fp16_autocast=config.masked_fp16,
         masked_terms=config.masked_terms,
     )
@@ -214,7 +222,7 @@ def train_masked(msg: Message, context: Context) -> Message:
     config = client.config
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
-    masked = masked_settings(config)
+    masked = masked_settings(config, server_config)
     labels = LabelStore(context.state)
     label_logits = labels.load(client.data.inputs.device)
     if label_logits is None:  # first time this client is noisy: K * onehot(observed)

@@ -8,6 +8,7 @@ shuffled batches of B with the last partial batch dropped.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,16 @@ class LocalTraining:
     lr: float
     momentum: float
     weight_decay: float
-    loss: str = "ce"  # "ce" or "logit-adjusted"
+    loss: str = "ce"  # one of LOSSES
     proximal_mu: float = 0.0  # FedProx's mu; 0 turns the proximal term off
+    sce_alpha: float = 0.1  # symmetric-ce: weight of CE (Wang et al.'s CIFAR-10 value)
+    sce_beta: float = 1.0  # symmetric-ce: weight of reverse CE
+    kd_weight: float = 0.0  # la-distill (FedNoRo's noisy clients): weight of the KD term
+    kd_temperature: float = 0.8  # la-distill: the teacher's softmax temperature
+
+
+# "la-distill" is FedNoRo's noisy-client loss; the others are run-config `local-loss` values.
+LOSSES = ("ce", "logit-adjusted", "symmetric-ce", "la-distill")
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,40 @@ def logit_adjusted_cross_entropy(
     their probability becomes 0, which is harmless because no target is an absent class.
     """
     return F.cross_entropy(logits + tau * log_prior, targets)
+
+
+def symmetric_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.1, beta: float = 1.0
+) -> torch.Tensor:
+    """alpha * CE + beta * reverse CE (Wang et al., ICCV 2019, as FNBench computes it).
+
+    Reverse CE = -sum_c p_c log q_c with p the prediction clamped to [1e-7, 1] and q the one-hot
+    label clamped to [1e-4, 1], so log 0 becomes log 1e-4 (the paper's A): per sample it is
+    -log(1e-4) * sum_{c != y} max(p_c, 1e-7)."""
+    probabilities = F.softmax(logits, dim=1).clamp(min=1e-7, max=1.0)
+    one_hot = F.one_hot(targets, logits.shape[1]).to(logits.dtype).clamp(min=1e-4, max=1.0)
+    reverse = -(probabilities * torch.log(one_hot)).sum(dim=1).mean()
+    return alpha * F.cross_entropy(logits, targets) + beta * reverse
+
+
+def logit_adjusted_distillation(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    log_prior: torch.Tensor,
+    kd_weight: float,
+    temperature: float = 0.8,
+) -> torch.Tensor:
+    """FedNoRo's noisy-client loss (Wu et al., IJCAI 2023; FNBench `LA_KD`):
+    w * KL(softmax(teacher / T) || softmax(z + log prior)) + (1 - w) * logit-adjusted CE.
+
+    Only the teacher is tempered (no T^2 factor); the student's log-probabilities of classes the
+    client does not have (log prior -inf) count as 0 in the KL term, as in the authors' code."""
+    log_student = F.log_softmax(logits + log_prior, dim=1)
+    finite = torch.where(torch.isfinite(log_student), log_student, torch.zeros_like(log_student))
+    teacher = F.softmax(teacher_logits / temperature, dim=1)
+    distillation = F.kl_div(finite, teacher, reduction="batchmean")
+    return kd_weight * distillation + (1 - kd_weight) * F.nll_loss(finite, targets)
 
 
 def proximal_term(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
@@ -80,9 +123,15 @@ def train_locally(
     generator: torch.Generator,
 ) -> TrainStats:
     """Train `model` in place on the client's observed labels for `settings.epochs` epochs."""
+    if settings.loss not in LOSSES:
+        raise ValueError(f"unknown local loss {settings.loss!r}; allowed: {', '.join(LOSSES)}")
+    teacher = None
+    if settings.loss == "la-distill":  # the received global model, frozen
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
     optimiser = local_optimiser(model, settings)
-    log_prior = torch.log(data.class_prior()) if settings.loss == "logit-adjusted" else None
+    adjusted = settings.loss in ("logit-adjusted", "la-distill")
+    log_prior = torch.log(data.class_prior()) if adjusted else None
     anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else None
     device = data.inputs.device
     loss_sum = torch.zeros((), device=device)
@@ -92,10 +141,21 @@ def train_locally(
             inputs = pipeline.train_batch(data.inputs[idx], generator)
             targets = data.observed_labels[idx]
             logits = model(inputs)
-            if log_prior is None:
+            if settings.loss == "ce":
                 loss = F.cross_entropy(logits, targets)
-            else:
+            elif settings.loss == "logit-adjusted":
                 loss = logit_adjusted_cross_entropy(logits, targets, log_prior)
+            elif settings.loss == "symmetric-ce":
+                loss = symmetric_cross_entropy(
+                    logits, targets, settings.sce_alpha, settings.sce_beta
+                )
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(inputs)
+                loss = logit_adjusted_distillation(
+                    logits, teacher_logits, targets, log_prior,
+                    settings.kd_weight, settings.kd_temperature,
+                )  # fmt: skip
             if anchor is not None:
                 loss = loss + 0.5 * settings.proximal_mu * proximal_term(model, anchor)
             optimiser.zero_grad(set_to_none=True)

@@ -37,10 +37,51 @@ STRATEGY_NAMES = (
     "trimmedmean-fnbench",
     "krum-fnbench",
     "fedexp",
+    "symmetric-ce",
+    "fedelc",
+    "fednoro",
 )
 GM_SCOPES = ("per-tensor", "whole-model")
 MASKABLE_TERMS = ("compat", "entropy", "class")
-LOCAL_LOSSES = ("ce", "logit-adjusted")
+LOCAL_LOSSES = ("ce", "logit-adjusted", "symmetric-ce")
+_DETECTING = frozenset({"maskedoptim", "fedelc", "fednoro"})
+_LABEL_LEARNING = frozenset({"maskedoptim", "fedelc"})
+# The keys that only some strategies read. A stored run of another strategy stays comparable
+# when one of them changes (the comparison runner's resume check, simulation.py).
+STRATEGY_SPECIFIC_KEYS: dict[str, frozenset[str]] = {
+    "proximal-mu": frozenset({"fedprox"}),
+    "trimmed-beta": frozenset({"fedtrimmedavg"}),
+    "compromised-rate": frozenset({"krum", "multikrum", "bulyan", "trimmedmean-fnbench"}),
+    "warmup-rounds": frozenset({"maskedoptim"}),
+    "baseline-warmup-rounds": frozenset({"fedelc", "fednoro"}),
+    "gmm-fits": _DETECTING,
+    "noisy-threshold": _DETECTING,
+    "class-loss-batch-size": _DETECTING,
+    "mask-keep": frozenset({"maskedoptim"}),
+    "masked-terms": frozenset({"maskedoptim"}),
+    "compat-weight": _LABEL_LEARNING,
+    "entropy-weight": frozenset({"maskedoptim"}),
+    "fedelc-entropy-weight": frozenset({"fedelc"}),
+    "label-lr": _LABEL_LEARNING,
+    "label-scale": _LABEL_LEARNING,
+    "premerge-local-weight": frozenset({"maskedoptim"}),
+    "masked-fp16": _LABEL_LEARNING,
+    "gm-scope": frozenset({"maskedoptim", "rfa"}),
+    "gm-weighted": frozenset({"maskedoptim", "rfa"}),
+    "gm-max-iter": frozenset({"maskedoptim", "rfa"}),
+    "gm-eps": frozenset({"maskedoptim", "rfa"}),
+    "sce-alpha": frozenset({"symmetric-ce"}),
+    "sce-beta": frozenset({"symmetric-ce"}),
+    "fednoro-kd-weight": frozenset({"fednoro"}),
+    "fednoro-temperature": frozenset({"fednoro"}),
+}
+
+
+def key_matters(key: str, strategy: str) -> bool:
+    """Whether `strategy` reads run-config `key` (every key not listed above is common)."""
+    return strategy in STRATEGY_SPECIFIC_KEYS.get(key, frozenset({strategy}))
+
+
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS_WITHOUT_FILES = ("digits",)
 
@@ -99,6 +140,12 @@ class RunConfig:
     gm_weighted: bool
     gm_max_iter: int
     gm_eps: float
+    baseline_warmup_rounds: int
+    fedelc_entropy_weight: float
+    sce_alpha: float
+    sce_beta: float
+    fednoro_kd_weight: float
+    fednoro_temperature: float
 
     @classmethod
     def from_mapping(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -160,6 +207,7 @@ class RunConfig:
             ("clients-per-round", self.clients_per_round),
             ("dirichlet-min-size", self.dirichlet_min_size),
             ("warmup-rounds", self.warmup_rounds),
+            ("baseline-warmup-rounds", self.baseline_warmup_rounds),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")
@@ -170,10 +218,17 @@ class RunConfig:
             ("compat-weight", self.compat_weight),
             ("entropy-weight", self.entropy_weight),
             ("label-lr", self.label_lr),
+            ("fedelc-entropy-weight", self.fedelc_entropy_weight),
+            ("sce-alpha", self.sce_alpha),
+            ("sce-beta", self.sce_beta),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be >= 0")
-        for key, value in (("label-scale", self.label_scale), ("gm-eps", self.gm_eps)):
+        for key, value in (
+            ("label-scale", self.label_scale),
+            ("gm-eps", self.gm_eps),
+            ("fednoro-temperature", self.fednoro_temperature),
+        ):
             if value <= 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be > 0")
         if self.dirichlet_alpha <= 0:
@@ -185,6 +240,7 @@ class RunConfig:
             ("noisy-threshold", self.noisy_threshold),
             ("mask-keep", self.mask_keep),
             ("premerge-local-weight", self.premerge_local_weight),
+            ("fednoro-kd-weight", self.fednoro_kd_weight),
         ):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key}={value} is outside [0, 1]")

@@ -74,12 +74,14 @@ def main(grid: Grid, context: Context) -> None:
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
     roster = discover_clients(grid)
     strategy = build_strategy(config, roster)
-    if config.strategy == "maskedoptim" and config.warmup_rounds >= config.num_rounds:
+    warmup = getattr(strategy, "warmup_rounds", None)
+    if warmup is not None and warmup >= config.num_rounds:
         log(
             WARNING,
-            "maskedoptim: warmup-rounds=%d >= num-rounds=%d, so noisy-client detection never "
-            "runs and every round is warm-up (logit-adjusted CE + geometric median)",
-            config.warmup_rounds,
+            "%s: its warm-up (%d rounds) is not shorter than num-rounds=%d, so noisy-client "
+            "detection never runs and every round is warm-up",
+            config.strategy,
+            warmup,
             config.num_rounds,
         )
 

@@ -342,3 +342,40 @@ def fedexp(
         else:
             result.append(averaged[j])
     return result, eta
+
+
+def summed_tensor_distance(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
+    """sum over floating tensors of ||a_j - b_j|| (Frobenius norm per tensor, then summed; integer
+    buffers skipped): FedNoRo's model distance (FNBench `model_dist`)."""
+    return float(
+        sum(
+            np.linalg.norm(x.astype(np.float64) - y.astype(np.float64))
+            for x, y in zip(a, b, strict=True)
+            if np.issubdtype(np.asarray(x).dtype, np.floating)
+        )
+    )
+
+
+def distance_aware_weights(
+    models: Sequence[Sequence[np.ndarray]], examples: Sequence[float], noisy: Sequence[bool]
+) -> np.ndarray:
+    """FedNoRo's distance-aware aggregation weights (DaAgg; used by FedNoRo and FedELC).
+
+    d_k = 0 for a clean model and, for a noisy one, its smallest `summed_tensor_distance` to the
+    round's clean models; d is divided by its maximum; w_k = n_k exp(-d_k), normalised. With no
+    clean or no noisy model in the round (or all distances 0) this is FedAvg's n_k weighting."""
+    converted = _check_models(models)
+    if len(noisy) != len(converted) or len(examples) != len(converted):
+        raise ValueError("need one example count and one noisy flag per model")
+    weights = _normalised_weights(examples, len(converted))
+    clean = [k for k, flag in enumerate(noisy) if not flag]
+    distances = np.zeros(len(converted))
+    if clean:
+        for k, flag in enumerate(noisy):
+            if flag:
+                distances[k] = min(
+                    summed_tensor_distance(converted[k], converted[c]) for c in clean
+                )
+    if distances.max() > 0:
+        weights = weights * np.exp(-distances / distances.max())
+    return weights / weights.sum()

@@ -1,12 +1,18 @@
-"""MaskedOptim's server side (spec §1, §2, §5.1) and the RFA baseline, as Flower strategies.
+"""MaskedOptim's server side (spec §1, §2, §5.1), the RFA baseline, and the two noisy-label
+baselines that share its detection (FedELC, FedNoRo), as Flower strategies.
 
 - `Rfa`: plain-CE local training + geometric median (the authors' `--method RFA`).
-- `MaskedOptimStrategy`: rounds 1..T_w warm up (every sampled client trains with logit-adjusted
+- `NoisyClientRouting`: rounds 1..T_w warm up (every sampled client trains with logit-adjusted
   CE); right after aggregating round T_w it asks *all* clients for their per-class mean loss of
   the global model, splits them into clean and noisy with a Gaussian mixture
   (strategies.detection), and from then on sends clean clients `train` (logit-adjusted CE) and
-  noisy clients `train.masked` (masked optimisation with learnable labels). Every round,
-  warm-up included, is aggregated with the geometric median.
+  noisy clients the method's own training.
+- `MaskedOptimStrategy`: noisy clients get `train.masked` (masked optimisation with learnable
+  labels); every round, warm-up included, is aggregated with the geometric median.
+- `FedElc` (Jiang et al., CIKM 2024): noisy clients get `train.masked` without the mask and the
+  pre-merge and with FedELC's entropy weight; FedAvg, then FedNoRo's distance-aware aggregation.
+- `FedNoRo` (Wu et al., IJCAI 2023): noisy clients distil from the global model (`la-distill`,
+  with a ramped weight); FedAvg, then distance-aware aggregation.
 
 The mathematics is in strategies.aggregation and strategies.detection; this file routes
 messages and keeps the diagnostics (which no decision ever reads).
@@ -25,6 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 
 from common.label_metrics import metrics_from_confusion
+from strategies.aggregation import distance_aware_weights, weighted_mean
 from strategies.detection import detection_quality, split_noisy_clients
 from strategies.rules import RuleAggregation
 from strategies.sampling import SeededSampling
@@ -89,8 +96,11 @@ def confusion_from(record: ConfigRecord, key: str) -> np.ndarray:
     return flat.reshape(side, side)
 
 
-class MaskedOptimStrategy(SeededSampling, RuleAggregation):
+class NoisyClientRouting(SeededSampling, RuleAggregation):
     """Warm-up, one-off detection after round T_w, then routing by group (see module doc)."""
+
+    noisy_message_type = MASKED_TRAIN
+    corrects_labels = True  # noisy clients report their corrected labels' confusion
 
     def __init__(
         self,
@@ -117,15 +127,24 @@ class MaskedOptimStrategy(SeededSampling, RuleAggregation):
         messages = list(super().configure_train(server_round, arrays, config, grid))
         if self.noisy is None:
             return messages
-        return [self._route(message) for message in messages]
+        return [self._route(message, server_round) for message in messages]
 
-    def _route(self, message: Message) -> Message:
+    def noisy_config(self, server_round: int) -> dict[str, Any]:
+        """Config entries that noisy clients get on top of the round's config."""
+        return {}
+
+    def _route(self, message: Message, server_round: int) -> Message:
         node = message.metadata.dst_node_id
         partition = self.roster.partition_of(node)
         if partition not in self.noisy:
             return message
         self.masked_sent[partition] += 1
-        return Message(content=message.content, dst_node_id=node, message_type=MASKED_TRAIN)
+        content = message.content
+        extras = self.noisy_config(server_round)
+        if extras:  # a new record: the round's config is shared by all its messages
+            config = ConfigRecord({**dict(content["config"]), **extras})
+            content = RecordDict({"arrays": content["arrays"], "config": config})
+        return Message(content=content, dst_node_id=node, message_type=self.noisy_message_type)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
@@ -182,7 +201,7 @@ class MaskedOptimStrategy(SeededSampling, RuleAggregation):
         self.noisy = frozenset(partitions[row] for row in split.noisy)
         if split.note:
             log(WARNING, "detection: %s", split.note)
-        for partition in sorted(self.noisy):
+        for partition in sorted(self.noisy) if self.corrects_labels else ():
             labels = answers[partition].content["labels"]
             self.labels.start(partition, confusion_from(labels, "observed-confusion"))
         quality = detection_quality(self.noisy, self.roster.true_noise_rates, self.noisy_threshold)
@@ -221,4 +240,65 @@ class MaskedOptimStrategy(SeededSampling, RuleAggregation):
             "masked_messages_sent": dict(sorted(self.masked_sent.items())),
             "label_correction": self.labels.metrics(),
             "label_correction_per_client": self.labels.per_client(),
+        }
+
+
+class MaskedOptimStrategy(NoisyClientRouting):
+    """MaskedOptim: noisy clients get `train.masked`; geometric-median aggregation throughout."""
+
+
+class DistanceAwareRouting(NoisyClientRouting):
+    """FedAvg until detection, then FedNoRo's distance-aware aggregation (DaAgg): a noisy
+    model's weight shrinks with its distance to the nearest clean model of the round."""
+
+    def combine(self, models, examples, current, replies) -> list[np.ndarray]:
+        if self.noisy is None:
+            return weighted_mean(models, examples)
+        flags = [self.roster.partition_of(r.metadata.src_node_id) in self.noisy for r in replies]
+        return weighted_mean(models, distance_aware_weights(models, examples, flags))
+
+
+class FedElc(DistanceAwareRouting):
+    """FedELC: MaskedOptim's label learning without mask and pre-merge (FNBench's settings)."""
+
+    def __init__(self, *, entropy_weight: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.entropy_weight = entropy_weight
+
+    def noisy_config(self, server_round: int) -> dict[str, Any]:
+        return {
+            "mask-keep": 1.0,  # every sample in the compatibility term
+            "entropy-weight": self.entropy_weight,
+            "premerge-local-weight": 1.0,  # upload the local model as it is
+        }
+
+
+def kd_weight_rampup(
+    server_round: int, begin: int, end: int, peak: float, sharpness: float = 5.0
+) -> float:
+    """FedNoRo's sigmoid ramp-up of the distillation weight: peak * exp(-5 (1 - r)^2) with
+    r = (clip(t, begin, end) - begin) / (end - begin) and t = server_round - 1 (the authors count
+    rounds from 0; FNBench: begin = T_w = 20, end = T = 120, peak 0.8)."""
+    if end <= begin:
+        return peak
+    ramp = (min(max(server_round - 1, begin), end) - begin) / (end - begin)
+    return float(peak * np.exp(-sharpness * (1.0 - ramp) ** 2))
+
+
+class FedNoRo(DistanceAwareRouting):
+    """FedNoRo: noisy clients distil from the global model with logit adjustment."""
+
+    noisy_message_type = "train"
+    corrects_labels = False  # FedNoRo keeps the observed labels
+
+    def __init__(self, *, kd_peak: float, kd_temperature: float, num_rounds: int, **kwargs):
+        super().__init__(**kwargs)
+        self.kd_peak, self.kd_temperature, self.num_rounds = kd_peak, kd_temperature, num_rounds
+
+    def noisy_config(self, server_round: int) -> dict[str, Any]:
+        weight = kd_weight_rampup(server_round, self.warmup_rounds, self.num_rounds, self.kd_peak)
+        return {
+            "local-loss": "la-distill",
+            "kd-weight": weight,
+            "kd-temperature": self.kd_temperature,
         }

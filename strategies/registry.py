@@ -1,8 +1,9 @@
 """From the `strategy` run-config key to a configured Flower strategy.
 
-The baselines are Flower's own classes with seeded partition-id sampling mixed in
-(strategies.sampling), so all of them see the same clients in the same rounds for one seed;
-`maskedoptim` and `rfa` are ours (strategies.maskedoptim), with the same sampling.
+Flower's own strategies get seeded partition-id sampling mixed in (strategies.sampling), so all
+strategies see the same clients in the same rounds for one seed; the authors' aggregation
+baselines are pure rules behind one strategy (strategies.rules); `maskedoptim`, `rfa`, `fedelc`
+and `fednoro` are in strategies.maskedoptim. docs/baselines.md says what each one does.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import STRATEGY_NAMES, ConfigError, RunConfig
-from strategies.maskedoptim import MaskedOptimStrategy, Rfa
+from strategies.maskedoptim import FedElc, FedNoRo, MaskedOptimStrategy, Rfa
 from strategies.rules import (
     FedExp,
     GeometricMedian,
     KrumFnbench,
     LowerMedian,
     RuleAggregation,
+    SampleWeightedMean,
     TrimmedMeanFnbench,
 )
 from strategies.sampling import ClientRoster, SeededSampling
@@ -45,9 +47,9 @@ _SEEDED_CLASSES = {
 } | {"maskedoptim": MaskedOptimStrategy, "rfa": Rfa}
 # The authors' aggregation baselines (FNBench variants, spec §5.2): plain CE, FedAvg messaging.
 _SEEDED_CLASSES |= dict.fromkeys(
-    ("median-torch", "trimmedmean-fnbench", "krum-fnbench", "fedexp"),
+    ("median-torch", "trimmedmean-fnbench", "krum-fnbench", "fedexp", "symmetric-ce"),
     type("SeededRuleAggregation", (SeededSampling, RuleAggregation), {}),
-)
+) | {"fedelc": FedElc, "fednoro": FedNoRo}
 assert tuple(_SEEDED_CLASSES) == STRATEGY_NAMES, "registry and config disagree on the names"
 
 
@@ -88,6 +90,7 @@ def build_strategy(config: RunConfig, roster: ClientRoster) -> Strategy:
         max_iter=config.gm_max_iter,
         eps=config.gm_eps,
     )
+    detection = {"gmm_fits": config.gmm_fits, "noisy_threshold": config.noisy_threshold}
     extra = {
         "fedprox": {"proximal_mu": config.proximal_mu},
         "rfa": {"rule": median, "local_loss": "ce"},
@@ -98,12 +101,28 @@ def build_strategy(config: RunConfig, roster: ClientRoster) -> Strategy:
         },
         "krum-fnbench": {"rule": KrumFnbench(), "local_loss": "ce"},
         "fedexp": {"rule": FedExp(), "local_loss": "ce"},
+        "symmetric-ce": {"rule": SampleWeightedMean(), "local_loss": "symmetric-ce"},
         "maskedoptim": {
             "rule": median,
             "local_loss": "logit-adjusted",
             "warmup_rounds": config.warmup_rounds,
-            "gmm_fits": config.gmm_fits,
-            "noisy_threshold": config.noisy_threshold,
+            **detection,
+        },
+        "fedelc": {
+            "rule": None,  # FedAvg, then distance-aware (FedElc.combine)
+            "local_loss": "logit-adjusted",
+            "warmup_rounds": config.baseline_warmup_rounds,
+            "entropy_weight": config.fedelc_entropy_weight,
+            **detection,
+        },
+        "fednoro": {
+            "rule": None,
+            "local_loss": "logit-adjusted",
+            "warmup_rounds": config.baseline_warmup_rounds,
+            "kd_peak": config.fednoro_kd_weight,
+            "kd_temperature": config.fednoro_temperature,
+            "num_rounds": config.num_rounds,
+            **detection,
         },
         "fedtrimmedavg": {"beta": config.trimmed_beta},
         "krum": {"num_malicious_nodes": f},

@@ -5,6 +5,8 @@ their sample counts and the global model they started from into the next global 
 mathematics is in strategies.aggregation; `RuleAggregation` only unpacks Flower's messages.
 
 - `GeometricMedian`: MaskedOptim's and RFA's rule (spec §5.1).
+- `SampleWeightedMean`: FedAvg's rule, for strategies that differ from FedAvg only in the loss
+  their clients train with (symmetric-ce).
 - `LowerMedian`, `KrumFnbench`, `TrimmedMeanFnbench`, `FedExp`: the authors' baselines as
   FNBench implements them (spec §5.2), beside Flower's own FedMedian, Krum and FedTrimmedAvg.
 """
@@ -40,6 +42,14 @@ class GeometricMedian:
         )
         weights = examples if self.weighted else None
         return rule(models, weights, max_iter=self.max_iter, eps=self.eps)
+
+
+@dataclass(frozen=True)
+class SampleWeightedMean:
+    """FedAvg's rule: the mean weighted by the clients' sample counts."""
+
+    def combine(self, models: Models, examples: list[int], current: list[np.ndarray]):
+        return aggregation.weighted_mean(models, examples)
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,12 @@ class RuleAggregation(FedAvg):
         self._current = arrays  # the global model this round's clients start from
         return super().configure_train(server_round, arrays, config, grid)
 
+    def combine(
+        self, models: Models, examples: list[int], current: list[np.ndarray], replies: list
+    ) -> list[np.ndarray]:
+        """The next global model; strategies that weigh clients by who they are override this."""
+        return self.rule.combine(models, examples, current)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         if not valid:
@@ -105,7 +121,7 @@ class RuleAggregation(FedAvg):
         models = [[content["arrays"][key].numpy() for key in keys] for content in contents]
         examples = [int(content["metrics"]["num-examples"]) for content in contents]
         current = [self._current[key].numpy() for key in keys] if self._current else []
-        combined = self.rule.combine(models, examples, current)
+        combined = self.combine(models, examples, current, valid)
         pairs = zip(keys, combined, strict=True)
         arrays = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(a)) for k, a in pairs})
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -332,3 +332,28 @@ def test_fedexp_weights_are_the_sample_counts():
     # sum p||d||^2 = 1 either way; ||mean d||^2 = 1/3 (uniform) vs 0.66 (skewed)
     assert uniform == pytest.approx(1 / (2 * (1 / 3 + 1e-3)))
     assert skewed == 1.0  # 1 / (2 * 0.661) < 1: no extrapolation
+
+
+# --- FedNoRo's distance-aware aggregation (FedNoRo, FedELC) -------------------------------------
+
+
+def test_summed_tensor_distance_sums_per_tensor_norms_and_skips_integers():
+    a = [np.zeros(2), np.zeros(3), np.array(5, np.int64)]
+    b = [np.array([3.0, 4.0]), np.array([0.0, 0.0, 2.0]), np.array(100, np.int64)]
+    assert aggregation.summed_tensor_distance(a, b) == pytest.approx(5.0 + 2.0)
+
+
+def test_distance_aware_weights_by_hand():
+    models = [[np.zeros(2)], [np.array([1.0, 0.0])], [np.array([0.0, 2.0])], [np.array([4.0, 0])]]
+    noisy = [False, False, True, True]
+    # noisy 2: nearest clean distance min(2, sqrt 5) = 2; noisy 3: min(4, 3) = 3; divided by 3.
+    expected = np.array([1.0, 1.0, np.exp(-2 / 3), np.exp(-1.0)]) * np.array([1, 1, 2, 2])
+    got = aggregation.distance_aware_weights(models, [1, 1, 2, 2], noisy)
+    np.testing.assert_allclose(got, expected / expected.sum())
+
+
+@pytest.mark.parametrize("noisy", [[False, False, False], [True, True, True]])
+def test_distance_aware_weights_fall_back_to_fedavg_with_one_group(noisy):
+    models = _models(7, 3)
+    got = aggregation.distance_aware_weights(models, [10, 20, 30], noisy)
+    np.testing.assert_allclose(got, [1 / 6, 2 / 6, 3 / 6])

@@ -189,3 +189,12 @@ def test_progress_reads_rounds_and_estimates_what_is_left(tmp_path):
     assert left >= 20.0 + 2 * 20.0
     progress.run_seconds = [100.0]  # once a run has finished, its length is the estimate
     assert progress.estimate_left(done=2, round_seconds=10.0) == pytest.approx(20.0 + 200.0)
+
+
+def test_a_key_the_strategy_does_not_read_does_not_invalidate_its_run(tmp_path):
+    directory = fake_run(tmp_path, "fedavg", 1, [0.1, 0.2])
+    wanted = {**app_defaults(), "strategy": "fedavg", "seed": 1, "compromised-rate": 0.3}
+    assert stored_config_differences(directory, wanted, 10) == []  # fedavg ignores it
+    krum = fake_run(tmp_path, "krum", 1, [0.1, 0.2])
+    wanted_krum = {**wanted, "strategy": "krum"}
+    assert stored_config_differences(krum, wanted_krum, 10) == ["compromised-rate"]

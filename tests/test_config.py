@@ -237,3 +237,15 @@ def test_too_many_clients_per_round_is_an_error():
     message = str(info.value)
     assert "clients-per-round=12" in message
     assert "10" in message
+
+
+def test_strategy_specific_keys_name_real_keys_and_strategies():
+    from common.config import STRATEGY_SPECIFIC_KEYS, key_matters
+
+    defaults = app_defaults()
+    for key, strategies in STRATEGY_SPECIFIC_KEYS.items():
+        assert key in defaults, key
+        assert strategies <= set(STRATEGY_NAMES), key
+    assert key_matters("lr", "fedavg") and key_matters("compromised-rate", "krum")
+    assert not key_matters("compromised-rate", "fedavg")
+    assert not key_matters("warmup-rounds", "fednoro") and key_matters("gmm-fits", "fednoro")

@@ -195,3 +195,34 @@ def test_the_comparison_runner_stops_at_a_failed_run_and_shows_its_log(tmp_path)
     assert done.returncode == 1
     assert "[1/1] fedavg seed 1: FAILED; the last lines of its log:" in done.stderr
     assert "dirichlet" in done.stderr.lower()  # the failure's reason, from the run's log
+
+
+def test_the_noisy_label_baselines_run_in_flower(tmp_path):
+    """fedelc and fednoro detect the three 70 %-noisy clients after a 2-round warm-up; fedelc
+    corrects their labels; symmetric-ce trains like FedAvg with its own loss."""
+    out = tmp_path / "cmp"
+    done = launch(
+        tmp_path,
+        "--strategies", "fedelc,fednoro,symmetric-ce", "--seeds", "1", "--num-clients", "6",
+        "--set", "num-rounds=4", "--set", "baseline-warmup-rounds=2",
+        "--set", "clients-per-round=6", "--set", "partition=iid", "--set", "noise-type=mixed",
+        "--set", "noise-groups='clean:3;symmetric:3:0.7,0.7'", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("fedelc", "fednoro"):
+        report = json.loads((out / f"{name}-seed1" / "detection.json").read_text())
+        assert report["detection"]["round"] == 2
+        assert report["detection"]["flagged_noisy"] == [3, 4, 5]
+        assert report["masked_messages_sent"] == {"3": 2, "4": 2, "5": 2}
+    fedelc = json.loads((out / "fedelc-seed1" / "detection.json").read_text())
+    labels = fedelc["label_correction"]
+    assert labels["label_acc_corrected"] > labels["label_acc_observed"]
+    fednoro = json.loads((out / "fednoro-seed1" / "detection.json").read_text())
+    assert fednoro["label_correction"] == {}  # FedNoRo keeps the observed labels
+    assert not (out / "symmetric-ce-seed1" / "detection.json").exists()
+    with open(out / "comparison.csv") as handle:
+        assert [row["strategy"] for row in csv.DictReader(handle)] == [
+            "fedelc",
+            "fednoro",
+            "symmetric-ce",
+        ]

@@ -179,3 +179,55 @@ def test_rule_strategies_aggregate_with_their_pure_function(name):
     }[name]()
     for got, want in zip([a.numpy() for a in arrays.values()], expected, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_kd_weight_ramps_up_from_the_warmup_to_the_last_round():
+    from strategies.maskedoptim import kd_weight_rampup
+
+    # FNBench: begin = T_w = 20, end = T = 120, rounds counted from 0 (our round 21 is its 20).
+    assert kd_weight_rampup(21, 20, 120, 0.8) == pytest.approx(0.8 * np.exp(-5))
+    assert kd_weight_rampup(5, 20, 120, 0.8) == pytest.approx(0.8 * np.exp(-5))
+    assert kd_weight_rampup(71, 20, 120, 0.8) == pytest.approx(0.8 * np.exp(-5 * 0.25))
+    assert kd_weight_rampup(121, 20, 120, 0.8) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("name", ["fedelc", "fednoro"])
+def test_fedelc_and_fednoro_route_noisy_clients_and_aggregate_by_distance(name):
+    from strategies import aggregation
+
+    grid = DetectionGrid()
+    config = config_with(
+        strategy=name, clients_per_round=NUM_CLIENTS, baseline_warmup_rounds=1, num_rounds=5
+    )
+    strategy = build_strategy(config, ROSTER)
+    messages, replies, arrays = train_round(strategy, grid, 1)  # warm-up: FedAvg
+    models = [[a.numpy() for a in r.content["arrays"].values()] for r in replies]
+    np.testing.assert_allclose(
+        arrays["0"].numpy(), aggregation.weighted_mean(models, [50] * NUM_CLIENTS)[0]
+    )
+    assert strategy.noisy == frozenset(NOISY)  # detection after round 1
+
+    messages, replies, arrays = train_round(strategy, grid, 2)
+    noisy = [m for m in messages if ROSTER.partition_of(m.metadata.dst_node_id) in NOISY]
+    clean = [m for m in messages if m not in noisy]
+    assert all(m.content["config"]["local-loss"] == "logit-adjusted" for m in clean)
+    assert {m.metadata.message_type for m in clean} == {"train"}
+    if name == "fedelc":
+        assert {m.metadata.message_type for m in noisy} == {"train.masked"}
+        assert all(m.content["config"]["mask-keep"] == 1.0 for m in noisy)
+        assert all(m.content["config"]["premerge-local-weight"] == 1.0 for m in noisy)
+        assert all(m.content["config"]["entropy-weight"] == 0.2 for m in noisy)
+    else:
+        assert {m.metadata.message_type for m in noisy} == {"train"}
+        assert all(m.content["config"]["local-loss"] == "la-distill" for m in noisy)
+        assert all(0 < m.content["config"]["kd-weight"] < 0.8 for m in noisy)
+        assert "kd-weight" not in clean[0].content["config"]  # the shared record is untouched
+    replies.sort(key=lambda r: ROSTER.partition_of(r.metadata.src_node_id))
+    models = [[a.numpy() for a in r.content["arrays"].values()] for r in replies]
+    flags = [ROSTER.partition_of(r.metadata.src_node_id) in NOISY for r in replies]
+    weights = aggregation.distance_aware_weights(models, [50] * NUM_CLIENTS, flags)
+    expected = aggregation.weighted_mean(models, weights)
+    np.testing.assert_allclose(arrays["0"].numpy(), expected[0], rtol=1e-6)
+    assert strategy.final_report()["label_correction"] == (
+        {} if name == "fednoro" else strategy.labels.metrics()
+    )

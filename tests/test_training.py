@@ -14,7 +14,9 @@ from client_app.training import (
     LocalTraining,
     batch_indices,
     logit_adjusted_cross_entropy,
+    logit_adjusted_distillation,
     proximal_term,
+    symmetric_cross_entropy,
     train_locally,
 )
 from common import seeding
@@ -252,3 +254,69 @@ def test_class_prior_is_the_label_distribution():
     assert prior.shape == (10,)
     torch.testing.assert_close(prior[:3], torch.full((3,), 1 / 3))
     assert float(prior.sum()) == pytest.approx(1.0)
+
+
+# --- the noisy-label baselines' losses ---------------------------------------------------------
+
+
+def test_symmetric_ce_is_alpha_ce_plus_beta_reverse_ce_by_hand():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    p = F.softmax(logits, dim=1).clamp(min=1e-7)
+    others = p.masked_fill(F.one_hot(targets, 4).bool(), 0.0).sum(1)
+    reverse = (-math.log(1e-4) * others).mean()  # log q = 0 for the label, log 1e-4 elsewhere
+    expected = 0.1 * F.cross_entropy(logits, targets) + 1.0 * reverse
+    assert torch.allclose(symmetric_cross_entropy(logits, targets), expected)
+    only_ce = symmetric_cross_entropy(logits, targets, alpha=1.0, beta=0.0)
+    assert torch.allclose(only_ce, F.cross_entropy(logits, targets))
+
+
+def test_symmetric_ce_reverse_term_is_bounded_for_a_confidently_wrong_sample():
+    # CE grows without bound; the reverse term stays below -log(1e-4) per sample.
+    logits, target = torch.tensor([[50.0, 0.0, 0.0]]), torch.tensor([1])
+    reverse_only = symmetric_cross_entropy(logits, target, alpha=0.0, beta=1.0)
+    assert float(reverse_only) <= -math.log(1e-4) * (1 + 1e-5)
+    assert float(F.cross_entropy(logits, target)) > 40
+
+
+def test_la_distillation_without_kd_weight_is_logit_adjusted_ce():
+    torch.manual_seed(1)
+    logits, teacher, targets = torch.randn(5, 3), torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    log_prior = torch.log(torch.tensor([0.5, 0.3, 0.2]))
+    got = logit_adjusted_distillation(logits, teacher, targets, log_prior, kd_weight=0.0)
+    assert torch.allclose(got, logit_adjusted_cross_entropy(logits, targets, log_prior))
+
+
+def test_la_distillation_kd_term_by_hand():
+    torch.manual_seed(2)
+    logits, teacher, targets = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    log_prior = torch.log(torch.tensor([0.2, 0.3, 0.5]))
+    q = F.softmax(teacher / 0.8, dim=1)  # only the teacher is tempered
+    log_student = F.log_softmax(logits + log_prior, dim=1)
+    kl = (q * (q.log() - log_student)).sum(1).mean()
+    got = logit_adjusted_distillation(logits, teacher, targets, log_prior, 1.0, temperature=0.8)
+    assert torch.allclose(got, kl)
+
+
+def test_la_distillation_with_an_absent_class_is_finite():
+    logits, teacher, targets = torch.randn(3, 3), torch.randn(3, 3), torch.tensor([0, 1, 0])
+    log_prior = torch.log(torch.tensor([0.6, 0.4, 0.0]))
+    loss = logit_adjusted_distillation(logits, teacher, targets, log_prior, kd_weight=0.5)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("loss", ["symmetric-ce", "la-distill"])
+def test_the_baseline_losses_train(loss):
+    data = separable_data(n=64)
+    model = fresh_model()
+    before = dataset_loss(model, data)
+    changes = {"kd_weight": 0.3} if loss == "la-distill" else {}
+    train_locally(
+        model, data, PIPELINE, settings(epochs=5, loss=loss, **changes), torch.Generator()
+    )
+    assert dataset_loss(model, data) < 0.7 * before
+
+
+def test_an_unknown_loss_is_refused_before_training():
+    with pytest.raises(ValueError, match="'focal'"):
+        train_locally(fresh_model(), separable_data(), PIPELINE, settings(loss="focal"), None)
