@@ -152,7 +152,7 @@ def test_the_comparison_runner_writes_a_table_and_resumes(tmp_path):
         "--strategies", "fedavg,fedmedian", "--seeds", "1,2", "--num-clients", "3",
         "--set", "num-rounds=2", "--set", "clients-per-round=2", "--out", str(out),
     )  # fmt: skip
-    done = launch(tmp_path, *sweep)
+    done = launch(tmp_path, *sweep, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "[4/4] fedmedian seed 2: done" in done.stdout
     runs = {}
