@@ -1,11 +1,14 @@
 """The ClientApp: thin Flower glue around client_app.training.
 
 Messages it answers:
-- `train`: E local epochs (CE or logit-adjusted CE as the server's `local-loss` says, plus
-  FedProx's term when it sends `proximal-mu`); replies with the weights, `num-examples`,
-  `train-loss`, `train-seconds`, `partition-id`.
-- `train.masked`: MaskedOptim's noisy-client training (client_app.masked) with per-sample label
-  logits kept in `context.state` across rounds; the same reply, plus label diagnostics.
+- `train`: E local epochs with the loss the server's `local-loss` names (CE, logit-adjusted CE,
+  symmetric CE, FedNoRo's distillation with `kd-weight`), plus FedProx's term when it sends
+  `proximal-mu`; replies with the weights, `num-examples`, `train-loss`, `train-seconds`,
+  `partition-id`.
+- `train.masked`: MaskedOptim's (and FedELC's) noisy-client training (client_app.masked) with
+  per-sample label logits kept in `context.state` across rounds; plus label diagnostics.
+- `train.corr`, `query.relabel`: FedCorr's training on corrected labels and its relabelling
+  (client_app.fedcorr), with the corrected labels kept in `context.state`.
 - `query.class_loss`: the per-class mean loss of the received model, for noisy-client detection.
 - `evaluate`: the received model on the client's local data (observed and clean labels).
 - `query.whoami`: the partition id and size, so the server maps node ids to clients, plus the
@@ -17,6 +20,7 @@ per process and partition, then reused by every message.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass
@@ -26,6 +30,12 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.fedcorr import (
+    double_softmax_losses,
+    estimated_noise_fraction,
+    lid_per_sample,
+    relabel,
+)
 from client_app.masked import (
     MaskedSettings,
     init_label_logits,
@@ -35,7 +45,7 @@ from client_app.masked import (
 from client_app.training import LocalTraining, train_locally
 from common import seeding
 from common.config import RunConfig
-from common.evaluation import evaluate_model, resolve_device
+from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
 from data.client_data import ClientData
 from data.federation import DataSettings, Federation, cached_federation
@@ -163,6 +173,8 @@ def local_training(config: RunConfig, server_config) -> LocalTraining:
         sce_beta=config.sce_beta,
         kd_weight=float(server_config.get("kd-weight", 0.0)),
         kd_temperature=float(server_config.get("kd-temperature", config.fednoro_temperature)),
+        mixup_alpha=float(server_config.get("mixup-alpha", 0.0)),
+        proximal_norm=float(server_config.get("proximal-norm", 0.0)),
     )
 
 
@@ -256,6 +268,109 @@ def train_masked(msg: Message, context: Context) -> Message:
             "labels": diagnostics,
         }
     )
+    return Message(content=content, reply_to=msg)
+
+
+class CorrectedLabels:
+    """FedCorr's per-client state in `context.state`: the corrected labels (the observed ones
+    until the first relabelling) and the per-sample losses of the last pre-processing round."""
+
+    KEY = "fedcorr"
+
+    def __init__(self, state: RecordDict, observed: torch.Tensor) -> None:
+        self.state, self.observed = state, observed
+
+    def labels(self) -> torch.Tensor:
+        if self.KEY not in self.state or "labels" not in self.state[self.KEY]:
+            return self.observed
+        return torch.as_tensor(self.state[self.KEY]["labels"].numpy()).to(self.observed.device)
+
+    def losses(self) -> np.ndarray | None:
+        if self.KEY not in self.state or "losses" not in self.state[self.KEY]:
+            return None
+        return self.state[self.KEY]["losses"].numpy()
+
+    def save(self, *, labels: torch.Tensor | None = None, losses: torch.Tensor | None = None):
+        arrays = dict(self.state[self.KEY].items()) if self.KEY in self.state else {}
+        for name, value in (("labels", labels), ("losses", losses)):
+            if value is not None:
+                arrays[name] = Array(value.detach().cpu().numpy())
+        self.state[self.KEY] = ArrayRecord(array_dict=arrays)
+
+
+def softmax_outputs(client: LocalClient, model) -> torch.Tensor:
+    with torch.no_grad():
+        logits = predict_logits(
+            model, client.data.inputs, client.pipeline, client.config.eval_batch_size
+        )
+    return torch.softmax(logits.float(), dim=1)
+
+
+@app.train("corr")
+def train_corr(msg: Message, context: Context) -> Message:
+    """FedCorr's local training on the client's corrected labels (CE + mixup, and in the
+    pre-processing stage the adaptive proximal term); then, when asked, the LID of the local
+    model's outputs (reported) and its per-sample losses (kept for the relabelling query)."""
+    client = local_client(context)
+    server_config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    store = CorrectedLabels(context.state, client.data.observed_labels)
+    data = dataclasses.replace(client.data, observed_labels=store.labels())
+    generator = shuffle_generator(client, int(server_config["server-round"]))
+    started = time.perf_counter()
+    stats = train_locally(
+        model, data, client.pipeline, local_training(client.config, server_config), generator
+    )
+    arrays = ArrayRecord(model.state_dict())  # before the eval passes (they change nothing)
+    lid = 0.0
+    if int(server_config.get("report-lid", 0)):
+        outputs = softmax_outputs(client, model)
+        lid = float(lid_per_sample(outputs, int(server_config["lid-k"])).mean())
+        store.save(losses=double_softmax_losses(outputs, data.observed_labels))
+    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
+    metrics["lid"] = lid
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@app.query("relabel")
+def relabel_query(msg: Message, context: Context) -> Message:
+    """FedCorr's relabelling with the received global model: after a pre-processing iteration,
+    estimate the noise level from the kept losses and relabel the confident high-loss samples;
+    after fine-tuning (`everything`), relabel every confident sample."""
+    client = local_client(context)
+    config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    store = CorrectedLabels(context.state, client.data.observed_labels)
+    before = store.labels()
+    losses = store.losses()
+    everything = bool(int(config["everything"]))
+    fraction = 0.0
+    if not everything and losses is not None:
+        fraction = estimated_noise_fraction(losses, client.config.seed)[1]
+    after = relabel(
+        before,
+        torch.as_tensor(losses if losses is not None else np.zeros(len(before))).to(before.device),
+        softmax_outputs(client, model),
+        fraction,
+        ratio=float(config["relabel-ratio"]),
+        confidence=float(config["confidence"]),
+        only_high_loss=not everything,
+    )
+    store.save(labels=after)
+    metrics = MetricRecord(
+        {
+            "noise-fraction": fraction,
+            "relabelled": int((after != before).sum()),
+            "partition-id": client.data.partition_id,
+        }
+    )
+    diagnostics = ConfigRecord(
+        {
+            "observed-confusion": client.label_confusion(client.data.observed_labels.cpu().numpy()),
+            "corrected-confusion": client.label_confusion(after.cpu().numpy()),
+        }
+    )
+    content = RecordDict({"metrics": metrics, "labels": diagnostics})
     return Message(content=content, reply_to=msg)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +35,8 @@ class LocalTraining:
     sce_beta: float = 1.0  # symmetric-ce: weight of reverse CE
     kd_weight: float = 0.0  # la-distill (FedNoRo's noisy clients): weight of the KD term
     kd_temperature: float = 0.8  # la-distill: the teacher's softmax temperature
+    mixup_alpha: float = 0.0  # FedCorr's mixup (Beta(a, a) mixing of each batch); 0: off
+    proximal_norm: float = 0.0  # FedCorr's coefficient of the *unsquared* ||w - w_global||
 
 
 # "la-distill" is FedNoRo's noisy-client loss; the others are run-config `local-loss` values.
@@ -125,6 +128,8 @@ def train_locally(
     """Train `model` in place on the client's observed labels for `settings.epochs` epochs."""
     if settings.loss not in LOSSES:
         raise ValueError(f"unknown local loss {settings.loss!r}; allowed: {', '.join(LOSSES)}")
+    if settings.mixup_alpha > 0 and settings.loss != "ce":
+        raise ValueError(f"mixup goes with the 'ce' loss, not {settings.loss!r}")
     teacher = None
     if settings.loss == "la-distill":  # the received global model, frozen
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
@@ -132,35 +137,51 @@ def train_locally(
     optimiser = local_optimiser(model, settings)
     adjusted = settings.loss in ("logit-adjusted", "la-distill")
     log_prior = torch.log(data.class_prior()) if adjusted else None
-    anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else None
+    proximal = settings.proximal_mu > 0 or settings.proximal_norm > 0
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal else None
+    mixing = None
+    if settings.mixup_alpha > 0:  # numpy's Beta sampler, seeded from the run's generator
+        mixing = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
     device = data.inputs.device
     loss_sum = torch.zeros((), device=device)
     steps = 0
     for _ in range(settings.epochs):
-        for idx in batch_indices(len(data), settings.batch_size, generator, device):
+        for step, idx in enumerate(
+            batch_indices(len(data), settings.batch_size, generator, device)
+        ):
             inputs = pipeline.train_batch(data.inputs[idx], generator)
             targets = data.observed_labels[idx]
-            logits = model(inputs)
-            if settings.loss == "ce":
-                loss = F.cross_entropy(logits, targets)
-            elif settings.loss == "logit-adjusted":
-                loss = logit_adjusted_cross_entropy(logits, targets, log_prior)
-            elif settings.loss == "symmetric-ce":
-                loss = symmetric_cross_entropy(
-                    logits, targets, settings.sce_alpha, settings.sce_beta
+            if mixing is not None:
+                share = float(mixing.beta(settings.mixup_alpha, settings.mixup_alpha))
+                partner = torch.randperm(len(idx), generator=generator).to(device)
+                logits = model(share * inputs + (1 - share) * inputs[partner])
+                loss = share * F.cross_entropy(logits, targets) + (1 - share) * F.cross_entropy(
+                    logits, targets[partner]
                 )
             else:
-                with torch.no_grad():
-                    teacher_logits = teacher(inputs)
-                loss = logit_adjusted_distillation(
-                    logits, teacher_logits, targets, log_prior,
-                    settings.kd_weight, settings.kd_temperature,
-                )  # fmt: skip
-            if anchor is not None:
+                logits = model(inputs)
+                loss = _batch_loss(settings, logits, targets, log_prior, teacher, inputs)
+            if settings.proximal_mu > 0:
                 loss = loss + 0.5 * settings.proximal_mu * proximal_term(model, anchor)
+            if settings.proximal_norm > 0 and step > 0:  # at w = w_global the norm has no gradient
+                loss = loss + settings.proximal_norm * torch.sqrt(proximal_term(model, anchor))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             loss_sum += loss.detach()  # stays on the device: no sync per step
             steps += 1
     return TrainStats(mean_loss=float(loss_sum) / max(steps, 1), num_steps=steps)
+
+
+def _batch_loss(settings, logits, targets, log_prior, teacher, inputs) -> torch.Tensor:
+    if settings.loss == "ce":
+        return F.cross_entropy(logits, targets)
+    if settings.loss == "logit-adjusted":
+        return logit_adjusted_cross_entropy(logits, targets, log_prior)
+    if settings.loss == "symmetric-ce":
+        return symmetric_cross_entropy(logits, targets, settings.sce_alpha, settings.sce_beta)
+    with torch.no_grad():
+        teacher_logits = teacher(inputs)
+    return logit_adjusted_distillation(
+        logits, teacher_logits, targets, log_prior, settings.kd_weight, settings.kd_temperature
+    )

@@ -40,6 +40,7 @@ STRATEGY_NAMES = (
     "symmetric-ce",
     "fedelc",
     "fednoro",
+    "fedcorr",
 )
 GM_SCOPES = ("per-tensor", "whole-model")
 MASKABLE_TERMS = ("compat", "entropy", "class")
@@ -55,7 +56,7 @@ STRATEGY_SPECIFIC_KEYS: dict[str, frozenset[str]] = {
     "warmup-rounds": frozenset({"maskedoptim"}),
     "baseline-warmup-rounds": frozenset({"fedelc", "fednoro"}),
     "gmm-fits": _DETECTING,
-    "noisy-threshold": _DETECTING,
+    "noisy-threshold": _DETECTING | {"fedcorr"},
     "class-loss-batch-size": _DETECTING,
     "mask-keep": frozenset({"maskedoptim"}),
     "masked-terms": frozenset({"maskedoptim"}),
@@ -74,6 +75,19 @@ STRATEGY_SPECIFIC_KEYS: dict[str, frozenset[str]] = {
     "sce-beta": frozenset({"symmetric-ce"}),
     "fednoro-kd-weight": frozenset({"fednoro"}),
     "fednoro-temperature": frozenset({"fednoro"}),
+    **dict.fromkeys(
+        (
+            "fedcorr-iterations",
+            "fedcorr-finetune-rounds",
+            "fedcorr-prox-beta",
+            "fedcorr-lid-k",
+            "fedcorr-relabel-ratio",
+            "fedcorr-confidence",
+            "fedcorr-clean-threshold",
+            "fedcorr-mixup-alpha",
+        ),
+        frozenset({"fedcorr"}),
+    ),
 }
 
 
@@ -146,6 +160,14 @@ class RunConfig:
     sce_beta: float
     fednoro_kd_weight: float
     fednoro_temperature: float
+    fedcorr_iterations: int
+    fedcorr_finetune_rounds: int
+    fedcorr_prox_beta: float
+    fedcorr_lid_k: int
+    fedcorr_relabel_ratio: float
+    fedcorr_confidence: float
+    fedcorr_clean_threshold: float
+    fedcorr_mixup_alpha: float
 
     @classmethod
     def from_mapping(cls, run_config: Mapping[str, Any]) -> RunConfig:
@@ -200,6 +222,7 @@ class RunConfig:
             ("gmm-fits", self.gmm_fits),
             ("class-loss-batch-size", self.class_loss_batch_size),
             ("gm-max-iter", self.gm_max_iter),
+            ("fedcorr-lid-k", self.fedcorr_lid_k),
         ):
             if value < 1:
                 raise ConfigError(f"{key}={value} is not allowed: it must be at least 1")
@@ -208,6 +231,8 @@ class RunConfig:
             ("dirichlet-min-size", self.dirichlet_min_size),
             ("warmup-rounds", self.warmup_rounds),
             ("baseline-warmup-rounds", self.baseline_warmup_rounds),
+            ("fedcorr-iterations", self.fedcorr_iterations),
+            ("fedcorr-finetune-rounds", self.fedcorr_finetune_rounds),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")
@@ -221,6 +246,8 @@ class RunConfig:
             ("fedelc-entropy-weight", self.fedelc_entropy_weight),
             ("sce-alpha", self.sce_alpha),
             ("sce-beta", self.sce_beta),
+            ("fedcorr-prox-beta", self.fedcorr_prox_beta),
+            ("fedcorr-mixup-alpha", self.fedcorr_mixup_alpha),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be >= 0")
@@ -241,6 +268,9 @@ class RunConfig:
             ("mask-keep", self.mask_keep),
             ("premerge-local-weight", self.premerge_local_weight),
             ("fednoro-kd-weight", self.fednoro_kd_weight),
+            ("fedcorr-relabel-ratio", self.fedcorr_relabel_ratio),
+            ("fedcorr-confidence", self.fedcorr_confidence),
+            ("fedcorr-clean-threshold", self.fedcorr_clean_threshold),
         ):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key}={value} is outside [0, 1]")

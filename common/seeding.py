@@ -18,6 +18,7 @@ MODEL_INIT = 4
 LOCAL_SHUFFLE = 5
 EVALUATE_SAMPLING = 6
 CLASS_LOSS = 7
+FEDCORR_PASS = 8  # FedCorr's pre-processing: one client order per iteration
 
 
 def numpy_rng(seed: int, purpose: int, *keys: int) -> np.random.Generator:

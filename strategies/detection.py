@@ -174,3 +174,16 @@ def detection_quality(
         "mean_true_rate_flagged": _mean_or_nan([known[k] for k in sorted(flagged_known)]),
         "mean_true_rate_clean": _mean_or_nan(clean_rates),
     }
+
+
+def split_by_lid(cumulative_lid: dict[int, float], seed: int) -> frozenset[int]:
+    """FedCorr's client split: a 2-component GMM on the clients' cumulative LID scores; the
+    clients in the component with the larger mean are noisy. Fewer than two distinct scores:
+    nobody is flagged."""
+    partitions = sorted(cumulative_lid)
+    values = np.array([cumulative_lid[p] for p in partitions], dtype=np.float64).reshape(-1, 1)
+    if len(np.unique(values)) < 2:
+        return frozenset()
+    gmm = GaussianMixture(n_components=2, random_state=seed).fit(values)
+    noisy = gmm.predict(values) == int(np.argmax(gmm.means_.ravel()))
+    return frozenset(p for p, flag in zip(partitions, noisy, strict=True) if flag)

@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import STRATEGY_NAMES, ConfigError, RunConfig
+from strategies.fedcorr import FedCorr, FedCorrSchedule
 from strategies.maskedoptim import FedElc, FedNoRo, MaskedOptimStrategy, Rfa
 from strategies.rules import (
     FedExp,
@@ -49,7 +50,7 @@ _SEEDED_CLASSES = {
 _SEEDED_CLASSES |= dict.fromkeys(
     ("median-torch", "trimmedmean-fnbench", "krum-fnbench", "fedexp", "symmetric-ce"),
     type("SeededRuleAggregation", (SeededSampling, RuleAggregation), {}),
-) | {"fedelc": FedElc, "fednoro": FedNoRo}
+) | {"fedelc": FedElc, "fednoro": FedNoRo, "fedcorr": FedCorr}
 assert tuple(_SEEDED_CLASSES) == STRATEGY_NAMES, "registry and config disagree on the names"
 
 
@@ -58,10 +59,30 @@ def malicious_clients(config: RunConfig, clients_per_round: int) -> int:
     return int(clients_per_round * config.compromised_rate)
 
 
+def fedcorr_schedule(config: RunConfig, num_clients: int) -> FedCorrSchedule:
+    return FedCorrSchedule(
+        num_clients=num_clients,
+        per_round=config.clients_sampled(num_clients),
+        iterations=config.fedcorr_iterations,
+        finetune_rounds=config.fedcorr_finetune_rounds,
+    )
+
+
 def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
     """Reject settings a strategy cannot run with, before any training (ConfigError)."""
     sampled = config.clients_sampled(num_clients)
     f = malicious_clients(config, sampled)
+    if config.strategy == "fedcorr":
+        schedule = fedcorr_schedule(config, num_clients)
+        staged = schedule.preprocess_rounds + schedule.finetune_rounds
+        if staged > config.num_rounds:
+            raise ConfigError(
+                f"fedcorr needs num-rounds >= {staged}: {schedule.iterations} pre-processing "
+                f"iterations of {schedule.rounds_per_iteration} rounds (every client once, "
+                f"{sampled} per round) + fedcorr-finetune-rounds={schedule.finetune_rounds}; "
+                f"got num-rounds={config.num_rounds}. Lower fedcorr-iterations or "
+                "fedcorr-finetune-rounds"
+            )
     if config.strategy == "bulyan" and sampled < 4 * f + 3:
         raise ConfigError(
             f"bulyan needs clients-per-round >= 4*f + 3 with f = int(clients-per-round * "
@@ -128,6 +149,16 @@ def build_strategy(config: RunConfig, roster: ClientRoster) -> Strategy:
         "krum": {"num_malicious_nodes": f},
         "multikrum": {"num_malicious_nodes": f, "num_nodes_to_select": sampled - f},
         "bulyan": {"num_malicious_nodes": f},
+        "fedcorr": {
+            "schedule": fedcorr_schedule(config, roster.num_clients),
+            "prox_beta": config.fedcorr_prox_beta,
+            "mixup_alpha": config.fedcorr_mixup_alpha,
+            "lid_k": config.fedcorr_lid_k,
+            "relabel_ratio": config.fedcorr_relabel_ratio,
+            "confidence": config.fedcorr_confidence,
+            "clean_threshold": config.fedcorr_clean_threshold,
+            "noisy_threshold": config.noisy_threshold,
+        },
     }.get(config.strategy, {})
     return _SEEDED_CLASSES[config.strategy](
         roster=roster,

@@ -199,12 +199,14 @@ def test_the_comparison_runner_stops_at_a_failed_run_and_shows_its_log(tmp_path)
 
 def test_the_noisy_label_baselines_run_in_flower(tmp_path):
     """fedelc and fednoro detect the three 70 %-noisy clients after a 2-round warm-up; fedelc
-    corrects their labels; symmetric-ce trains like FedAvg with its own loss."""
+    corrects their labels; symmetric-ce trains like FedAvg with its own loss; fedcorr runs its
+    two pre-processing iterations, fine-tuning and usual training, and relabels."""
     out = tmp_path / "cmp"
     done = launch(
         tmp_path,
-        "--strategies", "fedelc,fednoro,symmetric-ce", "--seeds", "1", "--num-clients", "6",
-        "--set", "num-rounds=4", "--set", "baseline-warmup-rounds=2",
+        "--strategies", "fedelc,fednoro,symmetric-ce,fedcorr", "--seeds", "1",
+        "--num-clients", "6", "--set", "num-rounds=4", "--set", "baseline-warmup-rounds=2",
+        "--set", "fedcorr-iterations=2", "--set", "fedcorr-finetune-rounds=1",
         "--set", "clients-per-round=6", "--set", "partition=iid", "--set", "noise-type=mixed",
         "--set", "noise-groups='clean:3;symmetric:3:0.7,0.7'", "--out", str(out),
     )  # fmt: skip
@@ -220,9 +222,15 @@ def test_the_noisy_label_baselines_run_in_flower(tmp_path):
     fednoro = json.loads((out / "fednoro-seed1" / "detection.json").read_text())
     assert fednoro["label_correction"] == {}  # FedNoRo keeps the observed labels
     assert not (out / "symmetric-ce-seed1" / "detection.json").exists()
+    fedcorr = json.loads((out / "fedcorr-seed1" / "detection.json").read_text())
+    assert fedcorr["detection"]["round"] == 2  # the end of the second pre-processing iteration
+    assert fedcorr["detection"]["flagged_noisy"] == [3, 4, 5]  # by their LID
+    relabelled = fedcorr["label_correction"]
+    assert relabelled["label_acc_corrected"] > relabelled["label_acc_observed"] + 0.2
     with open(out / "comparison.csv") as handle:
         assert [row["strategy"] for row in csv.DictReader(handle)] == [
             "fedelc",
             "fednoro",
             "symmetric-ce",
+            "fedcorr",
         ]

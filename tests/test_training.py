@@ -320,3 +320,33 @@ def test_the_baseline_losses_train(loss):
 def test_an_unknown_loss_is_refused_before_training():
     with pytest.raises(ValueError, match="'focal'"):
         train_locally(fresh_model(), separable_data(), PIPELINE, settings(loss="focal"), None)
+
+
+def test_mixup_training_is_seeded_and_learns():
+    data = separable_data(n=64)
+    runs = []
+    for _ in range(2):
+        model = fresh_model()
+        train_locally(
+            model, data, PIPELINE, settings(epochs=5, mixup_alpha=1.0),
+            torch.Generator().manual_seed(3),
+        )  # fmt: skip
+        runs.append(weights(model))
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+    assert dataset_loss(model, data) < 0.7 * dataset_loss(fresh_model(), data)
+    with pytest.raises(ValueError, match="mixup goes with the 'ce' loss"):
+        train_locally(model, data, PIPELINE, settings(mixup_alpha=1.0, loss="symmetric-ce"), None)
+
+
+def test_fedcorr_proximal_norm_keeps_the_model_closer_to_its_start():
+    data = separable_data(n=64)
+    free, held = fresh_model(), fresh_model()
+    start = weights(free)
+    train_locally(free, data, PIPELINE, settings(epochs=3), torch.Generator().manual_seed(0))
+    train_locally(
+        held, data, PIPELINE, settings(epochs=3, proximal_norm=2.0),
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert all(torch.isfinite(p).all() for p in held.parameters())  # no NaN from sqrt at 0
+    assert distance(held, start) < distance(free, start)

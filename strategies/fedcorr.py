@@ -1,0 +1,246 @@
+"""FedCorr (Xu et al., CVPR 2022) as a Flower strategy: three stages over the run's rounds.
+
+1. Pre-processing, `fedcorr-iterations` iterations. An iteration visits every client once, in a
+   seeded order cut into groups of `clients-per-round` (one group per round). Clients train with
+   CE + mixup + an adaptive proximal term beta * mu_k * ||w - w_global|| (mu_k: the client's
+   estimated noise level from the previous iteration) and report the LID of their local model's
+   outputs; they keep their per-sample losses. After the iteration's last round the server adds
+   the LIDs to each client's cumulative score, splits the clients with a Gaussian mixture
+   (strategies.detection.split_by_lid), and asks the noisy ones to estimate mu_k and relabel their
+   highest-loss samples where the global model is confident (`query.relabel`).
+2. Fine-tuning, `fedcorr-finetune-rounds` rounds, only among clients with mu_k below
+   `fedcorr-clean-threshold`; afterwards the noisy clients relabel every sample the fine-tuned
+   global model is confident about.
+3. Usual training on the corrected labels for the remaining rounds, clients sampled as usual.
+Aggregation is FedAvg throughout. The client side is in client_app (train.corr, query.relabel)
+and client_app.fedcorr.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common import log
+
+from common import seeding
+from strategies.detection import detection_quality, split_by_lid
+from strategies.maskedoptim import LabelCorrection, confusion_from
+from strategies.rules import RuleAggregation, SampleWeightedMean
+from strategies.sampling import SeededSampling
+
+CORR_TRAIN = "train.corr"
+RELABEL_QUERY = "query.relabel"
+
+
+@dataclass(frozen=True)
+class FedCorrSchedule:
+    """Which stage a round belongs to (rounds count from 1)."""
+
+    num_clients: int
+    per_round: int
+    iterations: int
+    finetune_rounds: int
+
+    @property
+    def rounds_per_iteration(self) -> int:
+        return math.ceil(self.num_clients / self.per_round)
+
+    @property
+    def preprocess_rounds(self) -> int:
+        return self.iterations * self.rounds_per_iteration
+
+    def stage(self, server_round: int) -> str:
+        if server_round <= self.preprocess_rounds:
+            return "preprocess"
+        if server_round <= self.preprocess_rounds + self.finetune_rounds:
+            return "finetune"
+        return "usual"
+
+    def position(self, server_round: int) -> tuple[int, int]:
+        """(iteration, group) of a pre-processing round, both from 0."""
+        return divmod(server_round - 1, self.rounds_per_iteration)
+
+    def ends_iteration(self, server_round: int) -> bool:
+        return (
+            self.stage(server_round) == "preprocess"
+            and self.position(server_round)[1] == self.rounds_per_iteration - 1
+        )
+
+    def ends_finetuning(self, server_round: int) -> bool:
+        return self.finetune_rounds > 0 and server_round == (
+            self.preprocess_rounds + self.finetune_rounds
+        )
+
+
+class FedCorr(SeededSampling, RuleAggregation):
+    """FedCorr's stages on top of FedAvg (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        schedule: FedCorrSchedule,
+        prox_beta: float,
+        mixup_alpha: float,
+        lid_k: int,
+        relabel_ratio: float,
+        confidence: float,
+        clean_threshold: float,
+        noisy_threshold: float,
+        query_timeout: float = 3600.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(rule=SampleWeightedMean(), local_loss="ce", **kwargs)
+        self.schedule = schedule
+        self.prox_beta, self.mixup_alpha, self.lid_k = prox_beta, mixup_alpha, lid_k
+        self.relabel_ratio, self.confidence = relabel_ratio, confidence
+        self.clean_threshold, self.noisy_threshold = clean_threshold, noisy_threshold
+        self.query_timeout = query_timeout
+        partitions = range(self.roster.num_clients)
+        self.cumulative_lid = dict.fromkeys(partitions, 0.0)
+        self.iteration_lid: dict[int, float] = {}
+        self.noise_level = dict.fromkeys(partitions, 0.0)  # mu_k, 0 for clients deemed clean
+        self.noisy: frozenset[int] | None = None
+        self.detection: dict[str, Any] | None = None
+        self.labels = LabelCorrection()
+        self.relabel_queries: Counter = Counter()
+        self._grid = None
+
+    def sampled_partitions(self, server_round: int) -> list[int]:
+        stage = self.schedule.stage(server_round)
+        if stage == "preprocess":
+            iteration, group = self.schedule.position(server_round)
+            order = seeding.numpy_rng(self.seed, seeding.FEDCORR_PASS, iteration).permutation(
+                self.roster.num_clients
+            )
+            size = self.schedule.per_round
+            return sorted(int(p) for p in order[group * size : (group + 1) * size])
+        if stage == "finetune":
+            candidates = [p for p, mu in self.noise_level.items() if mu <= self.clean_threshold]
+            count = min(self.clients_per_round, len(candidates))
+            rng = seeding.numpy_rng(self.seed, seeding.CLIENT_SAMPLING, server_round)
+            return sorted(int(p) for p in rng.choice(candidates, size=count, replace=False))
+        return super().sampled_partitions(server_round)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
+        self._grid = grid  # kept for the relabelling queries, which follow an aggregation
+        preprocessing = self.schedule.stage(server_round) == "preprocess"
+        messages = []
+        for message in super().configure_train(server_round, arrays, config, grid):
+            partition = self.roster.partition_of(message.metadata.dst_node_id)
+            extras = {
+                "mixup-alpha": self.mixup_alpha,
+                "report-lid": int(preprocessing),
+                "lid-k": self.lid_k,
+                "proximal-norm": self.prox_beta * self.noise_level[partition]
+                if preprocessing
+                else 0.0,
+            }
+            content = RecordDict(
+                {
+                    "arrays": message.content["arrays"],
+                    "config": ConfigRecord({**dict(message.content["config"]), **extras}),
+                }
+            )
+            messages.append(
+                Message(content, dst_node_id=message.metadata.dst_node_id, message_type=CORR_TRAIN)
+            )
+        return messages
+
+    def aggregate_train(self, server_round: int, replies):
+        replies = list(replies)
+        if self.schedule.stage(server_round) == "preprocess":
+            for reply in replies:
+                if not reply.has_error():
+                    partition = self.roster.partition_of(reply.metadata.src_node_id)
+                    self.iteration_lid[partition] = float(reply.content["metrics"]["lid"])
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None and self.schedule.ends_iteration(server_round):
+            self.end_iteration(server_round, arrays)
+        if arrays is not None and self.schedule.ends_finetuning(server_round) and self.noisy:
+            self.relabel(server_round, arrays, sorted(self.noisy), everything=True)
+        return arrays, metrics
+
+    def end_iteration(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Accumulate LID, split the clients, let the noisy ones estimate mu and relabel."""
+        for partition, lid in self.iteration_lid.items():
+            self.cumulative_lid[partition] += lid
+        self.iteration_lid = {}
+        self.noisy = split_by_lid(self.cumulative_lid, self.seed)
+        answers = self.relabel(server_round, arrays, sorted(self.noisy), everything=False)
+        self.noise_level = dict.fromkeys(self.noise_level, 0.0)
+        for partition, answer in answers.items():
+            self.noise_level[partition] = float(answer.content["metrics"]["noise-fraction"])
+        quality = detection_quality(self.noisy, self.roster.true_noise_rates, self.noisy_threshold)
+        self.detection = {
+            "round": server_round,
+            "iteration": self.schedule.position(server_round)[0] + 1,
+            "flagged_noisy": sorted(self.noisy),
+            "clean": sorted(set(self.noise_level) - self.noisy),
+            "noisy_threshold": self.noisy_threshold,
+            "quality": quality,
+            "cumulative_lid": dict(self.cumulative_lid),
+            "estimated_noise_level": {p: mu for p, mu in self.noise_level.items() if mu > 0},
+        }
+        log(INFO, "fedcorr after round %d: %d of %d clients flagged noisy; %s",
+            server_round, len(self.noisy), self.roster.num_clients, quality)  # fmt: skip
+
+    def relabel(self, server_round: int, arrays: ArrayRecord, partitions, everything: bool):
+        """Ask `partitions` to relabel with the global model `arrays`; answers by partition."""
+        config = ConfigRecord(
+            {
+                "server-round": server_round,
+                "everything": int(everything),
+                "relabel-ratio": self.relabel_ratio,
+                "confidence": self.confidence,
+            }
+        )
+        queries = [
+            Message(
+                RecordDict({"arrays": arrays, "config": config}),
+                dst_node_id=self.roster.node_of_partition[p],
+                message_type=RELABEL_QUERY,
+            )
+            for p in partitions
+        ]
+        answers = {}
+        for reply in self._grid.send_and_receive(queries, timeout=self.query_timeout):
+            partition = self.roster.partition_of(reply.metadata.src_node_id)
+            if reply.has_error():
+                log(WARNING, "fedcorr: client %d failed to relabel (%s)",
+                    partition, reply.error.reason)  # fmt: skip
+                continue
+            answers[partition] = reply
+            self.relabel_queries[partition] += 1
+            labels = reply.content["labels"]
+            if partition not in self.labels.observed:
+                self.labels.start(partition, confusion_from(labels, "observed-confusion"))
+            self.labels.update(
+                partition,
+                confusion_from(labels, "corrected-confusion"),
+                self.relabel_queries[partition],
+            )
+        return answers
+
+    def round_diagnostics(self) -> dict[str, float]:
+        if self.detection is None:
+            return {}
+        quality = self.detection["quality"]
+        return {
+            "detected_noisy": len(self.noisy),
+            "detect_precision": quality["precision"],
+            "detect_recall": quality["recall"],
+            **self.labels.metrics(),
+        }
+
+    def final_report(self) -> dict[str, Any]:
+        return {
+            "detection": self.detection,
+            "relabel_queries": dict(sorted(self.relabel_queries.items())),
+            "label_correction": self.labels.metrics(),
+            "label_correction_per_client": self.labels.per_client(),
+        }
