@@ -571,6 +571,12 @@ def run_comparison(
     return 0
 
 
+def stop_on_terminate(signum, frame) -> None:
+    """SIGTERM (`kill`, a container stop, a background job) unwinds like Ctrl-C, so the
+    SuperLink and every process it started are stopped on the way out."""
+    raise KeyboardInterrupt
+
+
 def comma_list(text: str, kind: type = str) -> list:
     items = [item.strip() for item in text.split(",") if item.strip()]
     try:
@@ -636,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         help="Flower's home for this run: config, SuperLink logs, installed app (default .flwr)",
     )
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, stop_on_terminate)  # `kill` stops everything, as Ctrl-C does
     sys.path.insert(0, str(ROOT))
     from common.config import ConfigError
     from data.datasets import DatasetNotFoundError

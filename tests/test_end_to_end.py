@@ -234,3 +234,26 @@ def test_the_noisy_label_baselines_run_in_flower(tmp_path):
             "symmetric-ce",
             "fedcorr",
         ]
+
+
+def test_sigterm_stops_a_run_and_everything_it_started(tmp_path):
+    import signal
+    import time
+
+    home, out = tmp_path / "flwr", tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "simulation.py"), "--flwr-home", str(home), "--quiet",
+         "--num-clients", "3", "--run-config",
+         f"num-rounds=500 clients-per-round=2 out-dir='{out}' run-name='long'"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    metrics = out / "long" / "metrics.csv"
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 2):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert "interrupted" in stderr
+    assert processes_with_environment("FLWR_HOME", str(home)) == set()
