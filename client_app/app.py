@@ -15,7 +15,9 @@ Messages it answers:
   true noise rate (a simulation-only diagnostic that no algorithm reads).
 
 Start-up work (dataset, federation, the client's tensors on the device, the model) is done once
-per process and partition, then reused by every message.
+per process and partition, then reused by every message. State that must outlive a round (label
+logits, corrected labels) is kept in `context.state` and, when the SuperNode's node-config has a
+`state-dir`, in a file there too, so it survives a SuperNode restart (client_app.state).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.fedcorr import (
@@ -42,6 +44,7 @@ from client_app.masked import (
     masked_train_locally,
     per_class_loss,
 )
+from client_app.state import ClientStateStore
 from client_app.training import LocalTraining, train_locally
 from common import seeding
 from common.config import RunConfig
@@ -77,28 +80,24 @@ class LocalClient:
 
 
 class LabelStore:
-    """A noisy client's label logits (n x C), kept in the node's `context.state` between rounds,
-    with the number of masked rounds they have been through."""
+    """A noisy client's label logits (n x C) and the number of masked rounds they have been
+    through, kept between rounds (client_app.state: context.state, plus the node's state-dir)."""
 
-    KEY = "masked-labels"
-
-    def __init__(self, state: RecordDict) -> None:
-        self.state = state
+    def __init__(self, context: Context, partition_id: int) -> None:
+        self.store = ClientStateStore(context, "masked-labels", partition_id)
 
     def load(self, device: torch.device) -> torch.Tensor | None:
-        if self.KEY not in self.state:
-            return None
-        return torch.as_tensor(self.state[self.KEY]["label-logits"].numpy()).to(device)
+        stored = self.store.load()
+        return None if stored is None else torch.as_tensor(stored["label-logits"]).to(device)
 
     def save(self, label_logits: torch.Tensor) -> int:
         """Store the logits; return how many masked rounds they have now been through."""
-        rounds = 1
-        if self.KEY in self.state:
-            rounds += int(self.state[self.KEY]["masked-rounds"].numpy())
-        self.state[self.KEY] = ArrayRecord(
-            array_dict={
-                "label-logits": Array(label_logits.detach().cpu().numpy()),
-                "masked-rounds": Array(np.array(rounds, dtype=np.int64)),
+        stored = self.store.load()
+        rounds = 1 + (int(stored["masked-rounds"]) if stored is not None else 0)
+        self.store.save(
+            {
+                "label-logits": label_logits.detach().cpu().numpy(),
+                "masked-rounds": np.array(rounds, dtype=np.int64),
             }
         )
         return rounds
@@ -235,7 +234,7 @@ def train_masked(msg: Message, context: Context) -> Message:
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
     masked = masked_settings(config, server_config)
-    labels = LabelStore(context.state)
+    labels = LabelStore(context, client.data.partition_id)
     label_logits = labels.load(client.data.inputs.device)
     if label_logits is None:  # first time this client is noisy: K * onehot(observed)
         label_logits = init_label_logits(
@@ -272,30 +271,28 @@ def train_masked(msg: Message, context: Context) -> Message:
 
 
 class CorrectedLabels:
-    """FedCorr's per-client state in `context.state`: the corrected labels (the observed ones
+    """FedCorr's per-client state (client_app.state): the corrected labels (the observed ones
     until the first relabelling) and the per-sample losses of the last pre-processing round."""
 
-    KEY = "fedcorr"
-
-    def __init__(self, state: RecordDict, observed: torch.Tensor) -> None:
-        self.state, self.observed = state, observed
+    def __init__(self, context: Context, observed: torch.Tensor, partition_id: int) -> None:
+        self.store = ClientStateStore(context, "fedcorr", partition_id)
+        self.observed = observed
 
     def labels(self) -> torch.Tensor:
-        if self.KEY not in self.state or "labels" not in self.state[self.KEY]:
+        stored = self.store.load() or {}
+        if "labels" not in stored:
             return self.observed
-        return torch.as_tensor(self.state[self.KEY]["labels"].numpy()).to(self.observed.device)
+        return torch.as_tensor(stored["labels"]).to(self.observed.device)
 
     def losses(self) -> np.ndarray | None:
-        if self.KEY not in self.state or "losses" not in self.state[self.KEY]:
-            return None
-        return self.state[self.KEY]["losses"].numpy()
+        return (self.store.load() or {}).get("losses")
 
     def save(self, *, labels: torch.Tensor | None = None, losses: torch.Tensor | None = None):
-        arrays = dict(self.state[self.KEY].items()) if self.KEY in self.state else {}
+        arrays = self.store.load() or {}
         for name, value in (("labels", labels), ("losses", losses)):
             if value is not None:
-                arrays[name] = Array(value.detach().cpu().numpy())
-        self.state[self.KEY] = ArrayRecord(array_dict=arrays)
+                arrays[name] = value.detach().cpu().numpy()
+        self.store.save(arrays)
 
 
 def softmax_outputs(client: LocalClient, model) -> torch.Tensor:
@@ -314,7 +311,7 @@ def train_corr(msg: Message, context: Context) -> Message:
     client = local_client(context)
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
-    store = CorrectedLabels(context.state, client.data.observed_labels)
+    store = CorrectedLabels(context, client.data.observed_labels, client.data.partition_id)
     data = dataclasses.replace(client.data, observed_labels=store.labels())
     generator = shuffle_generator(client, int(server_config["server-round"]))
     started = time.perf_counter()
@@ -340,7 +337,7 @@ def relabel_query(msg: Message, context: Context) -> Message:
     client = local_client(context)
     config = msg.content["config"]
     model = client.load(msg.content["arrays"])
-    store = CorrectedLabels(context.state, client.data.observed_labels)
+    store = CorrectedLabels(context, client.data.observed_labels, client.data.partition_id)
     before = store.labels()
     losses = store.losses()
     everything = bool(int(config["everything"]))
