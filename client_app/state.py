@@ -54,4 +54,5 @@ class ClientStateStore:
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    # np.array(order="C") keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d).
+    return ArrayRecord(array_dict={k: Array(np.array(v, order="C")) for k, v in arrays.items()})

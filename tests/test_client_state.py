@@ -18,9 +18,12 @@ def context(run_id: int, node_config: dict) -> Context:
 def test_the_state_file_brings_labels_back_after_a_restart(tmp_path):
     node = {"state-dir": str(tmp_path), "partition-id": 3}
     logits = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
-    ClientStateStore(context(7, node), "masked-labels", 3).save(
+    running = context(7, node)
+    ClientStateStore(running, "masked-labels", 3).save(
         {"label-logits": logits, "masked-rounds": np.array(2)}
     )
+    from_state = ClientStateStore(running, "masked-labels", 3).load()  # the same process
+    assert from_state["masked-rounds"].shape == () and int(from_state["masked-rounds"]) == 2
     assert (tmp_path / "run-7" / "partition-3" / "masked-labels.npz").is_file()
     assert [p.name for p in (tmp_path / "run-7" / "partition-3").iterdir()] == [
         "masked-labels.npz"
@@ -29,7 +32,7 @@ def test_the_state_file_brings_labels_back_after_a_restart(tmp_path):
     restarted = context(7, node)
     loaded = ClientStateStore(restarted, "masked-labels", 3).load()
     np.testing.assert_array_equal(loaded["label-logits"], logits)
-    assert int(loaded["masked-rounds"]) == 2
+    assert loaded["masked-rounds"].shape == () and int(loaded["masked-rounds"]) == 2
     assert "masked-labels" in restarted.state  # cached for the next message
 
     assert ClientStateStore(context(8, node), "masked-labels", 3).load() is None  # another run
