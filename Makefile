@@ -14,10 +14,15 @@ ARGS ?=
 unexport PYTHONDONTWRITEBYTECODE
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint format env clean
+.PHONY: run test lint format env clean deploy-local
 
 run: $(STAMP)
 	$(VENV)/bin/python simulation.py --num-clients 10 $(ARGS)
+
+# The same app on Flower's deployment runtime: a SuperLink and 2 SuperNodes on localhost
+# (docs/deployment.md); e.g. make deploy-local ARGS="--num-supernodes 4 --set num-rounds=5"
+deploy-local: $(STAMP)
+	$(VENV)/bin/python deploy_local.py $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(ARGS)
@@ -43,4 +48,4 @@ $(STAMP): pyproject.toml | $(UV)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) .tools .flwr
+	rm -rf $(VENV) .tools .flwr .deploy
