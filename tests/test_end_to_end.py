@@ -209,6 +209,7 @@ def test_the_noisy_label_baselines_run_in_flower(tmp_path):
         "--set", "fedcorr-iterations=2", "--set", "fedcorr-finetune-rounds=1",
         "--set", "clients-per-round=6", "--set", "partition=iid", "--set", "noise-type=mixed",
         "--set", "noise-groups='clean:3;symmetric:3:0.7,0.7'", "--out", str(out),
+        timeout=1200,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for name in ("fedelc", "fednoro"):
