@@ -2,15 +2,19 @@
 separate processes, as they would run on separate hosts.
 
     python deploy_local.py [--num-supernodes 2] [--config FILE.toml] [--set key=value]... \
-                           [--workdir .deploy]
+                           [--tls] [--workdir .deploy]
 
 Every SuperNode is one client: its node-config gives `partition-id`, `num-partitions` (the shared
 dataset is carved as in simulation) and a `state-dir`, under which noisy clients keep their
 learnable labels so that they survive a SuperNode restart. Each process gets its own port and
 FLWR_HOME under the work folder, logs go to `<workdir>/logs/`, the run's results to `out-dir`
-as in simulation. The script validates the config first (exit 2), waits for the run, checks its
-final status (exit 1 when it failed, with the end of the SuperLink's log), and stops every process
-it started, also on failure, Ctrl-C or SIGTERM (exit 130).
+as in simulation. With --tls, every link to the SuperLink is encrypted and only registered
+SuperNodes are admitted: the script makes a CA, a server certificate (SANs localhost, 127.0.0.1)
+and a key pair per SuperNode under `<workdir>/certs/`, and registers the nodes.
+
+The script validates the config first (exit 2), waits for the run, checks its final status (exit 1
+when it failed, with the end of the SuperLink's log), and stops every process it started, also on
+failure, Ctrl-C or SIGTERM (exit 130).
 See docs/deployment.md for the same steps by hand and on several machines.
 """
 
@@ -43,13 +47,89 @@ from simulation import (
 START_SECONDS = 60.0
 
 
+def make_certificates(folder: Path, num_supernodes: int, hosts=("localhost", "127.0.0.1")) -> None:
+    """A CA, a server certificate signed by it (SANs: `hosts`), and one ECDSA P-384 key pair per
+    SuperNode in OpenSSH format (what `flwr supernode register` and `--auth-supernode-private-key`
+    read): `ca.crt`, `server.pem`, `server.key`, `client-<i>`, `client-<i>.pub`."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(subject: str, key, issuer, issuer_key, extensions):
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+        )
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(issuer_key, hashes.SHA384())
+
+    def private_pem(key) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "maskedoptim local CA")])
+    ca = certificate(
+        "maskedoptim local CA", ca_key, ca_name, ca_key,
+        [(x509.BasicConstraints(ca=True, path_length=None), True)],
+    )  # fmt: skip
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    names = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    server = certificate(
+        hosts[0], server_key, ca_name, ca_key,
+        [
+            (x509.SubjectAlternativeName(names), False),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ],
+    )  # fmt: skip
+    (folder / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    (folder / "server.key").write_bytes(private_pem(server_key))
+    for index in range(num_supernodes):
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        (folder / f"client-{index}").write_bytes(private)
+        (folder / f"client-{index}").chmod(0o600)
+        (folder / f"client-{index}.pub").write_bytes(public + b"\n")
+
+
 class LocalDeployment:
     """A SuperLink and SuperNodes on localhost, all marked with one token so that they (and the
     processes they spawn) can be found and stopped together."""
 
-    def __init__(self, workdir: Path, num_supernodes: int) -> None:
+    def __init__(self, workdir: Path, num_supernodes: int, tls: bool = False) -> None:
         self.workdir = workdir.resolve()
         self.num_supernodes = num_supernodes
+        self.tls = tls
+        self.certs = self.workdir / "certs"
         self.token = uuid.uuid4().hex
         self.port = free_port()
         self.supernode_ports = [free_port() for _ in range(num_supernodes)]
@@ -86,17 +166,27 @@ class LocalDeployment:
     def start_superlink(self) -> None:
         bin_dir = Path(sys.executable).parent
         home = self.workdir / "superlink"
+        security = ["--insecure"]
+        if self.tls:
+            make_certificates(self.certs, self.num_supernodes)
+            security = [
+                "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+                "--ssl-certfile", str(self.certs / "server.pem"),
+                "--ssl-keyfile", str(self.certs / "server.key"),
+                "--enable-supernode-auth",
+            ]  # fmt: skip
         command = [
-            str(bin_dir / "flower-superlink"), "--insecure",
+            str(bin_dir / "flower-superlink"), *security,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--database", str(home / "superlink.db"),
             "--disable-runtime-dependency-installation",
         ]  # fmt: skip
         self._start("superlink", command, home)
         self.cli_home.mkdir(parents=True, exist_ok=True)
+        trust = f'root-certificates = "{self.certs / "ca.crt"}"' if self.tls else "insecure = true"
         (self.cli_home / "config.toml").write_text(
             '[superlink]\ndefault = "local-deployment"\n\n[superlink.local-deployment]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
+            f'address = "127.0.0.1:{self.port}"\n{trust}\n'
         )
         deadline = time.monotonic() + START_SECONDS
         while "Uvicorn running" not in self.log_text("superlink"):
@@ -114,13 +204,31 @@ class LocalDeployment:
             f"partition-id={index} num-partitions={self.num_supernodes} "
             f"state-dir='{self.state_dir(index)}'"
         )
+        security = ["--insecure"]
+        if self.tls:
+            security = [
+                "--root-certificates", str(self.certs / "ca.crt"),
+                "--auth-supernode-private-key", str(self.certs / f"client-{index}"),
+            ]  # fmt: skip
         command = [
-            str(Path(sys.executable).parent / "flower-supernode"), "--insecure",
+            str(Path(sys.executable).parent / "flower-supernode"), *security,
             "--superlink", f"127.0.0.1:{self.port}",
             "--node-config", node_config,
             "--port", str(self.supernode_ports[index]),
         ]  # fmt: skip
         self._start(f"supernode-{index}", command, self.workdir / f"supernode-{index}")
+
+    def register_supernodes(self) -> None:
+        """With node authentication the SuperLink accepts only registered public keys."""
+        flwr = str(Path(sys.executable).parent / "flwr")
+        for index in range(self.num_supernodes):
+            with open(self.logs / "flwr-register.log", "a") as log:
+                subprocess.run(
+                    [flwr, "supernode", "register", str(self.certs / f"client-{index}.pub"),
+                     "local-deployment", "--name", f"client-{index}"],
+                    cwd=self.cli_home, env=self.environment(self.cli_home),
+                    stdout=log, stderr=subprocess.STDOUT, check=True,
+                )  # fmt: skip
 
     def stop_supernode(self, index: int) -> None:
         """Kill one SuperNode at once (as a crash would) with the processes it started."""
@@ -206,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
+        "--tls", action="store_true",
+        help="TLS on every link to the SuperLink and SuperNode authentication: generates a CA, "
+        "a server certificate and one key pair per SuperNode, and registers the nodes",
+    )  # fmt: skip
+    parser.add_argument(
         "--workdir", type=Path, default=ROOT / ".deploy",
         help="ports' homes, logs and client state go here (default .deploy/<run-name>)",
     )  # fmt: skip
@@ -225,12 +338,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = args.workdir / mapping["run-name"]
     try:
-        with LocalDeployment(workdir, args.num_supernodes) as deployment:
+        with LocalDeployment(workdir, args.num_supernodes, tls=args.tls) as deployment:
             deployment.start_superlink()
+            if args.tls:
+                deployment.register_supernodes()
             for index in range(args.num_supernodes):
                 deployment.start_supernode(index)
-            print(f"SuperLink on 127.0.0.1:{deployment.port}, {args.num_supernodes} SuperNodes; "
-                  f"logs in {deployment.logs}", flush=True)  # fmt: skip
+            security = "TLS + SuperNode authentication" if args.tls else "insecure"
+            print(f"SuperLink on 127.0.0.1:{deployment.port} ({security}), "
+                  f"{args.num_supernodes} SuperNodes; logs in {deployment.logs}",
+                  flush=True)  # fmt: skip
             deployment.submit(mapping)
             run_id, status = deployment.wait()
     except KeyboardInterrupt:
