@@ -51,7 +51,8 @@ from common.config import RunConfig
 from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
 from data.client_data import ClientData
-from data.federation import DataSettings, Federation, cached_federation
+from data.datasets import load_own_training_data
+from data.federation import DataSettings, Federation, cached_federation, own_data_federation
 from data.transforms import InputPipeline, pipeline_for
 from models import Classifier, build_model
 
@@ -118,10 +119,21 @@ class ProcessShared:
 
 
 @functools.lru_cache(maxsize=2)
-def _process_shared(frozen_config: tuple, num_partitions: int) -> ProcessShared:
+def _process_shared(
+    frozen_config: tuple, num_partitions: int, own_data: tuple[str, int] | None = None
+) -> ProcessShared:
+    """`own_data` = (data-dir, partition-id) for a SuperNode that brings its own data."""
     config = RunConfig.from_mapping(dict(frozen_config))
     device = resolve_device(config.device)
-    federation = cached_federation(DataSettings.from_config(config), num_partitions)
+    settings = DataSettings.from_config(config)
+    if own_data is None:
+        federation = cached_federation(settings, num_partitions)
+    else:
+        data_dir, partition_id = own_data
+        own = load_own_training_data(
+            config.dataset, data_dir, cifar10n_labels=config.cifar10n_labels
+        )
+        federation = own_data_federation(settings, num_partitions, partition_id, own)
     dataset = federation.dataset
     model = build_model(
         config.model,
@@ -135,8 +147,11 @@ def _process_shared(frozen_config: tuple, num_partitions: int) -> ProcessShared:
 # A Ray actor serves many partitions in turn: keep each one's tensors (about 1.5 MB for a
 # CIFAR-10 client of 500 images), so no round rebuilds them.
 @functools.lru_cache(maxsize=1024)
-def _local_client(frozen_config: tuple, partition_id: int, num_partitions: int) -> LocalClient:
-    shared = _process_shared(frozen_config, num_partitions)
+def _local_client(
+    frozen_config: tuple, partition_id: int, num_partitions: int, own_data_dir: str = ""
+) -> LocalClient:
+    own_data = (own_data_dir, partition_id) if own_data_dir else None
+    shared = _process_shared(frozen_config, num_partitions, own_data)
     return LocalClient(
         config=shared.config,
         data=ClientData.from_federation(shared.federation, partition_id, shared.device),
@@ -147,6 +162,9 @@ def _local_client(frozen_config: tuple, partition_id: int, num_partitions: int) 
 
 
 def local_client(context: Context) -> LocalClient:
+    """This node's client. Its node-config names it (`partition-id` of `num-partitions`) and
+    either carves the shared dataset of the run config with that, or, with `data-dir`, reads the
+    client's own data from there (data.datasets.load_own_training_data)."""
     node = context.node_config
     if "partition-id" not in node or "num-partitions" not in node:
         raise ValueError(
@@ -154,7 +172,10 @@ def local_client(context: Context) -> LocalClient:
             f"(got keys: {sorted(node)})"
         )
     return _local_client(
-        _frozen(context.run_config), int(node["partition-id"]), int(node["num-partitions"])
+        _frozen(context.run_config),
+        int(node["partition-id"]),
+        int(node["num-partitions"]),
+        str(node.get("data-dir", "") or ""),
     )
 
 

@@ -10,10 +10,12 @@ renamed over the old one), so a crash mid-write leaves the previous version inta
 from __future__ import annotations
 
 import os
+from logging import INFO
 from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context
+from flwr.common import log
 
 
 class ClientStateStore:
@@ -37,6 +39,7 @@ class ClientStateStore:
             with np.load(self.file) as stored:
                 arrays = {key: stored[key] for key in stored.files}
             self.state[self.name] = _record(arrays)
+            log(INFO, "client state %r restored from %s", self.name, self.file)
             return arrays
         return None
 

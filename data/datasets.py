@@ -328,24 +328,25 @@ def _read_cifar10(root: Path, download: bool, name: str = "cifar10"):
             torchvision.datasets.CIFAR10(root=str(root), train=train, download=True)
         _not_found(name, root, _cifar_missing(root), "the download did not produce them")
     batches = _cifar_batches_dir(root)
-
-    def read(names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = [], []
-        for fname in names:
-            entry = _read_pickle(batches / fname)
-            x = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            y = np.asarray(entry[b"labels"], dtype=np.int64)
-            if len(x) != len(y):
-                raise ValueError(f"{batches / fname}: {len(x)} images but {len(y)} labels")
-            xs.append(x)
-            ys.append(y)
-        return np.concatenate(xs), np.concatenate(ys)
-
-    x_train, y_train = read(CIFAR10_TRAIN_FILES)
-    x_test, y_test = read([CIFAR10_TEST_FILE])
+    x_train, y_train = _read_cifar_batches(batches, CIFAR10_TRAIN_FILES)
+    x_test, y_test = _read_cifar_batches(batches, [CIFAR10_TEST_FILE])
     meta = _read_pickle(batches / CIFAR10_META_FILE)
     names = tuple(n.decode("utf-8") for n in meta[b"label_names"])
     return x_train, y_train, x_test, y_test, names
+
+
+def _read_cifar_batches(batches: Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 [N, 3, 32, 32]) and labels of the CIFAR-10 pickles `names`, in order."""
+    xs, ys = [], []
+    for fname in names:
+        entry = _read_pickle(batches / fname)
+        x = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(entry[b"labels"], dtype=np.int64)
+        if len(x) != len(y):
+            raise ValueError(f"{batches / fname}: {len(x)} images but {len(y)} labels")
+        xs.append(x)
+        ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _load_cifar10(root: Path, download: bool) -> Dataset:
@@ -370,10 +371,18 @@ def _cifar10_dataset(x_train, y_train, x_test, y_test, names) -> Dataset:
 
 def _load_cifar10n(root: Path, download: bool, key: str) -> Dataset:
     """CIFAR-10 images + CIFAR-10N human labels; partition labels stay the clean ones (§6.5)."""
-    import torch
-
     x_train, y_train, x_test, y_test, names = _read_cifar10(root, download, "cifar10n")
     path = next(p for p in _cifar10n_candidates(root) if p.is_file())
+    human = _read_cifar10n_labels(path, y_train, key, _cifar_batches_dir(root))
+    cifar10 = _cifar10_dataset(x_train, y_train, x_test, y_test, names)
+    return dataclasses.replace(cifar10, name="cifar10n", train_human_labels=human)
+
+
+def _read_cifar10n_labels(path: Path, y_train: np.ndarray, key: str, images: Path) -> np.ndarray:
+    """The human labels `key` of the CIFAR-10N file `path`, checked against the training labels
+    of the images they belong to (its `clean_label` must equal them, in order)."""
+    import torch
+
     labels = torch.load(path, weights_only=False)
     field = CIFAR10N_LABEL_KEYS[key]
     for needed in ("clean_label", field):
@@ -385,14 +394,65 @@ def _load_cifar10n(root: Path, download: bool, key: str) -> Dataset:
         n_diff = int((clean != y_train).sum()) if clean.shape == y_train.shape else -1
         raise ValueError(
             f"'clean_label' in {path} (shape {clean.shape}) does not equal the CIFAR-10 training "
-            f"labels of {_cifar_batches_dir(root)} (shape {y_train.shape}"
+            f"labels of {images} (shape {y_train.shape}"
             + (f", {n_diff} positions differ" if n_diff >= 0 else "")
             + "): wrong label file or wrong image order"
         )
     if human.shape != y_train.shape:
         raise ValueError(f"{field!r} in {path} has shape {human.shape}, expected {y_train.shape}")
-    cifar10 = _cifar10_dataset(x_train, y_train, x_test, y_test, names)
-    return dataclasses.replace(cifar10, name="cifar10n", train_human_labels=human)
+    return human
+
+
+# --- One client's own data (a SuperNode with a data-dir) ---------------------------------------
+
+OWN_DATA_DATASETS = ("cifar10", "cifar10n")
+
+
+def load_own_training_data(name: str, data_dir, *, cifar10n_labels: str = "worse") -> Dataset:
+    """One client's own training data, for a SuperNode whose node-config has a `data-dir`.
+
+    The folder holds that client's images in the dataset's official layout: the CIFAR-10 python
+    pickles `batches.meta` and one or more `data_batch_*` (read in name order; no `test_batch`
+    is needed, the server evaluates), in `cifar-10-batches-py/` or in the folder itself; for
+    cifar10n also `CIFAR-10_human.pt` with the labels of exactly those images, in that order.
+    The test split of the returned Dataset is empty. `digits` is embedded and `agnews` builds its
+    vocabulary from the whole training split, so neither can be split into own folders.
+    """
+    _check_name(name)
+    if name not in OWN_DATA_DATASETS:
+        raise ValueError(
+            f"dataset {name!r} cannot be read from a client's own data-dir (node-config); "
+            f"allowed: {', '.join(OWN_DATA_DATASETS)}. Give the SuperNode partition-id and "
+            "num-partitions without data-dir to carve the shared dataset instead"
+        )
+    if name == "cifar10n":
+        _check_cifar10n_key(cifar10n_labels)
+    root = Path(str(data_dir)).expanduser()
+    batches = _cifar_batches_dir(root)
+    files = sorted(p.name for p in batches.glob("data_batch_*")) if batches.is_dir() else []
+    missing = [batches / f for f in (CIFAR10_META_FILE,) if not (batches / f).is_file()]
+    if not files:
+        missing.append(batches / "data_batch_*")
+    if name == "cifar10n" and not any(p.is_file() for p in _cifar10n_candidates(root)):
+        missing.append(_cifar10n_candidates(root)[0])
+    if missing:
+        raise DatasetNotFoundError(
+            f"this client's own {name} data not found in data-dir '{root}': missing "
+            + ", ".join(str(p) for p in missing)
+            + f". Expected: {CIFAR10_FOLDER}/{CIFAR10_META_FILE} and one or more "
+            f"{CIFAR10_FOLDER}/data_batch_* (the official CIFAR-10 pickles)"
+            + (f", and {CIFAR10N_FILE} with these images' labels" if name == "cifar10n" else "")
+        )
+    x_train, y_train = _read_cifar_batches(batches, files)
+    meta = _read_pickle(batches / CIFAR10_META_FILE)
+    names = tuple(n.decode("utf-8") for n in meta[b"label_names"])
+    empty = (np.zeros((0, 3, 32, 32), dtype=np.uint8), np.zeros(0, dtype=np.int64))
+    own = _cifar10_dataset(x_train, y_train, *empty, names)
+    if name == "cifar10":
+        return own
+    path = next(p for p in _cifar10n_candidates(root) if p.is_file())
+    human = _read_cifar10n_labels(path, y_train, cifar10n_labels, batches)
+    return dataclasses.replace(own, name="cifar10n", train_human_labels=human)
 
 
 # --- AG News ---------------------------------------------------------------------------------

@@ -76,19 +76,55 @@ def build_federation(settings: DataSettings, num_clients: int, dataset: Dataset)
     observed = dataset.train_labels.copy()
     rates = np.zeros(num_clients)
     for client, (indices, (kind, rate)) in enumerate(zip(partition, plan, strict=True)):
-        if kind == "human":
-            observed[indices] = dataset.train_human_labels[indices]
-        else:
-            rng = seeding.numpy_rng(settings.seed, seeding.NOISE, client)
-            observed[indices] = corrupt_labels(
-                dataset.train_labels[indices], rate, kind, dataset.num_classes, rng
-            )
+        observed[indices] = observed_labels(dataset, indices, kind, rate, settings.seed, client)
         rates[client] = realised_noise_rate(observed[indices], dataset.train_clean_labels[indices])
     return Federation(
         dataset=dataset,
         client_indices=tuple(partition),
         observed_labels=observed,
         noise_kinds=tuple(kind for kind, _ in plan),
+        noise_rates=rates,
+    )
+
+
+def observed_labels(
+    dataset: Dataset, indices: np.ndarray, kind: str, rate: float, seed: int, client: int
+) -> np.ndarray:
+    """The labels client `client` observes for its samples `indices`: the dataset's human
+    labels, or its labels corrupted with its own seeded noise of `kind` and `rate`."""
+    if kind == "human":
+        return dataset.train_human_labels[indices]
+    rng = seeding.numpy_rng(seed, seeding.NOISE, client)
+    return corrupt_labels(dataset.train_labels[indices], rate, kind, dataset.num_classes, rng)
+
+
+def own_data_federation(
+    settings: DataSettings, num_clients: int, client: int, own: Dataset
+) -> Federation:
+    """The federation as one SuperNode with its own data (node-config `data-dir`) sees it:
+    client `client` holds all of `own`, the others nothing here. Its labels get the noise the
+    run config plans for that client, with the same seeded generator as in a carved federation
+    (`noise-type = "none"` keeps the labels as they are: real data brings its own noise)."""
+    if not 0 <= client < num_clients:
+        raise ValueError(f"partition-id {client} is outside 0..{num_clients - 1}")
+    kind, rate = client_noise_plan(
+        settings.noise_type,
+        parse_rate_range(settings.noise_rate),
+        num_clients,
+        settings.noise_groups,
+    )[client]
+    indices = np.arange(len(own.train_labels), dtype=np.int64)
+    observed = observed_labels(own, indices, kind, rate, settings.seed, client)
+    empty = np.zeros(0, dtype=np.int64)
+    rates = np.zeros(num_clients)
+    rates[client] = realised_noise_rate(observed, own.train_clean_labels)
+    kinds = ["elsewhere"] * num_clients
+    kinds[client] = kind
+    return Federation(
+        dataset=own,
+        client_indices=tuple(indices if c == client else empty for c in range(num_clients)),
+        observed_labels=observed,
+        noise_kinds=tuple(kinds),
         noise_rates=rates,
     )
 

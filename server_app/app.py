@@ -9,7 +9,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -21,7 +21,7 @@ from data.transforms import pipeline_for
 from models import build_model, check_model_fits
 from server_app.results import RunResults, default_run_name, library_versions
 from strategies.registry import build_strategy
-from strategies.sampling import ClientRoster, roster_from_whoami
+from strategies.sampling import ClientRoster, ask_whoami, roster_from_whoami
 
 app = ServerApp()
 
@@ -35,15 +35,7 @@ def discover_clients(grid: Grid, wait_seconds: float = CLIENT_WAIT_SECONDS) -> C
     while True:
         new_nodes = [n for n in grid.get_node_ids() if n not in answers]
         if new_nodes:
-            queries = [
-                Message(RecordDict(), dst_node_id=node, message_type="query.whoami")
-                for node in new_nodes
-            ]
-            for reply in grid.send_and_receive(queries, timeout=wait_seconds):
-                node = reply.metadata.src_node_id
-                if reply.has_error():
-                    raise RuntimeError(f"the client on node {node} failed: {reply.error.reason}")
-                answers[node] = dict(reply.content["metrics"])
+            answers.update(ask_whoami(grid, new_nodes, wait_seconds))
         expected = {int(a["num-partitions"]) for a in answers.values()}
         if len(expected) == 1 and len(answers) >= expected.pop():
             return roster_from_whoami(answers)

@@ -31,7 +31,7 @@ from common import seeding
 from strategies.detection import detection_quality, split_by_lid
 from strategies.maskedoptim import LabelCorrection, confusion_from
 from strategies.rules import RuleAggregation, SampleWeightedMean
-from strategies.sampling import SeededSampling
+from strategies.sampling import SeededSampling, drop_lost_replies
 
 CORR_TRAIN = "train.corr"
 RELABEL_QUERY = "query.relabel"
@@ -208,7 +208,8 @@ class FedCorr(SeededSampling, RuleAggregation):
             for p in partitions
         ]
         answers = {}
-        for reply in self._grid.send_and_receive(queries, timeout=self.query_timeout):
+        replies = self._grid.send_and_receive(queries, timeout=self.query_timeout)
+        for reply in drop_lost_replies(replies, "fedcorr relabelling"):
             partition = self.roster.partition_of(reply.metadata.src_node_id)
             if reply.has_error():
                 log(WARNING, "fedcorr: client %d failed to relabel (%s)",

@@ -34,7 +34,7 @@ from common.label_metrics import metrics_from_confusion
 from strategies.aggregation import distance_aware_weights, weighted_mean
 from strategies.detection import detection_quality, split_noisy_clients
 from strategies.rules import RuleAggregation
-from strategies.sampling import SeededSampling
+from strategies.sampling import SeededSampling, drop_lost_replies
 
 MASKED_TRAIN = "train.masked"
 CLASS_LOSS_QUERY = "query.class_loss"
@@ -120,6 +120,7 @@ class NoisyClientRouting(SeededSampling, RuleAggregation):
         self.detection: dict[str, Any] | None = None
         self.labels = LabelCorrection()
         self.masked_sent: Counter = Counter()
+        self.masked_received: Counter = Counter()
         self._grid = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
@@ -151,8 +152,10 @@ class NoisyClientRouting(SeededSampling, RuleAggregation):
         for reply in replies:
             if not reply.has_error() and "labels" in reply.content:
                 labels = reply.content["labels"]
+                partition = self.roster.partition_of(reply.metadata.src_node_id)
+                self.masked_received[partition] += 1
                 self.labels.update(
-                    self.roster.partition_of(reply.metadata.src_node_id),
+                    partition,
                     confusion_from(labels, "corrected-confusion"),
                     int(labels["masked-rounds"]),
                 )
@@ -175,7 +178,8 @@ class NoisyClientRouting(SeededSampling, RuleAggregation):
         ]
         answers: dict[int, Message] = {}
         failed: list[int] = []
-        for reply in self._grid.send_and_receive(queries, timeout=self.query_timeout):
+        replies = self._grid.send_and_receive(queries, timeout=self.query_timeout)
+        for reply in drop_lost_replies(replies, "detection"):
             partition = self.roster.partition_of(reply.metadata.src_node_id)
             if reply.has_error():
                 log(WARNING, "detection: client %d failed (%s); it stays clean",
@@ -238,6 +242,9 @@ class NoisyClientRouting(SeededSampling, RuleAggregation):
         return {
             "detection": self.detection,
             "masked_messages_sent": dict(sorted(self.masked_sent.items())),
+            # a client's own count (label_correction_per_client) equals this one when its
+            # label state was never lost, SuperNode restarts included
+            "masked_replies_received": dict(sorted(self.masked_received.items())),
             "label_correction": self.labels.metrics(),
             "label_correction_per_client": self.labels.per_client(),
         }

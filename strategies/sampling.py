@@ -5,16 +5,28 @@ per run, so two strategies with the same seed would train different clients. Her
 *partition ids* of round r are a function of (seed, r) alone, and the roster (learned from the
 clients) turns them into node ids. Every strategy with the same seed therefore trains the same
 clients in the same rounds.
+
+In deployment a SuperNode can die and come back. A restarted insecure SuperNode registers with a
+new node id, so at the start of every round the roster asks any node it does not know who it is
+and routes that partition to it (`SeededSampling.refresh_roster`). A node that is gone answers
+nothing; the SuperLink then replies for it with an error (after Flower's heartbeat patience), and
+that client is left out of the round instead of failing the run (`drop_lost_replies`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from logging import WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common import log
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common import seeding
+
+WHOAMI_QUERY = "query.whoami"
+REJOIN_WAIT_SECONDS = 300.0  # how long a new node may take to say who it is
 
 
 def sample_partitions(
@@ -31,9 +43,14 @@ def sample_partitions(
     return sorted(int(p) for p in rng.choice(num_clients, size=count, replace=False))
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClientRoster:
-    """Which Flower node holds which partition (learned by asking the clients)."""
+    """Which Flower node holds which partition (learned by asking the clients).
+
+    `node_of_partition` is the current node of each partition; `partition_of_node` also keeps
+    the nodes a partition was on before its SuperNode restarted, so that late replies from them
+    still name their client.
+    """
 
     node_of_partition: dict[int, int]
     examples_of_partition: dict[int, int]
@@ -41,8 +58,7 @@ class ClientRoster:
     partition_of_node: dict[int, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        inverse = {node: part for part, node in self.node_of_partition.items()}
-        object.__setattr__(self, "partition_of_node", inverse)
+        self.partition_of_node = {node: part for part, node in self.node_of_partition.items()}
 
     @property
     def num_clients(self) -> int:
@@ -53,6 +69,62 @@ class ClientRoster:
 
     def node_ids(self, partitions: Iterable[int]) -> list[int]:
         return [self.node_of_partition[p] for p in partitions]
+
+    def rejoin(self, node_id: int, answer: dict[str, float]) -> int:
+        """A node that was not there at the start answered `whoami`: route its partition to it
+        (a restarted SuperNode). Returns the partition. Raises ValueError when the answer does
+        not fit the federation (another number of partitions, a partition id out of range, or
+        another data size: a different client claiming an existing one's id)."""
+        partition = int(answer["partition-id"])
+        if int(answer["num-partitions"]) != self.num_clients:
+            raise ValueError(
+                f"inconsistent clients: node {node_id} reports num-partitions "
+                f"{int(answer['num-partitions'])}, the federation has {self.num_clients}"
+            )
+        if partition not in self.node_of_partition:
+            raise ValueError(
+                f"inconsistent clients: node {node_id} has partition-id {partition}, "
+                f"outside 0..{self.num_clients - 1}"
+            )
+        if int(answer["num-examples"]) != self.examples_of_partition[partition]:
+            raise ValueError(
+                f"inconsistent clients: node {node_id} claims partition-id {partition} with "
+                f"{int(answer['num-examples'])} examples; that client had "
+                f"{self.examples_of_partition[partition]}"
+            )
+        self.node_of_partition[partition] = node_id
+        self.partition_of_node[node_id] = partition
+        return partition
+
+
+def ask_whoami(grid, node_ids: list[int], timeout: float) -> dict[int, dict[str, float]]:
+    """Send `query.whoami` to `node_ids`; their answers by node id (a client that fails to
+    answer fails the run: it cannot be placed)."""
+    queries = [
+        Message(RecordDict(), dst_node_id=node, message_type=WHOAMI_QUERY) for node in node_ids
+    ]
+    answers: dict[int, dict[str, float]] = {}
+    for reply in drop_lost_replies(grid.send_and_receive(queries, timeout=timeout), "whoami"):
+        node = reply.metadata.src_node_id
+        if reply.has_error():
+            raise RuntimeError(f"the client on node {node} failed: {reply.error.reason}")
+        answers[node] = dict(reply.content["metrics"])
+    return answers
+
+
+def drop_lost_replies(replies: Iterable[Message], what: str) -> list[Message]:
+    """The replies without the errors the SuperLink made for messages that no client answered
+    (the node went offline, or the message expired): that client is simply left out."""
+    kept, lost = [], 0
+    for reply in replies:
+        if reply.has_error() and reply.metadata.src_node_id == SUPERLINK_NODE_ID:
+            lost += 1
+        else:
+            kept.append(reply)
+    if lost:
+        log(WARNING, "%s: %d client(s) did not answer (their node went offline); left out",
+            what, lost)  # fmt: skip
+    return kept
 
 
 def roster_from_whoami(answers: dict[int, dict[str, float]]) -> ClientRoster:
@@ -147,9 +219,21 @@ class SeededSampling:
             self.seed, server_round, self.roster.num_clients, self.clients_per_round
         )
 
+    def refresh_roster(self, grid) -> None:
+        """Place nodes that joined since the last round (restarted SuperNodes)."""
+        unknown = [n for n in grid.get_node_ids() if n not in self.roster.partition_of_node]
+        if not unknown:
+            return
+        for node, answer in ask_whoami(grid, unknown, REJOIN_WAIT_SECONDS).items():
+            before = self.roster.node_of_partition.get(int(answer["partition-id"]))
+            partition = self.roster.rejoin(node, answer)
+            log(WARNING, "client %d is back on node %d (was node %s): a SuperNode restarted",
+                partition, node, before)  # fmt: skip
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
     ) -> Iterable[Message]:
+        self.refresh_roster(grid)
         self.last_sampled = self.sampled_partitions(server_round)
         view = SampledGrid(grid, self.roster.node_ids(self.last_sampled))
         return super().configure_train(server_round, arrays, config, view)
@@ -190,9 +274,9 @@ def _ordered_without_errors(
 ) -> list[Message]:
     """Replies sorted by partition id; a client that raised fails the run, loudly.
 
-    (A client that does not answer in time sends no reply at all and is simply left out.)
+    (A client whose node went offline is left out: see drop_lost_replies.)
     """
-    replies = list(replies)
+    replies = drop_lost_replies(replies, what)
     failed = [m for m in replies if m.has_error()]
     if failed:
         reasons = "; ".join(

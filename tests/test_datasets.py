@@ -19,6 +19,7 @@ from data.datasets import (
     build_vocab,
     check_data_files,
     load_dataset,
+    load_own_training_data,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -365,3 +366,65 @@ def test_clothing1m_missing_label(clothing_dir):
     (clothing_dir / "clean_label_kv.txt").write_text("")
     with pytest.raises(ValueError, match="clean_label_kv.txt"):
         load_dataset("clothing1m", clothing_dir)
+
+
+# --- one client's own data (a SuperNode's data-dir) --------------------------------------------
+
+
+def write_own_cifar(root: Path, sizes=(4, 3), seed: int = 5):
+    """A client's own folder: batches.meta and a data_batch per size, no test_batch."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    xs, ys = [], []
+    for i, size in enumerate(sizes, start=1):
+        x = rng.integers(0, 256, (size, 3072), dtype=np.uint8)
+        y = rng.integers(0, 10, size).tolist()
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump({b"labels": y, b"data": x}, f)
+        xs.append(x)
+        ys += y
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in CIFAR_NAMES]}, f)
+    return np.concatenate(xs).reshape(-1, 3, 32, 32), np.asarray(ys)
+
+
+def test_own_data_reads_the_batches_that_are_there(tmp_path):
+    x, y = write_own_cifar(tmp_path)
+    own = load_own_training_data("cifar10", tmp_path)
+    np.testing.assert_array_equal(own.train_inputs, x)
+    np.testing.assert_array_equal(own.train_labels, y)
+    np.testing.assert_array_equal(own.train_clean_labels, y)
+    assert own.class_names == tuple(CIFAR_NAMES) and len(own.test_labels) == 0
+    # the batches folder itself works too
+    assert (
+        len(load_own_training_data("cifar10", tmp_path / "cifar-10-batches-py").train_labels) == 7
+    )
+
+
+def test_own_cifar10n_data_takes_the_human_labels_of_its_images(tmp_path):
+    _, y = write_own_cifar(tmp_path)
+    labels = write_fake_human(tmp_path / "CIFAR-10_human.pt", y)
+    own = load_own_training_data("cifar10n", tmp_path, cifar10n_labels="aggre")
+    np.testing.assert_array_equal(own.train_human_labels, labels["aggre_label"])
+    write_fake_human(tmp_path / "CIFAR-10_human.pt", y[::-1].copy())
+    with pytest.raises(ValueError, match="wrong label file or wrong image order"):
+        load_own_training_data("cifar10n", tmp_path)
+
+
+def test_own_data_names_what_is_missing(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_own_training_data("cifar10", tmp_path / "nowhere")
+    assert "batches.meta" in str(err.value) and "data_batch_*" in str(err.value)
+    assert str(tmp_path / "nowhere") in str(err.value)
+    write_own_cifar(tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="CIFAR-10_human.pt"):
+        load_own_training_data("cifar10n", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["digits", "agnews"])
+def test_own_data_is_refused_where_a_split_cannot_work(tmp_path, name):
+    with pytest.raises(ValueError, match=f"dataset '{name}' cannot be read from a client's own"):
+        load_own_training_data(name, tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
+        load_own_training_data("mnist", tmp_path)

@@ -11,7 +11,7 @@ import torch
 
 from data.client_data import ClientData
 from data.datasets import load_dataset
-from data.federation import DataSettings, build_federation
+from data.federation import DataSettings, build_federation, own_data_federation
 
 NUM_CLIENTS = 10
 SETTINGS = DataSettings(
@@ -140,3 +140,41 @@ def test_client_data_from_federation(digits, federation):
 def test_out_of_range_partition_id_raises(federation, pid):
     with pytest.raises(ValueError, match=f"partition-id {pid}"):
         ClientData.from_federation(federation, pid, torch.device("cpu"))
+
+
+# --- a SuperNode with its own data (node-config data-dir) ---------------------------------------
+
+
+def own_copy(dataset, indices):
+    """A dataset holding only the samples `indices` (as a client's own folder would)."""
+    return dataclasses.replace(
+        dataset,
+        train_inputs=dataset.train_inputs[indices],
+        train_labels=dataset.train_labels[indices],
+        train_clean_labels=dataset.train_clean_labels[indices],
+    )
+
+
+@pytest.mark.parametrize("client", [0, 7])
+def test_own_data_gets_the_noise_the_carved_client_would_get(digits, federation, client):
+    indices = federation.client_indices[client]
+    own = own_data_federation(SETTINGS, NUM_CLIENTS, client, own_copy(digits, indices))
+    np.testing.assert_array_equal(own.observed_labels, federation.observed_labels[indices])
+    assert own.noise_rates[client] == federation.noise_rates[client]
+    assert [len(i) for i in own.client_indices] == [
+        len(indices) if c == client else 0 for c in range(NUM_CLIENTS)
+    ]
+    data = ClientData.from_federation(own, client, torch.device("cpu"))
+    assert torch.equal(data.inputs, torch.as_tensor(digits.train_inputs[indices]))
+
+
+def test_own_data_keeps_its_labels_without_planned_noise(digits):
+    settings = dataclasses.replace(SETTINGS, noise_type="none")
+    own = own_data_federation(settings, NUM_CLIENTS, 3, own_copy(digits, np.arange(50)))
+    np.testing.assert_array_equal(own.observed_labels, digits.train_labels[:50])
+    assert own.noise_rates[3] == 0.0
+
+
+def test_own_data_needs_a_partition_id_in_range(digits):
+    with pytest.raises(ValueError, match="partition-id 10 is outside 0..9"):
+        own_data_federation(SETTINGS, NUM_CLIENTS, 10, own_copy(digits, np.arange(5)))

@@ -24,6 +24,7 @@ from strategies.rules import FedExp, KrumFnbench, LowerMedian, TrimmedMeanFnbenc
 from strategies.sampling import (
     SeededSampling,
     _ordered_without_errors,
+    drop_lost_replies,
     roster_from_whoami,
     sample_partitions,
 )
@@ -61,13 +62,28 @@ ROSTER = roster_from_whoami(whoami())
 
 
 class FakeGrid:
-    """What the strategies need of a Grid: the connected node ids."""
+    """What the strategies need of a Grid: the connected node ids, and `whoami` answers from
+    nodes that joined later (`newcomers`: node id -> answer)."""
 
-    def __init__(self, node_ids):
+    def __init__(self, node_ids, newcomers=None):
         self.node_ids = list(node_ids)
+        self.newcomers = dict(newcomers or {})
+        self.asked: list[int] = []
 
     def get_node_ids(self):
         return list(self.node_ids)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for message in messages:
+            assert message.metadata.message_type == "query.whoami"
+            node = message.metadata.dst_node_id
+            self.asked.append(node)
+            answer = RecordDict({"metrics": MetricRecord(self.newcomers[node])})
+            reply = Message(answer, reply_to=message)
+            reply.metadata.__dict__["_src_node_id"] = node
+            replies.append(reply)
+        return replies
 
 
 @pytest.fixture
@@ -171,6 +187,49 @@ def test_roster_names_the_missing_partitions():
     message = str(info.value)
     assert "4 of 6" in message
     assert "[1, 4]" in message
+
+
+def test_a_restarted_client_is_routed_to_its_new_node():
+    roster = roster_from_whoami(whoami())
+    assert roster.rejoin(777, whoami()[node_of(3)]) == 3
+    assert roster.node_ids([2, 3]) == [node_of(2), 777]
+    # late replies from the node it was on still name the client
+    assert roster.partition_of(777) == roster.partition_of(node_of(3)) == 3
+    assert roster.num_clients == NUM_CLIENTS
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("num-partitions", 21, "num-partitions 21, the federation has 20"),
+        ("partition-id", 20, "partition-id 20, outside 0..19"),
+        ("num-examples", 99, "claims partition-id 3 with 99 examples; that client had 33"),
+    ],
+)
+def test_a_rejoining_node_that_does_not_fit_is_refused(key, value, message):
+    roster = roster_from_whoami(whoami())
+    answer = {**whoami()[node_of(3)], key: value}
+    with pytest.raises(ValueError, match=message):
+        roster.rejoin(777, answer)
+    assert roster.node_ids([3]) == [node_of(3)]
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_configure_train_asks_new_nodes_who_they_are_and_trains_them():
+    config = config_with()
+    roster = roster_from_whoami(whoami())
+    strategy = build_strategy(config, roster)
+    restarted = sample_partitions(config.seed, 2, NUM_CLIENTS, config.clients_sampled(NUM_CLIENTS))[
+        0
+    ]
+    nodes = [n for n in roster.node_of_partition.values() if n != node_of(restarted)]
+    grid = FakeGrid([*nodes, 4242], newcomers={4242: whoami()[node_of(restarted)]})
+    messages = list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid))
+    assert grid.asked == [4242]  # only the node it did not know
+    assert 4242 in {m.metadata.dst_node_id for m in messages}
+    assert node_of(restarted) not in {m.metadata.dst_node_id for m in messages}
+    list(strategy.configure_train(3, ArrayRecord(), ConfigRecord(), grid))
+    assert grid.asked == [4242]  # known from then on
 
 
 def test_roster_rejects_no_answers():
@@ -444,6 +503,15 @@ def test_ordered_without_errors_allows_none_for_evaluation():
     assert _ordered_without_errors([], ROSTER, "evaluation", allow_none=True) == []
     with pytest.raises(RuntimeError, match="no client replied"):
         _ordered_without_errors([], ROSTER, "training")
+
+
+def test_replies_the_superlink_made_for_offline_nodes_are_left_out():
+    lost = StubMessage(1, "SuperNode is not online")  # SUPERLINK_NODE_ID
+    failed = StubMessage(node_of(6), "disk full")
+    replies = [StubMessage(node_of(1)), lost, failed]
+    assert drop_lost_replies(replies, "x") == [replies[0], failed]
+    ordered = _ordered_without_errors([replies[0], lost], ROSTER, "x")
+    assert [m.metadata.src_node_id for m in ordered] == [node_of(1)]
 
 
 def test_ordered_without_errors_names_failed_partitions():
