@@ -150,14 +150,16 @@ class LocalDeployment:
         )
         return env
 
-    def _start(self, name: str, command: list[str], flwr_home: Path) -> None:
+    def _start(
+        self, name: str, command: list[str], flwr_home: Path, extra_env: dict | None = None
+    ) -> None:
         flwr_home.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         with open(self.logs / f"{name}.log", "a") as log:
             self.processes[name] = subprocess.Popen(
                 command,
                 cwd=flwr_home,  # also the ClientApp's working directory: not the checkout
-                env=self.environment(flwr_home),
+                env=self.environment(flwr_home) | (extra_env or {}),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -216,7 +218,18 @@ class LocalDeployment:
             "--node-config", node_config,
             "--port", str(self.supernode_ports[index]),
         ]  # fmt: skip
-        self._start(f"supernode-{index}", command, self.workdir / f"supernode-{index}")
+        self._start(
+            f"supernode-{index}", command, self.workdir / f"supernode-{index}",
+            extra_env={"OMP_NUM_THREADS": str(self.client_threads())},
+        )  # fmt: skip
+
+    def client_threads(self) -> int:
+        """CPU threads per ClientApp (OMP_NUM_THREADS, which torch follows): the SuperNodes share
+        this machine's cores, and more threads than cores slow every one of them down (see
+        docs/deployment.md for what it measured)."""
+        if os.environ.get("OMP_NUM_THREADS"):
+            return int(os.environ["OMP_NUM_THREADS"])
+        return max(1, (os.cpu_count() or 1) // self.num_supernodes)
 
     def register_supernodes(self) -> None:
         """With node authentication the SuperLink accepts only registered public keys."""
