@@ -26,6 +26,8 @@ What it does for every run, and why (see ../shared/spec/flower.md):
 - starts its own SuperLink on a free port, from a neutral working directory (a SuperLink
   started elsewhere could make Ray run another checkout's code), and stops it, with everything
   it started, when the run ends, fails or is interrupted;
+- starts its own Ray (RAY_ADDRESS=local), or, with `--ray-address`, runs the clients on an
+  existing Ray cluster (docs/deployment.md, "A simulation on a Ray cluster");
 - `flwr run` exits 0 even when the run failed: this checks the run's status and exits 1;
 - prints where the results went and a one-screen summary.
 Several `--run-config` options merge left to right (a preset file, then single keys), then `--set`.
@@ -145,6 +147,9 @@ def flower_environment(port: int, flwr_home: Path) -> dict[str, str]:
         FLWR_DISABLE_UPDATE_CHECK="1",
         RAY_USAGE_STATS_ENABLED="0",
         RAY_DEDUP_LOGS="0",
+        # Ray joins a cluster started on this machine with `ray start` whenever it finds one;
+        # "local" makes every run start its own Ray unless a cluster is asked for (--ray-address)
+        RAY_ADDRESS=os.environ.get("RAY_ADDRESS") or "local",
         PYTHONUNBUFFERED="1",
     )
     return env
@@ -634,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the results folder (a comparison's; default results/cmp-<preset name>); "
         "for one run, the same as out-dir",
     )
+    parser.add_argument(
+        "--ray-address",
+        help="run the simulation on this existing Ray cluster (e.g. auto, or HOST:6379 of "
+        "`ray start --head`); default: a Ray of its own (RAY_ADDRESS is honoured)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not stream the run's logs")
     parser.add_argument(
         "--flwr-home",
@@ -643,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, stop_on_terminate)  # `kill` stops everything, as Ctrl-C does
+    if args.ray_address:
+        os.environ["RAY_ADDRESS"] = args.ray_address  # read by flower_environment
     sys.path.insert(0, str(ROOT))
     from common.config import ConfigError
     from data.datasets import DatasetNotFoundError

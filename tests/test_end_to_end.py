@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from simulation import processes_with_environment
+from simulation import flower_environment, processes_with_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,3 +258,12 @@ def test_sigterm_stops_a_run_and_everything_it_started(tmp_path):
     assert process.returncode == 130
     assert "interrupted" in stderr
     assert processes_with_environment("FLWR_HOME", str(home)) == set()
+
+
+def test_a_run_starts_its_own_ray_unless_a_cluster_is_named(tmp_path, monkeypatch):
+    """Ray joins any cluster started on the machine with `ray start` by itself; our runs do that
+    only when asked (--ray-address, or RAY_ADDRESS in the environment)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "10.0.0.5:6379"
