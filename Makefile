@@ -25,7 +25,7 @@ deploy-local: $(STAMP)
 	$(VENV)/bin/python deploy_local.py $(ARGS)
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q $(ARGS)
+	$(VENV)/bin/python -m pytest -q --durations=12 $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -49,6 +49,8 @@ def test_compose_has_a_superlink_its_executor_and_one_executor_per_supernode(nam
         assert node_config["partition-id"] == index
         assert int(node_config["num-partitions"]) == len(supernodes)
         assert node_config["state-dir"] == "'/app/state'"
+        # a crashed client comes back by itself (and picks up its labels from its state)
+        assert found[supernode]["restart"] == found[f"clientapp-{index}"]["restart"] == "on-failure"
         partitions.add(node_config["partition-id"])
         ports.add(flag(command, "port"))
         executor = found[f"clientapp-{index}"]
