@@ -29,7 +29,7 @@ from flwr.common import log
 
 from common import seeding
 from strategies.detection import detection_quality, split_by_lid
-from strategies.maskedoptim import LabelCorrection, confusion_from
+from strategies.maskedoptim import DetectionDiagnostics, LabelCorrection, confusion_from
 from strategies.rules import RuleAggregation, SampleWeightedMean
 from strategies.sampling import SeededSampling, drop_lost_replies
 
@@ -77,7 +77,7 @@ class FedCorrSchedule:
         )
 
 
-class FedCorr(SeededSampling, RuleAggregation):
+class FedCorr(DetectionDiagnostics, SeededSampling, RuleAggregation):
     """FedCorr's stages on top of FedAvg (see module doc)."""
 
     def __init__(
@@ -226,17 +226,6 @@ class FedCorr(SeededSampling, RuleAggregation):
                 self.relabel_queries[partition],
             )
         return answers
-
-    def round_diagnostics(self) -> dict[str, float]:
-        if self.detection is None:
-            return {}
-        quality = self.detection["quality"]
-        return {
-            "detected_noisy": len(self.noisy),
-            "detect_precision": quality["precision"],
-            "detect_recall": quality["recall"],
-            **self.labels.metrics(),
-        }
 
     def final_report(self) -> dict[str, Any]:
         return {

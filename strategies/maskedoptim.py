@@ -96,7 +96,29 @@ def confusion_from(record: ConfigRecord, key: str) -> np.ndarray:
     return flat.reshape(side, side)
 
 
-class NoisyClientRouting(SeededSampling, RuleAggregation):
+class DetectionDiagnostics:
+    """metrics.csv columns of a strategy that splits clients into clean and noisy: it keeps
+    `detection` (None until the first split; its `quality` against the true noise rates),
+    `noisy` (the flagged partitions) and `labels` (a LabelCorrection)."""
+
+    detection: dict[str, Any] | None
+    noisy: frozenset[int] | None
+    labels: LabelCorrection
+
+    def round_diagnostics(self) -> dict[str, float]:
+        """Detection quality and label correction so far (empty before the first split)."""
+        if self.detection is None:
+            return {}
+        quality = self.detection["quality"]
+        return {
+            "detected_noisy": len(self.noisy),
+            "detect_precision": quality["precision"],
+            "detect_recall": quality["recall"],
+            **self.labels.metrics(),
+        }
+
+
+class NoisyClientRouting(DetectionDiagnostics, SeededSampling, RuleAggregation):
     """Warm-up, one-off detection after round T_w, then routing by group (see module doc)."""
 
     noisy_message_type = MASKED_TRAIN
@@ -224,18 +246,6 @@ class NoisyClientRouting(SeededSampling, RuleAggregation):
         log(INFO, "detection after round %d: %d of %d clients flagged noisy: %s; %s",
             server_round, len(self.noisy), self.roster.num_clients, sorted(self.noisy),
             quality)  # fmt: skip
-
-    def round_diagnostics(self) -> dict[str, float]:
-        """Columns for metrics.csv: detection quality and label correction so far."""
-        if self.detection is None:
-            return {}
-        quality = self.detection["quality"]
-        return {
-            "detected_noisy": len(self.noisy),
-            "detect_precision": quality["precision"],
-            "detect_recall": quality["recall"],
-            **self.labels.metrics(),
-        }
 
     def final_report(self) -> dict[str, Any]:
         """What results/detection.json holds."""
