@@ -13,7 +13,7 @@ SuperNodes are admitted: the script makes a CA, a server certificate (SANs local
 and a key pair per SuperNode under `<workdir>/certs/`, and registers the nodes.
 
 The script validates the config first (exit 2), waits for the run, checks its final status (exit 1
-when it failed, with the end of the SuperLink's log), and stops every process it started, also on
+when it failed, with the end of the run's log), and stops every process it started, also on
 failure, Ctrl-C or SIGTERM (exit 130).
 See docs/deployment.md for the same steps by hand and on several machines.
 """
@@ -273,6 +273,19 @@ class LocalDeployment:
     def wait(self, poll_seconds: float = 2.0) -> tuple[str, str]:
         return wait_for_run(self.environment(self.cli_home), poll_seconds)
 
+    def save_run_log(self, run_id: str) -> None:
+        """Keep the run's log (the ServerApp's output, which the SuperLink's log does not hold)
+        as `<logs>/serverapp.log`, from `flwr log <run id> --show`."""
+        if not run_id:
+            return
+        with open(self.logs / "serverapp.log", "w") as log:
+            subprocess.run(
+                [str(Path(sys.executable).parent / "flwr"), "log", run_id, "local-deployment",
+                 "--show"],
+                cwd=self.cli_home, env=self.environment(self.cli_home),
+                stdout=log, stderr=subprocess.STDOUT, check=False, timeout=120,
+            )  # fmt: skip
+
     def log_text(self, name: str) -> str:
         path = self.logs / f"{name}.log"
         return path.read_text(errors="replace") if path.is_file() else ""
@@ -363,12 +376,14 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)  # fmt: skip
             deployment.submit(mapping)
             run_id, status = deployment.wait()
+            deployment.save_run_log(run_id)
     except KeyboardInterrupt:
         print("\ninterrupted: every process started here was stopped", file=sys.stderr)
         return 130
     summary = print_summary(Path(mapping["out-dir"]) / mapping["run-name"])
     if status != "finished:completed" or (summary or {}).get("status") != "completed":
-        tail = "\n".join(deployment.log_text("superlink").splitlines()[-40:])
+        log = deployment.log_text("serverapp") or deployment.log_text("superlink")
+        tail = "\n".join(log.splitlines()[-40:])
         print(f"{tail}\n\nerror: run {run_id or '?'} ended with status {status}; logs in "
               f"{deployment.logs}", file=sys.stderr)  # fmt: skip
         return 1

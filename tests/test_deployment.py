@@ -96,6 +96,7 @@ def test_maskedoptim_runs_over_tls_with_supernode_authentication(tmp_path):
     assert report["masked_messages_sent"] == {"1": rounds - 1}
     assert len(list((run / "state" / "supernode-1").glob("run-*/partition-1/*.npz"))) == 1
     assert "running on https://" in (run / "logs" / "superlink.log").read_text()
+    assert "maskedoptim: finished" in (run / "logs" / "serverapp.log").read_text()
     registered = (run / "logs" / "flwr-register.log").read_text()
     assert registered.count("registered successfully") == 2
 
