@@ -200,28 +200,34 @@ def plot_comparison(records: list[RunRecord], path: Path, title: str, order: lis
     import matplotlib
 
     matplotlib.use("Agg")
+    import textwrap
+
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in strategy_rows(records, order):
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colours = plt.get_cmap("tab10").colors
+    for index, row in enumerate(strategy_rows(records, order)):
         runs = [r for r in records if r.strategy == row["strategy"]]
         rounds = sorted(set.intersection(*(set(r.accuracy_per_round) for r in runs)))
         if not rounds:
             continue
         values = np.array([[r.accuracy_per_round[t] for t in rounds] for r in runs])
         mean = values.mean(axis=0)
-        (line,) = ax.plot(rounds, mean, label=f"{row['strategy']} ({len(runs)} seeds)")
+        seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
+        # 10 colours; past them the line style changes, so no two strategies look alike
+        colour, style = colours[index % 10], ("-", "--", ":")[index // 10 % 3]
+        ax.plot(rounds, mean, color=colour, linestyle=style, label=f"{row['strategy']} ({seeds})")
         if len(runs) > 1:
             std = values.std(axis=0, ddof=1)
-            ax.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            ax.fill_between(rounds, mean - std, mean + std, color=colour, alpha=0.2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 90), fontsize="medium")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     _replace(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
