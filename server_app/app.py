@@ -65,7 +65,11 @@ def discover_clients(grid: Grid, wait_seconds: float = CLIENT_WAIT_SECONDS) -> C
     while True:
         new_nodes = [n for n in grid.get_node_ids() if n not in answers]
         if new_nodes:
-            answers.update(ask_whoami(grid, new_nodes, wait_seconds))
+            found, failures = ask_whoami(grid, new_nodes, wait_seconds)
+            if failures:  # before the run starts, a client that cannot answer stops it
+                node, reason = next(iter(failures.items()))
+                raise RuntimeError(f"the client on node {node} failed: {reason}")
+            answers.update(found)
         expected = {int(a["num-partitions"]) for a in answers.values()}
         if len(expected) == 1 and len(answers) >= expected.pop():
             return roster_from_whoami(answers)

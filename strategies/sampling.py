@@ -97,19 +97,23 @@ class ClientRoster:
         return partition
 
 
-def ask_whoami(grid, node_ids: list[int], timeout: float) -> dict[int, dict[str, float]]:
-    """Send `query.whoami` to `node_ids`; their answers by node id (a client that fails to
-    answer fails the run: it cannot be placed)."""
+def ask_whoami(
+    grid, node_ids: list[int], timeout: float
+) -> tuple[dict[int, dict[str, float]], dict[int, str]]:
+    """Send `query.whoami` to `node_ids`: (their answers by node id, the reasons of the nodes
+    whose client failed to answer)."""
     queries = [
         Message(RecordDict(), dst_node_id=node, message_type=WHOAMI_QUERY) for node in node_ids
     ]
     answers: dict[int, dict[str, float]] = {}
+    failures: dict[int, str] = {}
     for reply in drop_lost_replies(grid.send_and_receive(queries, timeout=timeout), "whoami"):
         node = reply.metadata.src_node_id
         if reply.has_error():
-            raise RuntimeError(f"the client on node {node} failed: {reply.error.reason}")
-        answers[node] = dict(reply.content["metrics"])
-    return answers
+            failures[node] = reply.error.reason
+        else:
+            answers[node] = dict(reply.content["metrics"])
+    return answers, failures
 
 
 def drop_lost_replies(replies: Iterable[Message], what: str) -> list[Message]:
@@ -213,6 +217,7 @@ class SeededSampling:
         self.last_train_metrics: MetricRecord | None = None
         self.last_evaluate_metrics: MetricRecord | None = None
         self.last_sampled: list[int] = []
+        self.ignored_nodes: set[int] = set()  # joined later and could not be placed
 
     def sampled_partitions(self, server_round: int) -> list[int]:
         return sample_partitions(
@@ -220,13 +225,25 @@ class SeededSampling:
         )
 
     def refresh_roster(self, grid) -> None:
-        """Place nodes that joined since the last round (restarted SuperNodes)."""
-        unknown = [n for n in grid.get_node_ids() if n not in self.roster.partition_of_node]
+        """Place nodes that joined since the last round (restarted SuperNodes). A node that
+        cannot be placed (its client fails, or does not fit the federation) is left out with a
+        warning: it should not stop a run that is going well."""
+        known = self.roster.partition_of_node.keys() | self.ignored_nodes
+        unknown = [n for n in grid.get_node_ids() if n not in known]
         if not unknown:
             return
-        for node, answer in ask_whoami(grid, unknown, REJOIN_WAIT_SECONDS).items():
+        answers, failures = ask_whoami(grid, unknown, REJOIN_WAIT_SECONDS)
+        for node, reason in failures.items():
+            log(WARNING, "node %d joined, but its client failed: %s; left out", node, reason)
+            self.ignored_nodes.add(node)
+        for node, answer in answers.items():
             before = self.roster.node_of_partition.get(int(answer["partition-id"]))
-            partition = self.roster.rejoin(node, answer)
+            try:
+                partition = self.roster.rejoin(node, answer)
+            except ValueError as err:
+                log(WARNING, "node %d joined, but %s; left out", node, err)
+                self.ignored_nodes.add(node)
+                continue
             log(WARNING, "client %d is back on node %d (was node %s): a SuperNode restarted",
                 partition, node, before)  # fmt: skip
 

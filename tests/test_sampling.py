@@ -79,8 +79,11 @@ class FakeGrid:
             assert message.metadata.message_type == "query.whoami"
             node = message.metadata.dst_node_id
             self.asked.append(node)
-            answer = RecordDict({"metrics": MetricRecord(self.newcomers[node])})
-            reply = Message(answer, reply_to=message)
+            answer = self.newcomers[node]
+            if isinstance(answer, str):  # its client raised this
+                reply = Message(Error(code=2, reason=answer), reply_to=message)
+            else:
+                reply = Message(RecordDict({"metrics": MetricRecord(answer)}), reply_to=message)
             reply.metadata.__dict__["_src_node_id"] = node
             replies.append(reply)
         return replies
@@ -230,6 +233,23 @@ def test_configure_train_asks_new_nodes_who_they_are_and_trains_them():
     assert node_of(restarted) not in {m.metadata.dst_node_id for m in messages}
     list(strategy.configure_train(3, ArrayRecord(), ConfigRecord(), grid))
     assert grid.asked == [4242]  # known from then on
+
+
+@pytest.mark.usefixtures("flower_task")
+def test_a_node_that_joins_and_cannot_be_placed_is_left_out():
+    roster = roster_from_whoami(whoami())
+    strategy = build_strategy(config_with(), roster)
+    misfit = {**whoami()[node_of(2)], "num-partitions": 7}
+    grid = FakeGrid(
+        [*roster.node_of_partition.values(), 51, 52],
+        newcomers={51: misfit, 52: "FileNotFoundError: /data/cifar10"},
+    )
+    messages = list(strategy.configure_train(1, ArrayRecord(), ConfigRecord(), grid))
+    assert sorted(grid.asked) == [51, 52]
+    assert not {51, 52} & {m.metadata.dst_node_id for m in messages}
+    assert roster.node_ids([2]) == [node_of(2)]
+    list(strategy.configure_train(2, ArrayRecord(), ConfigRecord(), grid))
+    assert sorted(grid.asked) == [51, 52]  # not asked again
 
 
 def test_roster_rejects_no_answers():
