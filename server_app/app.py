@@ -32,9 +32,10 @@ REPLY_POLL_SECONDS = 0.2
 class PromptGrid:
     """The Grid, but waiting for replies in steps of REPLY_POLL_SECONDS.
 
-    Flower 1.41's HttpGrid (what a ServerApp gets from `flwr run`, in simulation and in
-    deployment) looks for replies every 3 s, so every exchange of a round ends on average 1.5 s
-    after its last reply arrived. Pulling is one cheap call to the SuperLink.
+    In deployment, Flower 1.41's HttpGrid (what a ServerApp gets from `flwr run` against a
+    SuperLink) looks for replies every 3 s, so every exchange of a round ends on average 1.5 s
+    after its last reply arrived (simulation rounds do not wait like this). Pulling is one cheap
+    call to the SuperLink.
     """
 
     def __init__(self, grid: Grid, poll_seconds: float = REPLY_POLL_SECONDS) -> None:
