@@ -24,8 +24,10 @@ run: $(STAMP)
 deploy-local: $(STAMP)
 	$(VENV)/bin/python deploy_local.py $(ARGS)
 
+# Two pytest workers: the deployment tests mostly wait on Flower's polling and heartbeats, so
+# they run beside the CPU-bound simulation tests (one xdist group, so never two at once).
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q --durations=12 $(ARGS)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=12 $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

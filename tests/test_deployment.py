@@ -11,11 +11,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from deploy_local import LocalDeployment
 from simulation import parse_set_options, processes_with_environment, resolve_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One pytest-xdist worker runs these one after another (`make test` uses two workers).
+pytestmark = pytest.mark.xdist_group("deployment")
 
 # Two clients on digits, the second 80 % noisy; detection right after round 1.
 TWO_CLIENTS = [
