@@ -211,19 +211,25 @@ class LocalSuperLink:
         if self.process is None:
             return
         token = self.env["MASKEDOPTIM_RUN_TOKEN"]
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            pids = processes_with_token(token) | {self.process.pid}
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            signalled: set[int] = set()
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 self.process.poll()  # reap our direct child
-                if not processes_with_token(token) and self.process.returncode is not None:
+                alive = processes_with_token(token)
+                if not alive and self.process.returncode is not None:
                     self.process = None
                     return
+                # Processes can still be started while the others stop (Ray starting a
+                # worker, an app process): each newcomer gets the signal too.
+                if self.process.returncode is None:
+                    alive.add(self.process.pid)
+                for pid in alive - signalled:
+                    try:
+                        os.kill(pid, sig)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+                    signalled.add(pid)
                 time.sleep(0.2)
         self.process = None
 
