@@ -87,38 +87,63 @@ def test_bad_values_fail_fast_with_a_clear_message(tmp_path, override, message):
     assert not (tmp_path / "flwr" / "logs").exists()  # nothing was started
 
 
-def test_a_run_that_fails_inside_flower_exits_nonzero_and_cleans_up(tmp_path):
-    # 3 clients cannot fill a Dirichlet partition with 1000 samples each: the apps fail after
-    # the SuperLink started, and `flwr run` itself would exit 0.
-    done = launch(
-        tmp_path,
-        "--num-clients",
-        "3",
-        "--quiet",
-        "--run-config",
-        "num-rounds=1 clients-per-round=2 dirichlet-min-size=1000 run-name='bad' "
-        f"out-dir='{tmp_path / 'out'}'",
-    )
-    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "the run did not complete" in done.stderr
-    assert "finished:failed" in done.stderr
+# Three clean clients and three with 70 % symmetric noise; every client trains every round, so
+# MaskedOptim's flagged clients go through several masked rounds after a 3-round warm-up.
+SIX_CLIENTS_THREE_NOISY = (
+    "--num-clients", "6", "--set", "num-rounds=7", "--set", "warmup-rounds=3",
+    "--set", "clients-per-round=6", "--set", "local-epochs=2", "--set", "partition=iid",
+    "--set", "noise-type=mixed", "--set", "noise-groups='clean:3;symmetric:3:0.7,0.7'",
+)  # fmt: skip
 
 
-def test_maskedoptim_flags_the_noisy_clients_and_keeps_their_labels(tmp_path):
-    """Three clean clients and three with 70 % symmetric noise; every client trains every round,
-    so the flagged ones go through several masked rounds after the warm-up."""
-    out = tmp_path / "results"
-    keys = (
-        "strategy='maskedoptim' num-rounds=7 warmup-rounds=3 clients-per-round=6 "
-        "local-epochs=2 partition='iid' noise-type='mixed' "
-        "noise-groups='clean:3;symmetric:3:0.7,0.7' "
-        f"out-dir='{out}' run-name='mo'"
-    )
-    done = launch(tmp_path, "--num-clients", "6", "--quiet", "--run-config", keys)
+def test_the_comparison_runner_writes_a_table_and_resumes(tmp_path):
+    """fedavg and maskedoptim, seeds 1 and 2: the table, the plot, the resumption; and, in the
+    maskedoptim runs, detection, persistent labels and masked training for flagged clients only
+    (one sweep checks both, as each Flower launch costs about a minute)."""
+    out = tmp_path / "cmp"
+    sweep = (
+        "--strategies", "fedavg,maskedoptim", "--seeds", "1,2", *SIX_CLIENTS_THREE_NOISY,
+        "--out", str(out),
+    )  # fmt: skip
+    done = launch(tmp_path, *sweep, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    run_dir = out / "mo"
-    report = json.loads((run_dir / "detection.json").read_text())
+    assert "[4/4] maskedoptim seed 2: done" in done.stdout
+    runs = {}
+    for strategy in ("fedavg", "maskedoptim"):
+        for seed in (1, 2):
+            summary = json.loads((out / f"{strategy}-seed{seed}" / "summary.json").read_text())
+            assert summary["status"] == "completed" and summary["rounds_completed"] == 7
+            assert (out / f"{strategy}-seed{seed}" / "flower.log").stat().st_size > 0
+            runs[strategy, seed] = summary["last10_mean_accuracy"]
+    with open(out / "comparison.csv") as handle:
+        table = {row["strategy"]: row for row in csv.DictReader(handle)}
+    assert list(table) == ["fedavg", "maskedoptim"]
+    for strategy, row in table.items():
+        assert row["seeds"] == "1,2"
+        expected = (runs[strategy, 1] + runs[strategy, 2]) / 2
+        assert float(row["last10_accuracy_mean"]) == pytest.approx(expected, abs=1e-3)
+    # The same seed gives both strategies the same clients: the partitions and noise match.
+    configs = [json.loads((out / f"{s}-seed1" / "config.json").read_text()) for s in table]
+    assert configs[0]["client_true_noise_rates"] == configs[1]["client_true_noise_rates"]
+    assert "| maskedoptim | 1,2 |" in (out / "comparison.md").read_text()
+    assert (out / "accuracy.png").stat().st_size > 1000
+    for seed in (1, 2):
+        check_maskedoptim_run(out / f"maskedoptim-seed{seed}")
 
+    again = launch(tmp_path, *sweep)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("already complete, skipped") == 4
+    assert "started" not in again.stdout
+
+    changed = launch(tmp_path, *sweep, "--set", "lr=0.5")
+    assert changed.returncode == 2
+    assert "differs in: lr" in changed.stderr
+
+
+def check_maskedoptim_run(run_dir: Path) -> None:
+    """The three 70 %-noisy clients (partitions 3-5) are flagged after round 3 and only they get
+    masked training; their label logits persist and improve on the observed labels."""
+    report = json.loads((run_dir / "detection.json").read_text())
     detection = report["detection"]
     assert detection["round"] == 3
     assert detection["flagged_noisy"] == [3, 4, 5]
@@ -142,57 +167,22 @@ def test_maskedoptim_flags_the_noisy_clients_and_keeps_their_labels(tmp_path):
     assert corrected[0] == pytest.approx(float(rows[3]["label_acc_observed"]))  # not yet trained
     assert len(set(corrected[1:])) > 1  # the labels change from one masked round to the next
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed"
     assert summary["label_acc_corrected"] > summary["label_acc_observed"]
 
 
-def test_the_comparison_runner_writes_a_table_and_resumes(tmp_path):
-    out = tmp_path / "cmp"
-    sweep = (
-        "--strategies", "fedavg,fedmedian", "--seeds", "1,2", "--num-clients", "3",
-        "--set", "num-rounds=2", "--set", "clients-per-round=2", "--out", str(out),
-    )  # fmt: skip
-    done = launch(tmp_path, *sweep, timeout=1200)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "[4/4] fedmedian seed 2: done" in done.stdout
-    runs = {}
-    for strategy in ("fedavg", "fedmedian"):
-        for seed in (1, 2):
-            summary = json.loads((out / f"{strategy}-seed{seed}" / "summary.json").read_text())
-            assert summary["status"] == "completed" and summary["rounds_completed"] == 2
-            assert (out / f"{strategy}-seed{seed}" / "flower.log").stat().st_size > 0
-            runs[strategy, seed] = summary["last10_mean_accuracy"]
-    with open(out / "comparison.csv") as handle:
-        table = {row["strategy"]: row for row in csv.DictReader(handle)}
-    assert list(table) == ["fedavg", "fedmedian"]
-    for strategy, row in table.items():
-        assert row["seeds"] == "1,2"
-        expected = (runs[strategy, 1] + runs[strategy, 2]) / 2
-        assert float(row["last10_accuracy_mean"]) == pytest.approx(expected, abs=1e-3)
-    # The same seed gives both strategies the same clients: the partitions and noise match.
-    configs = [json.loads((out / f"{s}-seed1" / "config.json").read_text()) for s in table]
-    assert configs[0]["client_true_noise_rates"] == configs[1]["client_true_noise_rates"]
-    assert "| fedmedian | 1,2 |" in (out / "comparison.md").read_text()
-    assert (out / "accuracy.png").stat().st_size > 1000
-
-    again = launch(tmp_path, *sweep)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("already complete, skipped") == 4
-    assert "started" not in again.stdout
-
-    changed = launch(tmp_path, *sweep, "--set", "lr=0.5")
-    assert changed.returncode == 2
-    assert "differs in: lr" in changed.stderr
-
-
-def test_the_comparison_runner_stops_at_a_failed_run_and_shows_its_log(tmp_path):
+def test_a_failed_run_fails_the_command_shows_its_log_and_cleans_up(tmp_path):
+    # 3 clients cannot fill a Dirichlet partition with 1000 samples each: the apps fail after
+    # the SuperLink started, and `flwr run` itself would exit 0. (launch() checks that no
+    # process is left behind.)
     done = launch(
         tmp_path,
         "--strategies", "fedavg", "--seeds", "1", "--num-clients", "3",
         "--set", "num-rounds=1", "--set", "clients-per-round=2", "--set", "dirichlet-min-size=1000",
         "--out", str(tmp_path / "c"),
     )  # fmt: skip
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "the run did not complete" in done.stderr
+    assert "finished:failed" in done.stderr
     assert "[1/1] fedavg seed 1: FAILED; the last lines of its log:" in done.stderr
     assert "dirichlet" in done.stderr.lower()  # the failure's reason, from the run's log
 
