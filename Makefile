@@ -26,6 +26,7 @@ deploy-local: $(STAMP)
 
 # Two pytest workers: the deployment tests mostly wait on Flower's polling and heartbeats, so
 # they run beside the CPU-bound simulation tests (one xdist group, so never two at once).
+# One process instead: make test ARGS="-n 0"; one test: make test ARGS="-n 0 -k comparison".
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=12 $(ARGS)
 
