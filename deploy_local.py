@@ -40,6 +40,7 @@ from simulation import (
     processes_with_environment,
     resolve_run_config,
     run_status,
+    stop_marked_processes,
     stop_on_terminate,
     wait_for_run,
 )
@@ -292,17 +293,7 @@ class LocalDeployment:
 
     def stop(self) -> None:
         """Stop every process started here (they may have detached: found by the token)."""
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            for pid in processes_with_environment("MASKEDOPTIM_RUN_TOKEN", self.token):
-                _signal(pid, sig)
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                for process in self.processes.values():
-                    process.poll()
-                if not processes_with_environment("MASKEDOPTIM_RUN_TOKEN", self.token):
-                    self.processes.clear()
-                    return
-                time.sleep(0.2)
+        stop_marked_processes(self.token, list(self.processes.values()))
         self.processes.clear()
 
     def __enter__(self) -> LocalDeployment:

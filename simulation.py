@@ -210,31 +210,35 @@ class LocalSuperLink:
         so they are found by the token in their environment, not by process group)."""
         if self.process is None:
             return
-        token = self.env["MASKEDOPTIM_RUN_TOKEN"]
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-            signalled: set[int] = set()
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                self.process.poll()  # reap our direct child
-                alive = processes_with_token(token)
-                if not alive and self.process.returncode is not None:
-                    self.process = None
-                    return
-                # Processes can still be started while the others stop (Ray starting a
-                # worker, an app process): each newcomer gets the signal too.
-                if self.process.returncode is None:
-                    alive.add(self.process.pid)
-                for pid in alive - signalled:
-                    try:
-                        os.kill(pid, sig)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-                    signalled.add(pid)
-                time.sleep(0.2)
+        stop_marked_processes(self.env["MASKEDOPTIM_RUN_TOKEN"], [self.process])
         self.process = None
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def stop_marked_processes(token: str, children: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL after 10 s, every process that carries this run token (they may
+    have detached into new sessions) and our own `children`, until none is left (10 s more)."""
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        signalled: set[int] = set()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            for child in children:
+                child.poll()  # reap our direct children
+            alive = processes_with_token(token)
+            alive |= {child.pid for child in children if child.returncode is None}
+            if not alive:
+                return
+            # Processes can still be started while the others stop (Ray starting a worker,
+            # an app process): each newcomer gets the signal too.
+            for pid in alive - signalled:
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                signalled.add(pid)
+            time.sleep(0.2)
 
 
 def processes_with_token(token: str) -> set[int]:
