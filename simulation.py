@@ -222,13 +222,16 @@ def stop_marked_processes(token: str, children: list[subprocess.Popen]) -> None:
     have detached into new sessions) and our own `children`, until none is left (10 s more)."""
     for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
         signalled: set[int] = set()
+        empty_scans = 0
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             for child in children:
                 child.poll()  # reap our direct children
             alive = processes_with_token(token)
             alive |= {child.pid for child in children if child.returncode is None}
-            if not alive:
+            # Two empty scans in a row: a process being started can briefly show no environment.
+            empty_scans = 0 if alive else empty_scans + 1
+            if empty_scans == 2:
                 return
             # Processes can still be started while the others stop (Ray starting a worker,
             # an app process): each newcomer gets the signal too.
