@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from deploy_local import LocalDeployment
-from simulation import parse_set_options, processes_with_environment, resolve_run_config
+from leftovers import leftover_processes
+from simulation import parse_set_options, resolve_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +62,7 @@ def test_a_supernode_killed_mid_run_comes_back_with_its_labels(tmp_path):
     assert status == "finished:completed", logs["superlink"][-3000:]
     run = tmp_path / "deploy"
     for home in ("superlink", "supernode-0", "supernode-1", "cli"):
-        assert processes_with_environment("FLWR_HOME", str(run / home)) == set(), home
+        assert leftover_processes(run / home) == {}, home
     assert "running on http://" in logs["superlink"]
     summary = json.loads((results / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == rounds
@@ -92,7 +93,7 @@ def test_maskedoptim_runs_over_tls_with_supernode_authentication(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = workdir / "deployed"
     for home in ("superlink", "supernode-0", "supernode-1", "cli"):
-        assert processes_with_environment("FLWR_HOME", str(run / home)) == set(), home
+        assert leftover_processes(run / home) == {}, home
     summary = json.loads((out / "deployed" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == rounds
     report = json.loads((out / "deployed" / "detection.json").read_text())

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from simulation import flower_environment, processes_with_environment
+from leftovers import leftover_processes
+from simulation import flower_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ def launch(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.Compl
         timeout=timeout,
         cwd=tmp_path,
     )
-    assert processes_with_environment("FLWR_HOME", str(home)) == set()
+    assert leftover_processes(home) == {}
     return done
 
 
@@ -247,7 +248,7 @@ def test_sigterm_stops_a_run_and_everything_it_started(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert "interrupted" in stderr
-    assert processes_with_environment("FLWR_HOME", str(home)) == set()
+    assert leftover_processes(home) == {}
 
 
 def test_a_run_starts_its_own_ray_unless_a_cluster_is_named(tmp_path, monkeypatch):
