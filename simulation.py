@@ -36,6 +36,7 @@ Several `--run-config` options merge left to right (a preset file, then single k
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -429,6 +430,30 @@ def run_simulation(
     return 0
 
 
+def run_in_this_process(
+    mapping: dict[str, Any],
+    num_clients: int,
+    federation_config: str = "",
+    stream: bool = True,
+    log_file: Path | None = None,
+    on_poll: Callable[[], None] | None = None,
+    verbose: bool = True,
+) -> int:
+    """`run_simulation`'s contract with the in-process runtime (inprocess.py): no Ray, no
+    SuperLink, the clients one after another in this process."""
+    from inprocess import run_inprocess
+
+    failure = run_inprocess(mapping, num_clients, stream=stream, log_file=log_file, on_poll=on_poll)
+    results_dir = Path(mapping["out-dir"]) / mapping["run-name"]
+    summary = print_summary(results_dir) if verbose else read_summary(results_dir)
+    if failure or (summary or {}).get("status") != "completed":
+        where = f"; log in {log_file}" if log_file else ""
+        reason = failure or "no completed summary.json"
+        print(f"\nerror: the run did not complete ({reason}){where}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def read_summary(results_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((results_dir / "summary.json").read_text())
@@ -554,11 +579,11 @@ def run_comparison(
     strategies: list[str],
     out: Path,
     num_clients: int,
-    federation_config: str,
-    flwr_home: Path,
+    runner: Callable[..., int],
     title: str,
 ) -> int:
-    """Run the planned runs one after another, skipping the complete ones; rewrite the
+    """Run the planned runs one after another (each with `runner`: run_simulation or
+    run_in_this_process), skipping the complete ones; rewrite the
     comparison files after each; stop at the first failed run (exit 1, its log shown)."""
     import shutil
 
@@ -588,11 +613,9 @@ def run_comparison(
         results_dir.mkdir(parents=True)
         progress.start(label, results_dir, runs_after=len(plans) - index)
         print(f"{label}: started (log: {results_dir / 'flower.log'})", flush=True)
-        code = run_simulation(
+        code = runner(
             mapping,
             num_clients,
-            federation_config,
-            flwr_home=flwr_home,
             log_file=results_dir / "flower.log",
             on_poll=progress.poll,
             verbose=False,
@@ -683,6 +706,15 @@ def main(argv: list[str] | None = None) -> int:
         help="run the simulation on this existing Ray cluster (e.g. auto, or HOST:6379 of "
         "`ray start --head`); default: a Ray of its own (RAY_ADDRESS is honoured)",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=["flower", "inprocess"],
+        default="flower",
+        help="flower (default): Flower's simulation runtime (a SuperLink, Ray); inprocess: the "
+        "same ServerApp and ClientApp in this one process, clients one after another, without "
+        "Ray (for a machine without Ray, or a debugger); each client computes with "
+        "client-resources-num-cpus threads of --federation-config",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not stream the run's logs")
     parser.add_argument(
         "--flwr-home",
@@ -698,6 +730,9 @@ def main(argv: list[str] | None = None) -> int:
     from common.config import ConfigError
     from data.datasets import DatasetNotFoundError
 
+    if args.runtime == "inprocess" and args.ray_address:
+        print("error: --ray-address needs --runtime flower", file=sys.stderr)
+        return 2
     if args.num_clients < 1:
         print(f"error: --num-clients={args.num_clients}: it must be at least 1", file=sys.stderr)
         return 2
@@ -720,27 +755,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.runtime == "inprocess":
+        runner = functools.partial(run_in_this_process, federation_config=args.federation_config)
+    else:
+        runner = functools.partial(
+            run_simulation,
+            federation_config=args.federation_config,
+            flwr_home=args.flwr_home.resolve(),
+        )
     try:
         if comparing:
             title = f"{preset or base['dataset']}: " + ", ".join(strategies)
-            return run_comparison(
-                plans,
-                strategies,
-                out,
-                args.num_clients,
-                args.federation_config,
-                args.flwr_home.resolve(),
-                title,
-            )
-        return run_simulation(
-            mapping,
-            args.num_clients,
-            args.federation_config,
-            stream=not args.quiet,
-            flwr_home=args.flwr_home.resolve(),
-        )
+            return run_comparison(plans, strategies, out, args.num_clients, runner, title)
+        return runner(mapping, args.num_clients, stream=not args.quiet)
     except KeyboardInterrupt:
-        print("\ninterrupted: the SuperLink and its processes were stopped", file=sys.stderr)
+        stopped = "the SuperLink and its processes were" if args.runtime == "flower" else "run"
+        print(f"\ninterrupted: the {stopped} stopped", file=sys.stderr)
         return 130
 
 

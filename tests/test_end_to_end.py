@@ -140,6 +140,25 @@ def test_the_comparison_runner_writes_a_table_and_resumes(tmp_path):
     assert changed.returncode == 2
     assert "differs in: lr" in changed.stderr
 
+    # Without Ray or a SuperLink (--runtime inprocess), the same app computes the same run.
+    in_process = tmp_path / "in-process"
+    done = launch(
+        tmp_path, "--runtime", "inprocess", "--strategies", "maskedoptim", "--seeds", "1",
+        *SIX_CLIENTS_THREE_NOISY, "--out", str(in_process),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    check_maskedoptim_run(in_process / "maskedoptim-seed1")
+    flower_rows, own_rows = (
+        list(csv.DictReader((folder / "maskedoptim-seed1" / "metrics.csv").open()))
+        for folder in (out, in_process)
+    )
+    assert [r["test_accuracy"] for r in own_rows] == [r["test_accuracy"] for r in flower_rows]
+    assert [r["label_acc_corrected"] for r in own_rows] == [
+        r["label_acc_corrected"] for r in flower_rows
+    ]
+    for own, flower in zip(own_rows, flower_rows, strict=True):
+        assert float(own["test_loss"]) == pytest.approx(float(flower["test_loss"]), rel=1e-4)
+
 
 def check_maskedoptim_run(run_dir: Path) -> None:
     """The three 70 %-noisy clients (partitions 3-5) are flagged after round 3 and only they get
@@ -186,6 +205,15 @@ def test_a_failed_run_fails_the_command_shows_its_log_and_cleans_up(tmp_path):
     assert "finished:failed" in done.stderr
     assert "[1/1] fedavg seed 1: FAILED; the last lines of its log:" in done.stderr
     assert "dirichlet" in done.stderr.lower()  # the failure's reason, from the run's log
+
+    one_process = launch(
+        tmp_path, "--runtime", "inprocess", "--num-clients", "3", "--quiet",
+        "--set", "num-rounds=1", "--set", "clients-per-round=2", "--set", "dirichlet-min-size=1000",
+        "--out", str(tmp_path / "p"),
+    )  # fmt: skip
+    assert one_process.returncode == 1
+    assert "the run did not complete" in one_process.stderr
+    assert "dirichlet" in one_process.stderr.lower()
 
 
 def test_the_noisy_label_baselines_run_in_flower(tmp_path):

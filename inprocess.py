@@ -1,0 +1,200 @@
+"""The app's ServerApp and ClientApp in one Python process: no Ray, no SuperLink.
+
+`python simulation.py --runtime inprocess ...` runs a run (or a comparison) this way. The server's
+messages go to `client_app.app.app` called directly, one client after another, each with its own
+node Context kept for the whole run (so MaskedOptim's label logits persist as they do under
+Flower), and every message crosses a protobuf round trip as it would between processes. The
+strategy, the client code and the results files are the ones of a Flower run.
+
+What it is for: a machine where Ray cannot be installed (the GPU benchmark machine, whose size
+limit Ray's wheel exceeds), and stepping through a run in a debugger. What it is not: parallel;
+clients run one after another. Each client computes with `client_threads` CPU threads, as a Ray
+actor given that many CPUs does (Ray sets OMP_NUM_THREADS to them); with the same number, a run
+gives the same numbers as under Flower's runtime (CPU kernels sum in an order that depends on
+the thread count). The server's own work (test evaluation, aggregation) keeps torch's default.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context, Message, RecordDict
+from flwr.app.error import Error
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.logger import FLOWER_LOGGER
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+RUN_ID = 1
+FIRST_NODE_ID = 1001  # any ids other than the SuperLink's
+
+
+def crossed(message: Message) -> Message:
+    """The message as the other side would receive it (serialised and parsed back)."""
+    return message_from_proto(message_to_proto(message))
+
+
+class InProcessGrid(Grid):
+    """A Grid whose nodes are ClientApp calls in this process, one Context per node."""
+
+    def __init__(
+        self,
+        client_app,
+        num_partitions: int,
+        run_config: dict[str, Any],
+        client_threads: int = 1,
+    ) -> None:
+        self.client_app = client_app
+        self.client_threads = client_threads
+        self._run = Run.create_empty(RUN_ID)
+        self.contexts = {
+            FIRST_NODE_ID + partition: Context(
+                run_id=RUN_ID,
+                node_id=FIRST_NODE_ID + partition,
+                node_config={"partition-id": partition, "num-partitions": num_partitions},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for partition in range(num_partitions)
+        }
+        self.replies: dict[str, Message] = {}
+        # Whose messages Message() makes in this process: the server's, as in a ServerApp process.
+        TaskIdentity.task_id, TaskIdentity.run_id = 1, RUN_ID
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Handle every message now; its reply waits for pull_messages."""
+        ids = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+            ids.append(message.metadata.message_id)
+            self.replies[message.metadata.message_id] = self.handle(crossed(message))
+        return ids
+
+    def handle(self, message: Message) -> Message:
+        node = message.metadata.dst_node_id
+        if node not in self.contexts:
+            error = Error(code=ErrorCode.NODE_UNAVAILABLE, reason=f"no node {node}")
+            reply = Message(error, reply_to=message)
+            reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+        else:
+            server_threads = torch.get_num_threads()
+            torch.set_num_threads(self.client_threads)
+            try:
+                reply = self.client_app(message, self.contexts[node])
+            except Exception as err:  # as Flower does: the server gets an error reply
+                FLOWER_LOGGER.error("node %d's ClientApp raised:\n%s", node, traceback.format_exc())
+                reason = f"{type(err)}:<'{err}'>"
+                error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+                reply = Message(error, reply_to=message)
+            finally:
+                torch.set_num_threads(server_threads)
+        reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+        return crossed(reply)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(m) for m in message_ids if m in self.replies]
+
+    def send_and_receive(self, messages, *, timeout: float | None = None) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+
+@contextmanager
+def flower_log_to(log_file: Path | None, quiet: bool):
+    """Send Flower's log (the ServerApp's and the clients') to `log_file`, or keep it on the
+    terminal (only warnings and errors when `quiet`)."""
+    console = list(FLOWER_LOGGER.handlers)
+    levels = [handler.level for handler in console]
+    file_handler = None
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s: %(message)s"))
+        FLOWER_LOGGER.addHandler(file_handler)
+    shown = logging.CRITICAL + 1 if log_file else logging.WARNING if quiet else logging.INFO
+    for handler in console:
+        handler.setLevel(shown)
+    try:
+        yield
+    finally:
+        for handler, level in zip(console, levels, strict=True):
+            handler.setLevel(level)
+        if file_handler is not None:
+            FLOWER_LOGGER.removeHandler(file_handler)
+            file_handler.close()
+
+
+def forget_cached_clients() -> None:
+    """Drop the client side's per-process caches (data on the device, models), so a sweep
+    of runs in one process holds only the current run's."""
+    from client_app import app as client_module
+
+    client_module._local_client.cache_clear()
+    client_module._process_shared.cache_clear()
+
+
+def run_inprocess(
+    mapping: dict[str, Any],
+    num_clients: int,
+    *,
+    client_threads: int = 1,
+    stream: bool = True,
+    log_file: Path | None = None,
+    on_poll: Callable[[], None] | None = None,
+) -> str:
+    """Run the ServerApp with `mapping` as its run config against `num_clients` in-process
+    clients; return "" when it ran to the end, else what stopped it."""
+    from client_app.app import app as client_app
+    from server_app.app import app as server_app
+
+    grid = InProcessGrid(client_app, num_clients, mapping, client_threads)
+    context = Context(
+        run_id=RUN_ID,
+        node_id=SUPERLINK_NODE_ID,
+        node_config={},
+        state=RecordDict(),
+        run_config=dict(mapping),
+    )
+    finished = threading.Event()
+
+    def poll() -> None:
+        while not finished.wait(1.0):
+            on_poll()
+
+    poller = threading.Thread(target=poll, daemon=True) if on_poll is not None else None
+    with flower_log_to(log_file, quiet=not stream):
+        if poller is not None:
+            poller.start()
+        try:
+            server_app(grid, context)
+            return ""
+        except Exception as err:
+            FLOWER_LOGGER.error("ServerApp failed:\n%s", traceback.format_exc())
+            return "".join(traceback.format_exception_only(err)).strip()
+        finally:
+            finished.set()
+            if poller is not None:
+                poller.join()
+            forget_cached_clients()
