@@ -57,8 +57,8 @@ def main() -> None:
         "--run-config", str(ROOT / "configs" / "paper-cifar10-lenet.toml"),
         "--run-config", keys,
         "--runtime", args.runtime,
+        "--federation-config", args.federation_config,
     ]  # fmt: skip
-    command += ["--federation-config", args.federation_config] if args.runtime == "flower" else []
     subprocess.run(command, check=True)
     summary = json.loads((args.out / name / "summary.json").read_text())
     print(json.dumps({"run": name, **summary}, indent=2))
