@@ -7,11 +7,14 @@ Flower), and every message crosses a protobuf round trip as it would between pro
 strategy, the client code and the results files are the ones of a Flower run.
 
 What it is for: a machine where Ray cannot be installed (the GPU benchmark machine, whose size
-limit Ray's wheel exceeds), and stepping through a run in a debugger. What it is not: parallel;
-clients run one after another. Each client computes with `client_threads` CPU threads, as a Ray
-actor given that many CPUs does (Ray sets OMP_NUM_THREADS to them); with the same number, a run
-gives the same numbers as under Flower's runtime (CPU kernels sum in an order that depends on
-the thread count). The server's own work (test evaluation, aggregation) keeps torch's default.
+limit Ray's wheel exceeds), stepping through a run in a debugger, and speed on a small machine
+(no Ray daemons, no SuperLink polling). Clients run as Ray would run them: `concurrent_clients`
+at once (threads of this process; torch releases the GIL while it computes), each computing with
+`client_threads` CPU threads, as a Ray actor given that many CPUs does (Ray sets OMP_NUM_THREADS
+to them). With the same thread count, a run gives the same numbers as under Flower's runtime (CPU
+kernels sum in an order that depends on the thread count; every client draws its randomness from
+its own generators, so the order in which clients run does not matter). Replies come back in the
+order of the messages. The server's own work (test evaluation, aggregation) keeps torch's default.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +48,36 @@ def crossed(message: Message) -> Message:
     return message_from_proto(message_to_proto(message))
 
 
+def client_resources(federation_config: str, cpus: int, gpus: int) -> tuple[int, int]:
+    """(CPU threads per client, clients at once) for a Flower federation config such as
+    "client-resources-num-cpus=1 client-resources-num-gpus=0.5" on a machine with `cpus` CPUs
+    and `gpus` GPUs, as Ray's backend derives them: min(cpus / num-cpus, gpus / num-gpus) actors
+    (at least one), each with num-cpus threads. Other keys (num-supernodes, ...) are ignored.
+    Without either client-resources key, Flower's Ray backend gives each client 2 CPUs; with
+    only num-gpus, num-cpus is 1."""
+    settings = dict(item.split("=", 1) for item in federation_config.split() if "=" in item)
+    unset_cpus = "2" if not any(k.startswith("client-resources-") for k in settings) else "1"
+    resources = {}
+    defaults = {"client-resources-num-cpus": unset_cpus, "client-resources-num-gpus": "0"}
+    for key, default in defaults.items():
+        text = settings.get(key, default).strip("'\"")
+        try:
+            resources[key] = float(text)
+        except ValueError:
+            raise ValueError(f"{key}={text!r} in --federation-config is not a number") from None
+    num_cpus, num_gpus = resources.values()
+    if num_cpus <= 0:
+        raise ValueError(f"client-resources-num-cpus={num_cpus:g}: it must be above 0")
+    if num_gpus < 0:
+        raise ValueError(f"client-resources-num-gpus={num_gpus:g}: it must be 0 or more")
+    if num_gpus > 0 and gpus == 0:
+        raise ValueError(f"client-resources-num-gpus={num_gpus:g}, but this machine has no GPU")
+    at_once = int(cpus // num_cpus)
+    if num_gpus > 0:
+        at_once = min(at_once, int(gpus // num_gpus))
+    return max(1, int(num_cpus)), max(1, at_once)
+
+
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process, one Context per node."""
 
@@ -53,9 +87,16 @@ class InProcessGrid(Grid):
         num_partitions: int,
         run_config: dict[str, Any],
         client_threads: int = 1,
+        concurrent_clients: int = 1,
     ) -> None:
+        if client_threads < 1 or concurrent_clients < 1:
+            raise ValueError(
+                f"client_threads={client_threads} and concurrent_clients={concurrent_clients}: "
+                "each must be at least 1"
+            )
         self.client_app = client_app
         self.client_threads = client_threads
+        self.concurrent_clients = concurrent_clients
         self._run = Run.create_empty(RUN_ID)
         self.contexts = {
             FIRST_NODE_ID + partition: Context(
@@ -68,6 +109,8 @@ class InProcessGrid(Grid):
             for partition in range(num_partitions)
         }
         self.replies: dict[str, Message] = {}
+        # Kept for the run: a client's model is one per thread (client_app.app.ThreadModels).
+        self._pool: ThreadPoolExecutor | None = None
         # Whose messages Message() makes in this process: the server's, as in a ServerApp process.
         TaskIdentity.task_id, TaskIdentity.run_id = 1, RUN_ID
         TaskIdentity.node_id = SUPERLINK_NODE_ID
@@ -86,13 +129,32 @@ class InProcessGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Handle every message now; its reply waits for pull_messages."""
-        ids = []
+        """Handle every message now, up to `concurrent_clients` nodes at once (a node's own
+        messages one after another, in order); the replies wait for pull_messages."""
+        messages = list(messages)
         for message in messages:
             message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
-            ids.append(message.metadata.message_id)
-            self.replies[message.metadata.message_id] = self.handle(crossed(message))
-        return ids
+        by_node: dict[int, list[Message]] = {}
+        for message in messages:
+            by_node.setdefault(message.metadata.dst_node_id, []).append(message)
+
+        def handle_node(node_messages: list[Message]) -> list[Message]:
+            torch.set_num_threads(self.client_threads)  # this thread's kernels, as a Ray actor's
+            return [self.handle(crossed(m)) for m in node_messages]
+
+        server_threads = torch.get_num_threads()
+        torch.set_num_threads(self.client_threads)
+        try:
+            if self.concurrent_clients == 1:
+                answered = [handle_node(group) for group in by_node.values()]
+            else:
+                answered = list(self._workers().map(handle_node, by_node.values()))
+        finally:
+            torch.set_num_threads(server_threads)
+        for group, replies in zip(by_node.values(), answered, strict=True):
+            for message, reply in zip(group, replies, strict=True):
+                self.replies[message.metadata.message_id] = reply
+        return [message.metadata.message_id for message in messages]
 
     def handle(self, message: Message) -> Message:
         node = message.metadata.dst_node_id
@@ -101,8 +163,6 @@ class InProcessGrid(Grid):
             reply = Message(error, reply_to=message)
             reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
         else:
-            server_threads = torch.get_num_threads()
-            torch.set_num_threads(self.client_threads)
             try:
                 reply = self.client_app(message, self.contexts[node])
             except Exception as err:  # as Flower does: the server gets an error reply
@@ -110,10 +170,18 @@ class InProcessGrid(Grid):
                 reason = f"{type(err)}:<'{err}'>"
                 error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
                 reply = Message(error, reply_to=message)
-            finally:
-                torch.set_num_threads(server_threads)
         reply.metadata.__dict__["_message_id"] = str(uuid.uuid4())
         return crossed(reply)
+
+    def _workers(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrent_clients, thread_name_prefix="client")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.replies.pop(m) for m in message_ids if m in self.replies]
@@ -160,6 +228,7 @@ def run_inprocess(
     num_clients: int,
     *,
     client_threads: int = 1,
+    concurrent_clients: int = 1,
     stream: bool = True,
     log_file: Path | None = None,
     on_poll: Callable[[], None] | None = None,
@@ -169,7 +238,7 @@ def run_inprocess(
     from client_app.app import app as client_app
     from server_app.app import app as server_app
 
-    grid = InProcessGrid(client_app, num_clients, mapping, client_threads)
+    grid = InProcessGrid(client_app, num_clients, mapping, client_threads, concurrent_clients)
     context = Context(
         run_id=RUN_ID,
         node_id=SUPERLINK_NODE_ID,
@@ -195,6 +264,7 @@ def run_inprocess(
             return "".join(traceback.format_exception_only(err)).strip()
         finally:
             finished.set()
+            grid.close()
             if poller is not None:
                 poller.join()
             forget_cached_clients()

@@ -440,10 +440,20 @@ def run_in_this_process(
     verbose: bool = True,
 ) -> int:
     """`run_simulation`'s contract with the in-process runtime (inprocess.py): no Ray, no
-    SuperLink, the clients one after another in this process."""
-    from inprocess import run_inprocess
+    SuperLink; as many clients at once, with as many threads each, as Ray would run with
+    `federation_config` on this machine."""
+    from inprocess import client_resources, run_inprocess
 
-    failure = run_inprocess(mapping, num_clients, stream=stream, log_file=log_file, on_poll=on_poll)
+    threads, at_once = client_resources(federation_config, available_cpus(), available_gpus())
+    failure = run_inprocess(
+        mapping,
+        num_clients,
+        client_threads=threads,
+        concurrent_clients=at_once,
+        stream=stream,
+        log_file=log_file,
+        on_poll=on_poll,
+    )
     results_dir = Path(mapping["out-dir"]) / mapping["run-name"]
     summary = print_summary(results_dir) if verbose else read_summary(results_dir)
     if failure or (summary or {}).get("status") != "completed":
@@ -452,6 +462,16 @@ def run_in_this_process(
         print(f"\nerror: the run did not complete ({reason}){where}", file=sys.stderr)
         return 1
     return 0
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def available_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def read_summary(results_dir: Path) -> dict[str, Any] | None:
@@ -711,9 +731,10 @@ def main(argv: list[str] | None = None) -> int:
         choices=["flower", "inprocess"],
         default="flower",
         help="flower (default): Flower's simulation runtime (a SuperLink, Ray); inprocess: the "
-        "same ServerApp and ClientApp in this one process, clients one after another, without "
-        "Ray (for a machine without Ray, or a debugger); each client computes with "
-        "client-resources-num-cpus threads of --federation-config",
+        "same ServerApp and ClientApp in this one process, without Ray or a SuperLink (for a "
+        "machine without Ray, a debugger, or speed on a small machine); as Ray would, it runs "
+        "CPUs / client-resources-num-cpus clients at once (of --federation-config), each with "
+        "client-resources-num-cpus threads",
     )
     parser.add_argument("--quiet", action="store_true", help="do not stream the run's logs")
     parser.add_argument(
@@ -756,6 +777,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.runtime == "inprocess":
+        from inprocess import client_resources
+
+        try:  # a bad value stops before any work, as a bad run config does
+            client_resources(args.federation_config, available_cpus(), available_gpus())
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         runner = functools.partial(run_in_this_process, federation_config=args.federation_config)
     else:
         runner = functools.partial(

@@ -15,16 +15,20 @@ Messages it answers:
   true noise rate (a simulation-only diagnostic that no algorithm reads).
 
 Start-up work (dataset, federation, the client's tensors on the device, the model) is done once
-per process and partition, then reused by every message. State that must outlive a round (label
-logits, corrected labels) is kept in `context.state` and, when the SuperNode's node-config has a
-`state-dir`, in a file there too, so it survives a SuperNode restart (client_app.state).
+per process and partition, then reused by every message (the model: one per thread, for the
+in-process runtime trains several clients at once in threads of one process). State that must
+outlive a round (label logits, corrected labels) is kept in `context.state` and, when the
+SuperNode's node-config has a `state-dir`, in a file there too, so it survives a SuperNode
+restart (client_app.state).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,13 +70,14 @@ class LocalClient:
     config: RunConfig
     data: ClientData
     pipeline: InputPipeline
-    model: Classifier
+    models: ThreadModels
     noise_rate: float
 
     def load(self, arrays: ArrayRecord) -> Classifier:
-        """The cached model holding the received weights (all of them, BN buffers too)."""
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        return self.model
+        """This thread's cached model holding the received weights (all of them, BN buffers too)."""
+        model = self.models.get()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return model
 
     def label_confusion(self, labels: np.ndarray) -> list[int]:
         """Flattened confusion of `labels` against the clean labels (a simulation diagnostic)."""
@@ -108,13 +113,29 @@ def _frozen(run_config) -> tuple:
     return tuple(sorted(run_config.items()))
 
 
+class ThreadModels:
+    """One model per thread, built on a thread's first use and kept. A Ray actor or a SuperNode's
+    ClientApp handles its messages in one thread (one model); the in-process runtime trains
+    several clients at once, each thread with its own model."""
+
+    def __init__(self, build: Callable[[], Classifier]) -> None:
+        self._build = build
+        self._of_thread = threading.local()
+
+    def get(self) -> Classifier:
+        model = getattr(self._of_thread, "model", None)
+        if model is None:
+            model = self._of_thread.model = self._build()
+        return model
+
+
 @dataclass(frozen=True, eq=False)
 class ProcessShared:
-    """What all partitions served by one process share: config, federation, one model."""
+    """What all partitions served by one process share: config, federation, the models."""
 
     config: RunConfig
     federation: Federation
-    model: Classifier
+    models: ThreadModels
     device: torch.device
 
 
@@ -135,13 +156,19 @@ def _process_shared(
         )
         federation = own_data_federation(settings, num_partitions, partition_id, own)
     dataset = federation.dataset
-    model = build_model(
-        config.model,
-        dataset.num_classes,
-        vocab_size=dataset.vocab_size,
-        pad_index=dataset.pad_index,
-    ).to(device)
-    return ProcessShared(config, federation, model, device)
+    models = ThreadModels(
+        lambda: build_model(
+            config.model,
+            dataset.num_classes,
+            vocab_size=dataset.vocab_size,
+            pad_index=dataset.pad_index,
+        ).to(device)
+    )
+    return ProcessShared(config, federation, models, device)
+
+
+# The in-process runtime's threads must not load the same federation twice at once.
+_start_up = threading.Lock()
 
 
 # A Ray actor serves many partitions in turn: keep each one's tensors (about 1.5 MB for a
@@ -156,7 +183,7 @@ def _local_client(
         config=shared.config,
         data=ClientData.from_federation(shared.federation, partition_id, shared.device),
         pipeline=pipeline_for(shared.config.dataset),
-        model=shared.model,
+        models=shared.models,
         noise_rate=float(shared.federation.noise_rates[partition_id]),
     )
 
@@ -171,12 +198,13 @@ def local_client(context: Context) -> LocalClient:
             "this SuperNode's node-config needs partition-id and num-partitions "
             f"(got keys: {sorted(node)})"
         )
-    return _local_client(
-        _frozen(context.run_config),
-        int(node["partition-id"]),
-        int(node["num-partitions"]),
-        str(node.get("data-dir", "") or ""),
-    )
+    with _start_up:
+        return _local_client(
+            _frozen(context.run_config),
+            int(node["partition-id"]),
+            int(node["num-partitions"]),
+            str(node.get("data-dir", "") or ""),
+        )
 
 
 def local_training(config: RunConfig, server_config) -> LocalTraining:

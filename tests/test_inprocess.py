@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
+import pytest
+import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from inprocess import InProcessGrid
+from client_app.app import ThreadModels
+from inprocess import InProcessGrid, client_resources
 
 counter_app = ClientApp()
 
@@ -20,6 +25,19 @@ def count(message: Message, context: Context) -> Message:
     seen["n"] = int(seen["n"]) + 1
     context.state["seen"] = seen
     reply = ConfigRecord({"n": seen["n"], "partition": context.node_config["partition-id"]})
+    return Message(RecordDict({"reply": reply}), reply_to=message)
+
+
+# Two nodes' handlers meet here: it only lets them through when they run at the same time.
+meeting = threading.Barrier(2, timeout=10)
+
+
+@counter_app.query("meet")
+def meet(message: Message, context: Context) -> Message:
+    meeting.wait()
+    reply = ConfigRecord(
+        {"partition": context.node_config["partition-id"], "threads": torch.get_num_threads()}
+    )
     return Message(RecordDict({"reply": reply}), reply_to=message)
 
 
@@ -48,3 +66,67 @@ def test_a_failing_client_and_an_unknown_node_give_error_replies():
     missing = ask(grid, 99)
     # As the SuperLink answers for a node that is gone: the strategy drops such replies.
     assert missing.has_error() and missing.metadata.src_node_id == SUPERLINK_NODE_ID
+
+
+def test_concurrent_clients_run_at_once_and_reply_in_message_order():
+    grid = InProcessGrid(counter_app, 4, run_config={}, client_threads=1, concurrent_clients=2)
+    try:
+        nodes = list(grid.get_node_ids())
+        meet_messages = [Message(RecordDict(), node, "query.meet") for node in reversed(nodes)]
+        replies = list(grid.send_and_receive(meet_messages))
+        assert not any(r.has_error() for r in replies), [r.error for r in replies if r.has_error()]
+        assert [r.content["reply"]["partition"] for r in replies] == [3, 2, 1, 0]
+        assert all(r.content["reply"]["threads"] == 1 for r in replies)  # the client's threads
+        # Several messages to one node in one batch are handled one after another, in order.
+        content = RecordDict({"config": ConfigRecord({"fail": False})})
+        twice = [Message(content, nodes[0], "query"), Message(content, nodes[0], "query")]
+        assert [r.content["reply"]["n"] for r in grid.send_and_receive(twice)] == [1, 2]
+    finally:
+        grid.close()
+
+
+@pytest.mark.parametrize(
+    ("federation_config", "cpus", "gpus", "expected"),
+    [
+        ("num-supernodes=10", 2, 0, (2, 1)),  # Flower's Ray backend's default: 2 CPUs a client
+        ("client-resources-num-cpus=1 client-resources-num-gpus=0", 2, 0, (1, 2)),  # ours
+        ("client-resources-num-cpus=2", 2, 0, (2, 1)),
+        ("client-resources-num-cpus=4", 2, 0, (4, 1)),  # never fewer than one client
+        ("client-resources-num-cpus=0.5", 2, 0, (1, 4)),
+        ("client-resources-num-cpus=1 client-resources-num-gpus=0.25", 16, 1, (1, 4)),
+        ("client-resources-num-cpus=8 client-resources-num-gpus=0.25", 16, 1, (8, 2)),
+    ],
+)
+def test_client_resources_follow_rays_rule(federation_config, cpus, gpus, expected):
+    assert client_resources(federation_config, cpus, gpus) == expected
+
+
+@pytest.mark.parametrize(
+    ("federation_config", "message"),
+    [
+        ("client-resources-num-cpus=0", "client-resources-num-cpus=0: it must be above 0"),
+        ("client-resources-num-cpus=many", "client-resources-num-cpus='many'"),
+        ("client-resources-num-gpus=-1", "client-resources-num-gpus=-1: it must be 0 or more"),
+        ("client-resources-num-gpus=0.5", "this machine has no GPU"),
+    ],
+)
+def test_bad_client_resources_are_refused(federation_config, message):
+    with pytest.raises(ValueError, match=message):
+        client_resources(federation_config, cpus=2, gpus=0)
+
+
+def test_each_thread_gets_its_own_model_and_keeps_it():
+    models = ThreadModels(lambda: torch.nn.Linear(2, 2))
+    seen = {}
+
+    def use(name):
+        seen[name] = (models.get(), models.get())
+
+    threads = [threading.Thread(target=use, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert seen["a"][0] is seen["a"][1] and seen["b"][0] is seen["b"][1]
+    assert seen["a"][0] is not seen["b"][0]
+    assert models.get() is models.get()
