@@ -6,6 +6,9 @@ The target is >= 90 % of the bare loop. Runs without Flower or Ray (CPU or CUDA)
 
     .venv/bin/python bench/train_loop.py --model lenet --samples 500 --epochs 5
     .venv/bin/python bench/train_loop.py --model resnet18 --device cuda --samples 5000
+
+`--at-once N` also trains N clients at the same time in N threads of one process, as the
+in-process runtime does, and reports a client round's time then against alone.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,6 +80,36 @@ def timed(fn, device: torch.device, repeats: int) -> float:
     return best
 
 
+def clients_at_once(args, data, settings, device, alone_s: float) -> dict:
+    """N clients trained at the same time, each in its own thread with its own model."""
+    models = [build_model(args.model, 10).to(device) for _ in range(args.at_once)]
+    threads = torch.get_num_threads()
+
+    def client(model) -> None:
+        torch.set_num_threads(threads)
+        train_locally(model, data, pipeline_for("cifar10"), settings, torch.Generator())
+
+    def together() -> None:
+        workers = [threading.Thread(target=client, args=(m,)) for m in models]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    together()  # warm-up
+    together_s = timed(together, device, args.repeats)
+    return {
+        "at_once": args.at_once,
+        "at_once_seconds_per_client_round": round(together_s, 3),
+        "at_once_slowdown": round(together_s / alone_s, 3),
+        "at_once_images_per_s": round(args.at_once * images_per_round(args) / together_s, 1),
+    }
+
+
+def images_per_round(args) -> int:
+    return args.epochs * (args.samples // args.batch_size) * args.batch_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="lenet", choices=["lenet", "resnet18"])
@@ -85,6 +119,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--at-once", type=int, default=0, help="also N clients at once (threads)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -92,7 +127,7 @@ def main() -> None:
     data = synthetic_cifar_client(args.samples, device)
     settings = LocalTraining(args.epochs, args.batch_size, 0.01, 0.9, 5e-4)
     model = build_model(args.model, 10).to(device)
-    images = args.epochs * (args.samples // args.batch_size) * args.batch_size
+    images = images_per_round(args)
 
     def ours():
         train_locally(model, data, pipeline_for("cifar10"), settings, torch.Generator())
@@ -114,6 +149,8 @@ def main() -> None:
         "ours_vs_bare": round(bare_s / ours_s, 3),
         "ours_seconds_per_client_round": round(ours_s, 3),
     }
+    if args.at_once:
+        report |= clients_at_once(args, data, settings, device, ours_s)
     print(json.dumps(report, indent=2))
 
 
