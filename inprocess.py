@@ -132,10 +132,9 @@ class InProcessGrid(Grid):
         """Handle every message now, up to `concurrent_clients` nodes at once (a node's own
         messages one after another, in order); the replies wait for pull_messages."""
         messages = list(messages)
-        for message in messages:
-            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
         by_node: dict[int, list[Message]] = {}
         for message in messages:
+            message.metadata.__dict__["_message_id"] = str(uuid.uuid4())
             by_node.setdefault(message.metadata.dst_node_id, []).append(message)
 
         def handle_node(node_messages: list[Message]) -> list[Message]:
