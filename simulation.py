@@ -433,23 +433,22 @@ def run_simulation(
 def run_in_this_process(
     mapping: dict[str, Any],
     num_clients: int,
-    federation_config: str = "",
+    client_threads: int = 1,
+    concurrent_clients: int = 1,
     stream: bool = True,
     log_file: Path | None = None,
     on_poll: Callable[[], None] | None = None,
     verbose: bool = True,
 ) -> int:
     """`run_simulation`'s contract with the in-process runtime (inprocess.py): no Ray, no
-    SuperLink; as many clients at once, with as many threads each, as Ray would run with
-    `federation_config` on this machine."""
-    from inprocess import client_resources, run_inprocess
+    SuperLink; `concurrent_clients` at once, each with `client_threads` CPU threads."""
+    from inprocess import run_inprocess
 
-    threads, at_once = client_resources(federation_config, available_cpus(), available_gpus())
     failure = run_inprocess(
         mapping,
         num_clients,
-        client_threads=threads,
-        concurrent_clients=at_once,
+        client_threads=client_threads,
+        concurrent_clients=concurrent_clients,
         stream=stream,
         log_file=log_file,
         on_poll=on_poll,
@@ -779,12 +778,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.runtime == "inprocess":
         from inprocess import client_resources
 
-        try:  # a bad value stops before any work, as a bad run config does
-            client_resources(args.federation_config, available_cpus(), available_gpus())
+        try:  # as many at once as Ray would run; a bad value stops before any work
+            threads, at_once = client_resources(
+                args.federation_config, available_cpus(), available_gpus()
+            )
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        runner = functools.partial(run_in_this_process, federation_config=args.federation_config)
+        runner = functools.partial(
+            run_in_this_process, client_threads=threads, concurrent_clients=at_once
+        )
     else:
         runner = functools.partial(
             run_simulation,
