@@ -43,29 +43,34 @@ RUN_ID = 1
 FIRST_NODE_ID = 1001  # any ids other than the SuperLink's
 
 
+RESOURCE_KEYS = ("client-resources-num-cpus", "client-resources-num-gpus")
+
+
 def crossed(message: Message) -> Message:
     """The message as the other side would receive it (serialised and parsed back)."""
     return message_from_proto(message_to_proto(message))
 
 
-def client_resources(federation_config: str, cpus: int, gpus: int) -> tuple[int, int]:
-    """(CPU threads per client, clients at once) for a Flower federation config such as
-    "client-resources-num-cpus=1 client-resources-num-gpus=0.5" on a machine with `cpus` CPUs
-    and `gpus` GPUs, as Ray's backend derives them: min(cpus / num-cpus, gpus / num-gpus) actors
-    (at least one), each with num-cpus threads. Other keys (num-supernodes, ...) are ignored.
+def client_resources(settings: dict[str, Any], cpus: int, gpus: int) -> tuple[int, int]:
+    """(CPU threads per client, clients at once) for Flower federation settings (as parsed by
+    common.overrides.parse_federation_config, e.g. {"client-resources-num-cpus": 1.0,
+    "client-resources-num-gpus": 0.5}) on a machine with `cpus` CPUs and `gpus` GPUs, as Ray's
+    backend derives them: min(cpus / num-cpus, gpus / num-gpus) actors (at least one), each with
+    num-cpus threads; init-args-num-cpus / -num-gpus cap the machine's counts, as they cap Ray's.
     Without either client-resources key, Flower's Ray backend gives each client 2 CPUs; with
-    only num-gpus, num-cpus is 1."""
-    settings = dict(item.split("=", 1) for item in federation_config.split() if "=" in item)
-    unset_cpus = "2" if not any(k.startswith("client-resources-") for k in settings) else "1"
-    resources = {}
-    defaults = {"client-resources-num-cpus": unset_cpus, "client-resources-num-gpus": "0"}
-    for key, default in defaults.items():
-        text = settings.get(key, default).strip("'\"")
-        try:
-            resources[key] = float(text)
-        except ValueError:
-            raise ValueError(f"{key}={text!r} in --federation-config is not a number") from None
-    num_cpus, num_gpus = resources.values()
+    only num-gpus, num-cpus is 1. Raises ValueError for a GPU share on a machine without GPU and
+    for the Ray-only keys, which have no meaning here (nothing typed is silently ignored)."""
+    ray_only = sorted(set(settings) - {*RESOURCE_KEYS, "init-args-num-cpus", "init-args-num-gpus"})
+    if ray_only:
+        raise ValueError(
+            f"--federation-config {ray_only[0]} is a setting of Ray's runtime; it has no effect "
+            "with --runtime inprocess (leave it out)"
+        )
+    cpus = min(cpus, settings.get("init-args-num-cpus", cpus))
+    gpus = min(gpus, settings.get("init-args-num-gpus", gpus))
+    unset_cpus = 1.0 if any(key in settings for key in RESOURCE_KEYS) else 2.0
+    num_cpus = float(settings.get("client-resources-num-cpus", unset_cpus))
+    num_gpus = float(settings.get("client-resources-num-gpus", 0.0))
     if num_cpus <= 0:
         raise ValueError(f"client-resources-num-cpus={num_cpus:g}: it must be above 0")
     if num_gpus < 0:

@@ -44,7 +44,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -56,56 +55,29 @@ SUPERLINK_START_SECONDS = 60.0
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """Merge `--run-config` items: TOML files or "k=v k2='s'" strings (values in TOML syntax)."""
-    from flwr.common.config import parse_config_args
+    """Merge `--run-config` items (common.overrides: every item takes effect or is refused)."""
+    from common.overrides import parse_run_config_items
 
-    from common.config import ConfigError
-
-    merged: dict[str, Any] = {}
-    for item in items:
-        if item.endswith(".toml"):
-            path = Path(item).expanduser()
-            if not path.is_file():
-                raise SystemExit(f"error: run-config file not found: {item}")
-            with open(path, "rb") as handle:
-                merged.update(tomllib.load(handle))
-        else:
-            try:
-                merged.update(parse_config_args([item]))
-            except Exception as err:  # click's error type; say which text was bad
-                raise ConfigError(f"--run-config {item!r}: {err}") from None
-    return merged
+    return parse_run_config_items(items)
 
 
 def parse_set_options(items: list[str]) -> dict[str, Any]:
-    """`--set key=value` items: the value in TOML syntax, or else taken as a plain string
-    (so `--set strategy=fedavg` works as well as `--set "strategy='fedavg'"`)."""
-    from common.config import ConfigError
+    """`--set key=value` items (common.overrides.parse_set_items)."""
+    from common.overrides import parse_set_items
 
-    merged: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        try:
-            value = tomllib.loads(f"value = {text.strip()}")["value"]
-        except tomllib.TOMLDecodeError:
-            value = text.strip()
-        merged[key.strip()] = value
-    return merged
+    return parse_set_items(items)
 
 
 def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     """Defaults + overrides, validated; paths made absolute; a run name chosen if none."""
     from common.config import ConfigError, RunConfig, app_defaults
+    from common.overrides import unknown_key_message
     from server_app.results import default_run_name
 
     defaults = app_defaults()
-    unknown = sorted(set(overrides) - set(defaults))
+    unknown = set(overrides) - set(defaults)
     if unknown:
-        raise ConfigError(
-            f"unknown run-config key(s) {', '.join(unknown)}; known keys: {', '.join(defaults)}"
-        )
+        raise ConfigError(unknown_key_message(unknown, defaults, "run-config key"))
     mapping = {**defaults, **overrides}
     for key in ("out-dir", "data-dir"):
         if isinstance(mapping[key], str) and mapping[key]:
@@ -117,16 +89,39 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def preflight(mapping: dict[str, Any], num_clients: int) -> None:
-    """The checks that need no training: data files present, strategy settings possible."""
+    """Everything that can be checked before a runtime starts, each failure one message naming
+    the key, file or value (ConfigError / ValueError / DatasetNotFoundError): the strategy's
+    settings, every data file the run reads (loaded, so a truncated file is found here), the
+    federation (partition and noise, built as every client will build it), that every client
+    can take a training step, and that out-dir can be written. In this process the loaded
+    dataset and federation are cached, so the in-process runtime does not load them again."""
     from common.config import RunConfig
     from data.datasets import check_data_files
-    from data.noise import client_noise_plan
+    from data.federation import DataSettings, cached_federation, check_client_sizes
+    from models import check_model_fits
     from strategies.registry import check_strategy_settings
 
     config = RunConfig.from_mapping(mapping)
-    check_data_files(config.dataset, config.data_dir or None, download=config.download)
     check_strategy_settings(config, num_clients)
-    client_noise_plan(config.noise_type, config.noise_range, num_clients, config.noise_groups)
+    check_data_files(config.dataset, config.data_dir or None, download=config.download)
+    federation = cached_federation(DataSettings.from_config(config), num_clients)
+    dataset = federation.dataset
+    check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
+    check_client_sizes([len(indices) for indices in federation.client_indices], config.batch_size)
+    check_writable(Path(config.out_dir), "out-dir")
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Create `folder` if needed and write a file there; ConfigError naming `key` if it cannot."""
+    from common.config import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{key}={str(folder)!r} cannot be written: {err.strerror}") from None
 
 
 def free_port() -> int:
@@ -737,6 +732,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quiet", action="store_true", help="do not stream the run's logs")
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check everything the pre-flight checks (config, data files, federation, out-dir, "
+        "resources) and exit 0 without running",
+    )
+    parser.add_argument(
         "--flwr-home",
         type=Path,
         default=DEFAULT_FLWR_HOME,
@@ -748,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RAY_ADDRESS"] = args.ray_address  # read by flower_environment
     sys.path.insert(0, str(ROOT))
     from common.config import ConfigError
+    from common.overrides import federation_text, parse_federation_config
     from data.datasets import DatasetNotFoundError
 
     if args.runtime == "inprocess" and args.ray_address:
@@ -758,9 +760,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     comparing = args.strategies is not None or args.seeds is not None
     try:
+        federation = parse_federation_config(args.federation_config)
         overrides = parse_overrides(args.run_config) | parse_set_options(args.set)
         if comparing:
-            preset = next((Path(i).stem for i in args.run_config if i.endswith(".toml")), "")
+            preset = next((Path(i).stem for i in args.run_config if "=" not in i), "")
             out = (args.out or ROOT / "results" / f"cmp-{preset or 'default'}").resolve()
             base = resolve_run_config(overrides)
             strategies = args.strategies or [base["strategy"]]
@@ -772,28 +775,27 @@ def main(argv: list[str] | None = None) -> int:
                 overrides["out-dir"] = str(args.out)
             mapping = resolve_run_config(overrides)
             preflight(mapping, args.num_clients)
+        if args.runtime == "inprocess":
+            from inprocess import client_resources
+
+            # as many at once as Ray would run; a bad value stops before any work
+            threads, at_once = client_resources(federation, available_cpus(), available_gpus())
+            runner = functools.partial(
+                run_in_this_process, client_threads=threads, concurrent_clients=at_once
+            )
+        else:
+            runner = functools.partial(
+                run_simulation,
+                federation_config=federation_text(federation),
+                flwr_home=args.flwr_home.resolve(),
+            )
     except (ConfigError, DatasetNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.runtime == "inprocess":
-        from inprocess import client_resources
-
-        try:  # as many at once as Ray would run; a bad value stops before any work
-            threads, at_once = client_resources(
-                args.federation_config, available_cpus(), available_gpus()
-            )
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        runner = functools.partial(
-            run_in_this_process, client_threads=threads, concurrent_clients=at_once
-        )
-    else:
-        runner = functools.partial(
-            run_simulation,
-            federation_config=args.federation_config,
-            flwr_home=args.flwr_home.resolve(),
-        )
+    if args.check:
+        runs = len(plans) if comparing else 1
+        print(f"check passed: {runs} run(s) of {args.num_clients} clients can start")
+        return 0
     try:
         if comparing:
             title = f"{preset or base['dataset']}: " + ", ".join(strategies)

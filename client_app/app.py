@@ -179,9 +179,15 @@ def _local_client(
 ) -> LocalClient:
     own_data = (own_data_dir, partition_id) if own_data_dir else None
     shared = _process_shared(frozen_config, num_partitions, own_data)
+    data = ClientData.from_federation(shared.federation, partition_id, shared.device)
+    if len(data) < shared.config.batch_size:  # the launchers' pre-flight checks every client
+        raise ValueError(
+            f"client {partition_id} holds {len(data)} samples, fewer than batch-size="
+            f"{shared.config.batch_size}: it cannot take one training step"
+        )
     return LocalClient(
         config=shared.config,
-        data=ClientData.from_federation(shared.federation, partition_id, shared.device),
+        data=data,
         pipeline=pipeline_for(shared.config.dataset),
         models=shared.models,
         noise_rate=float(shared.federation.noise_rates[partition_id]),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.overrides import ConfigError  # noqa: F401  (one error type for every check)
 from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
 from data.noise import NOISE_TYPES, parse_noise_groups, parse_rate_range
 from data.partition import PARTITION_NAMES
@@ -98,10 +99,6 @@ def key_matters(key: str, strategy: str) -> bool:
 
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS_WITHOUT_FILES = ("digits",)
-
-
-class ConfigError(ValueError):
-    """A run-config value that is not allowed; the message says which and why."""
 
 
 @dataclass(frozen=True)

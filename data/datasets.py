@@ -315,8 +315,16 @@ def _load_digits() -> Dataset:
 
 
 def _read_pickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+    """A CIFAR pickle; ValueError naming the file when it cannot be read (truncated, not a
+    pickle, unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            entry = pickle.load(f, encoding="bytes")
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: cannot be read as a CIFAR-10 pickle ({err})") from None
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 pickle (it holds a {type(entry).__name__})")
+    return entry
 
 
 def _read_cifar10(root: Path, download: bool, name: str = "cifar10"):
@@ -340,8 +348,11 @@ def _read_cifar_batches(batches: Path, names: Sequence[str]) -> tuple[np.ndarray
     xs, ys = [], []
     for fname in names:
         entry = _read_pickle(batches / fname)
-        x = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(entry[b"labels"], dtype=np.int64)
+        try:
+            x = np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(entry[b"labels"], dtype=np.int64)
+        except (KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{batches / fname}: not a CIFAR-10 batch ({err!r})") from None
         if len(x) != len(y):
             raise ValueError(f"{batches / fname}: {len(x)} images but {len(y)} labels")
         xs.append(x)

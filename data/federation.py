@@ -10,6 +10,7 @@ client's realised noise rate are kept as diagnostics; the algorithms never read 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,16 +58,31 @@ class Federation:
 
 
 def build_federation(settings: DataSettings, num_clients: int, dataset: Dataset) -> Federation:
-    """Partition `dataset` over `num_clients` and apply the label noise (deterministic)."""
-    partition = make_partition(
-        settings.partition,
-        dataset.train_labels,
-        num_clients,
-        seeding.numpy_rng(settings.seed, seeding.PARTITION),
-        alpha=settings.dirichlet_alpha,
-        min_size=settings.dirichlet_min_size,
-        shards_per_client=settings.shards_per_client,
-    )
+    """Partition `dataset` over `num_clients` and apply the label noise (deterministic).
+
+    Raises ValueError naming the run-config keys when the partition is impossible."""
+    try:
+        partition = make_partition(
+            settings.partition,
+            dataset.train_labels,
+            num_clients,
+            seeding.numpy_rng(settings.seed, seeding.PARTITION),
+            alpha=settings.dirichlet_alpha,
+            min_size=settings.dirichlet_min_size,
+            shards_per_client=settings.shards_per_client,
+        )
+    except ValueError as err:
+        keys = {
+            "dirichlet": f"dirichlet-alpha={settings.dirichlet_alpha:g} and "
+            f"dirichlet-min-size={settings.dirichlet_min_size} (min_size)",
+            "shard": f"shards-per-client={settings.shards_per_client}",
+            "iid": "an equal share each",
+        }[settings.partition]
+        raise ValueError(
+            f"partition='{settings.partition}' cannot split the {len(dataset.train_labels)} "
+            f"training samples of {settings.dataset} over {num_clients} clients with {keys}: "
+            f"{err}"
+        ) from None
     plan = client_noise_plan(
         settings.noise_type,
         parse_rate_range(settings.noise_rate),
@@ -85,6 +101,22 @@ def build_federation(settings: DataSettings, num_clients: int, dataset: Dataset)
         noise_kinds=tuple(kind for kind, _ in plan),
         noise_rates=rates,
     )
+
+
+def check_client_sizes(sizes: Sequence[int], batch_size: int) -> None:
+    """Every client must take at least one SGD step per local epoch: local training uses full
+    batches only (drop_last, as the authors' DataLoader), so a client needs >= `batch_size`
+    samples. Raises ValueError naming the clients that cannot, with their sizes (a client that
+    trains nothing would upload the global model unchanged and still weigh in aggregation)."""
+    small = {client: int(size) for client, size in enumerate(sizes) if size < batch_size}
+    if small:
+        shown = ", ".join(f"client {c}: {n}" for c, n in list(small.items())[:20])
+        more = f" (and {len(small) - 20} more)" if len(small) > 20 else ""
+        raise ValueError(
+            f"{len(small)} of {len(sizes)} clients hold fewer samples than batch-size="
+            f"{batch_size}, so they cannot take one training step ({shown}{more}); lower "
+            "batch-size, use fewer clients, or raise dirichlet-min-size / dirichlet-alpha"
+        )
 
 
 def observed_labels(

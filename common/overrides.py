@@ -1,0 +1,183 @@
+"""What a user types on a launcher's command line, parsed strictly: every item takes effect or is
+refused with a message that names it (`ConfigError`, which the launchers turn into exit 2).
+
+- `--run-config` / `--config`: a preset file (TOML) or "key=value ..." with TOML values;
+- `--set key=value`: one key, a TOML value or else a plain string;
+- `--federation-config "key=value ..."`: Flower's simulation settings.
+
+Flower's own `parse_config_args` keeps only the parts of a string that look like key=value and
+drops the rest without a word (`--config configs/preset` without `.toml` became "no override");
+this parser reads the whole text or refuses it. Only the standard library here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A run-config value, key, file or option that is not allowed; the message says which."""
+
+
+# key=value, the value quoted ('...' or "...") or up to the next space: Flower's syntax.
+_PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")
+
+
+def split_pairs(text: str, option: str) -> list[tuple[str, str]]:
+    """`text` as (key, raw value) pairs; raises ConfigError naming the first part that is not
+    key=value (nothing is skipped)."""
+    pairs, position = [], 0
+    while position < len(text.strip()) and text[position:].strip():
+        match = _PAIR.match(text, position)
+        if match is None:
+            bad = text[position:].split()[0]
+            raise ConfigError(
+                f"{option} {text!r}: {bad!r} is not key=value (a preset file's path ends in .toml)"
+            )
+        pairs.append((match.group(1), match.group(2)))
+        position = match.end()
+    return pairs
+
+
+def toml_value(raw: str, key: str, option: str) -> Any:
+    """A value in TOML syntax (123, 0.5, true, 'text'); ConfigError saying how to write it."""
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(
+            f"{option}: {key}={raw} is not a TOML value; write numbers and true/false as they "
+            f"are and quote text: {key}='{raw.strip(chr(39) + chr(34))}'"
+        ) from None
+
+
+def parse_run_config_items(items: Iterable[str]) -> dict[str, Any]:
+    """Merge `--run-config` items left to right: preset files (any item without '='; it must be
+    a TOML file that exists) or "key=value ..." strings (TOML values)."""
+    merged: dict[str, Any] = {}
+    for item in items:
+        if "=" in item:
+            for key, raw in split_pairs(item, "--run-config"):
+                merged[key] = toml_value(raw, key, "--run-config")
+        else:
+            merged.update(read_preset(item))
+    return merged
+
+
+def read_preset(item: str) -> dict[str, Any]:
+    """A preset file's keys; ConfigError when it is missing, not TOML, or holds tables."""
+    path = Path(item).expanduser()
+    if not path.is_file():
+        hint = ""
+        if Path(f"{path}.toml").is_file():
+            hint = f"; did you mean {item}.toml?"
+        raise ConfigError(f"--run-config {item!r}: no such preset file{hint}")
+    try:
+        with open(path, "rb") as handle:
+            values = tomllib.load(handle)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--run-config {item}: not a valid TOML file ({err})") from None
+    tables = [key for key, value in values.items() if isinstance(value, dict)]
+    if tables:
+        raise ConfigError(
+            f"--run-config {item}: a preset holds plain keys, not tables ([{tables[0]}])"
+        )
+    return values
+
+
+def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
+    """`--set key=value` items: the value in TOML syntax, or else taken as a plain string
+    (so `--set strategy=fedavg` works as well as `--set "strategy='fedavg'"`)."""
+    merged: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or " " in key.strip():
+            raise ConfigError(f"--set {item!r}: expected one key=value")
+        try:
+            value = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        merged[key.strip()] = value
+    return merged
+
+
+def unknown_key_message(unknown: Iterable[str], known: Iterable[str], what: str) -> str:
+    """'unknown run-config key 'lr_rate' (did you mean 'lr'?)' with the nearest known keys."""
+    known = list(known)
+    parts = []
+    for key in sorted(unknown):
+        spelled = key.replace("_", "-").lower()
+        near = [spelled] if spelled in known else difflib.get_close_matches(spelled, known, n=1)
+        parts.append(f"'{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+    return f"unknown {what} {', '.join(parts)}; known: {', '.join(known)}"
+
+
+# Flower 1.41's simulation settings (flwr/cli/federation/simulation_config.py): key -> kind.
+# num-supernodes is not here: the launchers set it from --num-clients.
+FEDERATION_KEYS: dict[str, type] = {
+    "client-resources-num-cpus": float,
+    "client-resources-num-gpus": float,
+    "init-args-num-cpus": int,
+    "init-args-num-gpus": int,
+    "init-args-logging-level": str,
+    "init-args-log-to-driver": bool,
+    "backend-name": str,
+    "verbose": bool,
+}
+
+
+def parse_federation_config(text: str) -> dict[str, Any]:
+    """`--federation-config` as typed values; ConfigError for an unknown key, a value of the
+    wrong kind or out of range, and for num-supernodes (give --num-clients)."""
+    settings: dict[str, Any] = {}
+    for key, raw in split_pairs(text, "--federation-config"):
+        if key == "num-supernodes":
+            raise ConfigError(
+                "--federation-config: num-supernodes is set by --num-clients (--num-supernodes "
+                "for deploy_local.py); give it there"
+            )
+        if key not in FEDERATION_KEYS:
+            raise ConfigError(
+                unknown_key_message([key], FEDERATION_KEYS, "--federation-config key")
+            )
+        value = toml_value(raw, key, "--federation-config")
+        kind = FEDERATION_KEYS[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"--federation-config: {key}={raw} must be of type {kind.__name__}")
+        settings[key] = value
+    if settings.get("client-resources-num-cpus", 1) <= 0:
+        raise ConfigError(
+            f"--federation-config: client-resources-num-cpus="
+            f"{settings['client-resources-num-cpus']:g}: it must be above 0"
+        )
+    for key, least in (
+        ("client-resources-num-gpus", 0),
+        ("init-args-num-cpus", 1),
+        ("init-args-num-gpus", 0),
+    ):
+        if key in settings and settings[key] < least:
+            word = "0 or more" if least == 0 else f"at least {least}"
+            raise ConfigError(f"--federation-config: {key}={settings[key]:g}: it must be {word}")
+    if settings.get("backend-name", "ray") != "ray":
+        raise ConfigError(
+            f"--federation-config: backend-name={settings['backend-name']!r}; Flower 1.41 "
+            "has only 'ray'"
+        )
+    return settings
+
+
+def federation_text(settings: dict[str, Any]) -> str:
+    """Settings back in Flower's `--federation-config` syntax."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return f"'{value}'" if isinstance(value, str) else f"{value:g}"
+
+    return " ".join(f"{key}={text(value)}" for key, value in settings.items())
