@@ -343,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_terminate)
     from common.config import ConfigError
     from data.datasets import DatasetNotFoundError
+    from server_app.results import mark_ended
 
     if args.num_supernodes < 1:
         print(f"error: --num-supernodes={args.num_supernodes}: at least 1", file=sys.stderr)
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     workdir = args.workdir / mapping["run-name"]
+    results_dir = Path(mapping["out-dir"]) / mapping["run-name"]
     try:
         with LocalDeployment(workdir, args.num_supernodes, tls=args.tls) as deployment:
             deployment.start_superlink()
@@ -369,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
             run_id, status = deployment.wait()
             deployment.save_run_log(run_id)
     except KeyboardInterrupt:
+        mark_ended(results_dir, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
         print("\ninterrupted: every process started here was stopped", file=sys.stderr)
         return 130
-    summary = print_summary(Path(mapping["out-dir"]) / mapping["run-name"])
+    if status != "finished:completed":
+        stopped = "interrupted" if status == "finished:stopped" else "failed"
+        mark_ended(results_dir, stopped, f"run {run_id or '?'} status {status}")
+    summary = print_summary(results_dir)
     if status != "finished:completed" or (summary or {}).get("status") != "completed":
         log = deployment.log_text("serverapp") or deployment.log_text("superlink")
         tail = "\n".join(log.splitlines()[-40:])

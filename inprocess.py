@@ -264,6 +264,9 @@ def run_inprocess(
             server_app(grid, context)
             return ""
         except Exception as err:
+            if type(err).__name__ == "RunDiverged":  # the run's own verdict, not a bug
+                FLOWER_LOGGER.error("ServerApp: the run diverged: %s", err)
+                return str(err)
             FLOWER_LOGGER.error("ServerApp failed:\n%s", traceback.format_exc())
             return "".join(traceback.format_exception_only(err)).strip()
         finally:

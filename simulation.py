@@ -335,7 +335,7 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
         "final_accuracy": "final test accuracy (%)",
         "best_accuracy": "best test accuracy (%)",
         "best_round": "best round",
-        "last10_mean_accuracy": "mean of last 10 rounds (%)",
+        "last10_mean_accuracy": f"mean of last {summary.get('last_rounds_averaged', 10)} rounds",
         "final_macro_f1": "final macro-F1 (%)",
         "wall_seconds": "wall time (s)",
         "seconds_per_round": "seconds per round",
@@ -363,9 +363,38 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
                 f" observed -> {100 * labels['label_acc_corrected']:.2f} corrected "
                 f"(macro-F1 {100 * labels['label_f1_corrected']:.2f})"
             )
+    if summary.get("nonfinite_uploads"):
+        print(f"  {'uploads dropped (NaN/inf)':<28} {summary['nonfinite_uploads']}")
+    if summary.get("diverged"):
+        print(f"  diverged, went on: {summary['diverged']}")
     if "error" in summary:
         print(f"  error: {summary['error']}")
     return summary
+
+
+def conclude(results_dir: Path, problem: str, log_file: Path | None, verbose: bool = True) -> int:
+    """A run's exit code (0 or 1) from its summary.json and what the runtime said (`problem`,
+    "" when the runtime reports success). A summary still `running` after the runtime ended
+    (the ServerApp was killed, or stopped by `flwr stop`) is marked `interrupted` or `failed`
+    with the runtime's word; the summary is printed (`verbose`), and a run that did not
+    complete says its status and reason, with the end of its log when the summary has none."""
+    from server_app.results import mark_ended
+
+    if problem:
+        stopped = "stopped" in problem or "interrupted" in problem
+        mark_ended(results_dir, "interrupted" if stopped else "failed", problem)
+    summary = (print_summary(results_dir) if verbose else read_summary(results_dir)) or {}
+    status = summary.get("status", "unknown (no summary.json)")
+    if not problem and status == "completed":
+        return 0
+    error = summary.get("error", "")
+    reason = "; ".join(p for p in (error, "" if error and error in problem else problem) if p)
+    if not summary.get("error") and log_file is not None and log_file.is_file():
+        tail = log_file.read_text(errors="replace").splitlines()[-30:]
+        print("\n".join(tail), file=sys.stderr)
+    where = f"; log in {log_file}" if log_file else ""
+    print(f"\nerror: the run did not complete (status {status}: {reason}){where}", file=sys.stderr)
+    return 1
 
 
 def run_simulation(
@@ -395,34 +424,36 @@ def run_simulation(
     federation = f"num-supernodes={num_clients} {federation_config}".strip()
     flwr = str(Path(sys.executable).parent / "flwr")
     command = [flwr, "run", str(ROOT), "local", "--run-config", str(config_file)]
-    command += ["--federation-config", federation]
-    command += ["--stream"] if stream or log_file is not None else []
-    with LocalSuperLink(port, env, flwr_home / "logs" / f"superlink-{port}.log"):
-        if log_file is None:
-            returncode = subprocess.run(command, env=env, cwd=flwr_home, check=False).returncode
-        else:
-            with open(log_file, "w") as log:
-                process = subprocess.Popen(
-                    command, env=env, cwd=flwr_home, stdout=log, stderr=subprocess.STDOUT
-                )
-                while process.poll() is None:
-                    if on_poll is not None:
-                        on_poll()
-                    time.sleep(1.0)
-                returncode = process.returncode
-        run_id, status = wait_for_run(env, on_poll=on_poll) if returncode == 0 else run_status(env)
+    command += ["--federation-config", federation, "--stream"]
     results_dir = Path(mapping["out-dir"]) / run_name
-    summary = print_summary(results_dir) if verbose else read_summary(results_dir)
-    completed = status == "finished:completed" and (summary or {}).get("status") == "completed"
-    if returncode != 0 or not completed:
-        where = log_file or flwr_home / "logs"
-        print(
-            f"\nerror: the run did not complete (flwr run exit {returncode}, "
-            f"run {run_id or '?'} status {status}); log in {where}",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    if not stream and log_file is None:  # quiet: the log goes to a file, shown if the run fails
+        log_file = flwr_home / "logs" / f"run-{run_name}.log"
+    try:
+        with LocalSuperLink(port, env, flwr_home / "logs" / f"superlink-{port}.log"):
+            if log_file is None:
+                returncode = subprocess.run(command, env=env, cwd=flwr_home).returncode
+            else:
+                with open(log_file, "w") as log:
+                    process = subprocess.Popen(
+                        command, env=env, cwd=flwr_home, stdout=log, stderr=subprocess.STDOUT
+                    )
+                    while process.poll() is None:
+                        if on_poll is not None:
+                            on_poll()
+                        time.sleep(1.0)
+                    returncode = process.returncode
+            run_id, status = (
+                wait_for_run(env, on_poll=on_poll) if returncode == 0 else run_status(env)
+            )
+    except KeyboardInterrupt:
+        from server_app.results import mark_ended
+
+        mark_ended(results_dir, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
+        raise
+    problem = ""
+    if returncode != 0 or status != "finished:completed":
+        problem = f"flwr run exit {returncode}, run {run_id or '?'} status {status}"
+    return conclude(results_dir, problem, log_file or flwr_home / "logs", verbose)
 
 
 def run_in_this_process(
@@ -449,13 +480,7 @@ def run_in_this_process(
         on_poll=on_poll,
     )
     results_dir = Path(mapping["out-dir"]) / mapping["run-name"]
-    summary = print_summary(results_dir) if verbose else read_summary(results_dir)
-    if failure or (summary or {}).get("status") != "completed":
-        where = f"; log in {log_file}" if log_file else ""
-        reason = failure or "no completed summary.json"
-        print(f"\nerror: the run did not complete ({reason}){where}", file=sys.stderr)
-        return 1
-    return 0
+    return conclude(results_dir, failure, log_file, verbose)
 
 
 def available_cpus() -> int:

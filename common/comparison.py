@@ -34,15 +34,16 @@ FIGURES = (
     ("seconds_per_round", "s/round", 1.0),
 )
 # Only for strategies that flag noisy clients (detection.json).
+# Every rate is a percentage (0-100) in runs.csv, comparison.csv and comparison.md.
 DETECTION_FIGURES = (
     ("flagged", "flagged", 1.0),
-    ("detect_precision", "det. precision", 1.0),
-    ("detect_recall", "det. recall", 1.0),
-    ("true_rate_flagged", "true rate flagged", 1.0),
-    ("true_rate_clean", "true rate clean", 1.0),
-    ("label_acc_before", "label acc before (%)", 100.0),
-    ("label_acc_after", "label acc after (%)", 100.0),
-    ("label_f1_after", "label macro-F1 after (%)", 100.0),
+    ("detect_precision", "det. precision (%)", 1.0),
+    ("detect_recall", "det. recall (%)", 1.0),
+    ("true_rate_flagged", "true rate flagged (%)", 1.0),
+    ("true_rate_clean", "true rate clean (%)", 1.0),
+    ("label_acc_before", "label acc before (%)", 1.0),
+    ("label_acc_after", "label acc after (%)", 1.0),
+    ("label_f1_after", "label macro-F1 after (%)", 1.0),
 )
 
 
@@ -69,6 +70,13 @@ def _number(value: Any) -> float | None:
     return None if math.isnan(number) else number
 
 
+def _percent(fraction: Any) -> float | None:
+    """A rate of detection.json (a fraction) as a percentage, the unit of every rate in
+    runs.csv and comparison.csv (and summary.json)."""
+    number = _number(fraction)
+    return None if number is None else 100 * number
+
+
 def load_run(directory: Path) -> RunRecord | None:
     """The run in `directory`, or None when its config or summary is missing or unreadable."""
     try:
@@ -91,13 +99,13 @@ def load_run(directory: Path) -> RunRecord | None:
         labels = report.get("label_correction") or {}
         figures.update(
             flagged=_number(quality.get("flagged")),
-            detect_precision=_number(quality.get("precision")),
-            detect_recall=_number(quality.get("recall")),
-            true_rate_flagged=_number(quality.get("mean_true_rate_flagged")),
-            true_rate_clean=_number(quality.get("mean_true_rate_clean")),
-            label_acc_before=_number(labels.get("label_acc_observed")),
-            label_acc_after=_number(labels.get("label_acc_corrected")),
-            label_f1_after=_number(labels.get("label_f1_corrected")),
+            detect_precision=_percent(quality.get("precision")),
+            detect_recall=_percent(quality.get("recall")),
+            true_rate_flagged=_percent(quality.get("mean_true_rate_flagged")),
+            true_rate_clean=_percent(quality.get("mean_true_rate_clean")),
+            label_acc_before=_percent(labels.get("label_acc_observed")),
+            label_acc_after=_percent(labels.get("label_acc_corrected")),
+            label_f1_after=_percent(labels.get("label_f1_corrected")),
         )
     accuracy: dict[int, float] = {}
     try:

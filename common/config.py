@@ -9,6 +9,7 @@ defaults live only in `pyproject.toml` (`app_defaults()` reads them), so there i
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ class RunConfig:
     cifar10n_labels: str
     model: str
     num_rounds: int
-    clients_per_round: int
+    clients_per_round: int | float
     local_epochs: int
     batch_size: int
     lr: float
@@ -135,6 +136,7 @@ class RunConfig:
     compromised_rate: float
     out_dir: str
     run_name: str
+    on_divergence: str
     warmup_rounds: int
     gmm_fits: int
     noisy_threshold: float
@@ -188,13 +190,19 @@ class RunConfig:
         return parse_rate_range(self.noise_rate)
 
     def clients_sampled(self, num_clients: int) -> int:
-        """Clients per round: the configured number, or 10 % of the clients (at least 1) for 0,
-        as the paper samples (frac = 0.1)."""
+        """Clients per round. An integer is a count (0: 10 % of the clients, at least 1, as the
+        paper samples with frac = 0.1); a number with a decimal point in (0, 1] is a fraction of
+        the clients, rounded half up, at least 1 (the default 0.5 fits any federation: Flower's
+        own 2 SuperNodes as well as the paper's 100). A count above the number of clients is
+        refused (ConfigError), never silently cut."""
+        if isinstance(self.clients_per_round, float):
+            return max(1, int(self.clients_per_round * num_clients + 0.5))
         wanted = self.clients_per_round or max(int(0.1 * num_clients), 1)
         if wanted > num_clients:
             raise ConfigError(
                 f"clients-per-round={wanted} is larger than the number of clients "
-                f"({num_clients}); use at most {num_clients}"
+                f"({num_clients}); use at most {num_clients}, or a fraction such as "
+                "clients-per-round=0.5"
             )
         return wanted
 
@@ -208,6 +216,12 @@ class RunConfig:
         _choice("noise-type", self.noise_type, NOISE_TYPES)
         _choice("device", self.device, DEVICES)
         _choice("gm-scope", self.gm_scope, GM_SCOPES)
+        _choice("on-divergence", self.on_divergence, ("stop", "continue"))
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                key = field.name.replace("_", "-")
+                raise ConfigError(f"{key}={value} is not allowed: it must be a finite number")
         for term in self.masked_terms.split(","):
             _choice("masked-terms", term.strip(), MASKABLE_TERMS)
         for key, value in (
@@ -223,6 +237,11 @@ class RunConfig:
         ):
             if value < 1:
                 raise ConfigError(f"{key}={value} is not allowed: it must be at least 1")
+        if isinstance(self.clients_per_round, float) and not 0 < self.clients_per_round <= 1:
+            raise ConfigError(
+                f"clients-per-round={self.clients_per_round} is not allowed: a fraction of the "
+                "clients is in (0, 1] (e.g. 0.5); a count is an integer (e.g. 5)"
+            )
         for key, value in (
             ("clients-per-round", self.clients_per_round),
             ("dirichlet-min-size", self.dirichlet_min_size),
@@ -302,13 +321,27 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
 
 
+# Text keys that also take a bare number: noise-rate=0.3 means the single rate "0.3".
+_NUMBER_AS_TEXT = frozenset({"noise-rate"})
+
+
 def _coerce(key: str, value: Any, annotation: str) -> Any:
     """Flower keeps TOML types; accept ints for floats, reject anything else with a clear error."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation == "int | float":  # a count or a fraction, told apart by the decimal point
+        if not number:
+            raise ConfigError(
+                f"{key}={value!r} must be a number (a count, or a fraction in (0, 1])"
+            )
+        return value
+    if key in _NUMBER_AS_TEXT and number:
+        return f"{value:g}"
     kind = {"str": str, "int": int, "float": float, "bool": bool}[annotation]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{key}={value!r} must be of type {annotation}")
+        example = {"str": f"{key}='text'", "bool": f"{key}=true"}.get(annotation, f"{key}=3")
+        raise ConfigError(f"{key}={value!r} must be of type {annotation} (e.g. {example})")
     return value
 
 

@@ -3,8 +3,10 @@ global model on the test set after every round and write the results as the run 
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from data.federation import cached_dataset
 from data.transforms import pipeline_for
 from models import build_model, check_model_fits
 from server_app.results import RunResults, default_run_name, library_versions
+from strategies.aggregation import is_finite_model
 from strategies.registry import build_strategy
 from strategies.sampling import ClientRoster, ask_whoami, roster_from_whoami
 
@@ -91,6 +94,33 @@ def initial_model(config: RunConfig, dataset):
         )
 
 
+class RunDiverged(RuntimeError):
+    """The global model became non-finite, or every upload of a round did (on-divergence)."""
+
+
+@dataclass
+class DivergenceWatch:
+    first: str | None = None  # the first divergence seen (with on-divergence='continue')
+
+
+def divergence(
+    server_round: int, arrays: ArrayRecord, test_loss: float, dropped: int, uploads: int
+) -> str | None:
+    """Why round `server_round`'s global model counts as diverged, or None: its weights hold
+    NaN or inf, its test loss is not finite, or every client's upload held NaN or inf (the
+    round kept the previous model, so training stopped making progress)."""
+    if not is_finite_model([array.numpy() for array in arrays.values()]):
+        return f"round {server_round}: the global model's weights hold NaN or inf"
+    if not math.isfinite(test_loss):
+        return f"round {server_round}: the global model's test loss is {test_loss}"
+    if uploads and dropped == uploads:
+        return (
+            f"round {server_round}: every upload ({dropped} of {uploads}) held NaN or inf, so "
+            "the clients' training diverged (try a lower lr)"
+        )
+    return None
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)  # bad values stop here, before any work
@@ -102,16 +132,8 @@ def main(grid: Grid, context: Context) -> None:
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
     roster = discover_clients(grid)
     strategy = build_strategy(config, roster)
-    warmup = getattr(strategy, "warmup_rounds", None)
-    if warmup is not None and warmup >= config.num_rounds:
-        log(
-            WARNING,
-            "%s: its warm-up (%d rounds) is not shorter than num-rounds=%d, so noisy-client "
-            "detection never runs and every round is warm-up",
-            config.strategy,
-            warmup,
-            config.num_rounds,
-        )
+    log(INFO, "%s: %d clients per round (clients-per-round=%s, %d clients)", config.strategy,
+        strategy.clients_per_round, config.clients_per_round, roster.num_clients)  # fmt: skip
 
     run_name = config.run_name or default_run_name(config.strategy, config.dataset, config.seed)
     results = RunResults.create(
@@ -129,7 +151,7 @@ def main(grid: Grid, context: Context) -> None:
             "client_true_noise_rates": roster.true_noise_rates,
         },
     )
-    log(INFO, "maskedoptim: results go to %s", results.directory)
+    log(INFO, "%s: results go to %s", config.strategy, results.directory)
 
     model = initial_model(config, dataset).to(device)
     test_inputs = torch.as_tensor(dataset.test_inputs[:]).to(device)
@@ -149,6 +171,7 @@ def main(grid: Grid, context: Context) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluate_model(model, test_inputs, test_labels, pipeline, config.eval_batch_size)
         train = strategy.last_train_metrics if server_round > 0 else None
+        dropped = len(strategy.last_nonfinite) if server_round > 0 else 0
         results.add_round(
             {
                 "round": server_round,
@@ -159,13 +182,21 @@ def main(grid: Grid, context: Context) -> None:
                 "test_macro_f1": result.macro_f1,
                 "train_loss": float(train["train-loss"]) if train else None,
                 "clients": len(strategy.last_sampled) if server_round > 0 else 0,
+                "nonfinite_uploads": dropped,
                 # mean over the round's clients (Flower averages metrics by num-examples)
                 "client_train_seconds": float(train["train-seconds"]) if train else None,
                 **diagnostics(),
             }
         )
+        problem = divergence(server_round, arrays, result.loss, dropped, strategy.last_uploads)
+        if problem and watch.first is None:
+            watch.first = problem
+            if config.on_divergence == "stop":
+                raise RunDiverged(problem)
+            log(WARNING, "%s (on-divergence='continue': the run goes on)", problem)
         return MetricRecord(result.as_metrics("test-"))
 
+    watch = DivergenceWatch()
     initial_arrays = ArrayRecord(model.state_dict())
     try:
         strategy.start(
@@ -175,9 +206,19 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=evaluate_global,
         )
     except BaseException as err:
-        results.finish("failed", error="".join(traceback.format_exception_only(err)).strip())
+        status = {RunDiverged: "diverged", KeyboardInterrupt: "interrupted"}.get(
+            type(err), "failed"
+        )
+        if hasattr(strategy, "final_report"):
+            try:  # what detection found so far; never hide the run's own error
+                results.write_json("detection.json", strategy.final_report())
+            except Exception as report_error:
+                log(WARNING, "detection.json not written: %s", report_error)
+        reason = str(err) if status == "diverged" else traceback.format_exception_only(err)
+        results.finish(status, error="".join(reason).strip() or type(err).__name__)
         raise
     if hasattr(strategy, "final_report"):
         results.write_json("detection.json", strategy.final_report())
-    summary = results.finish("completed")
-    log(INFO, "maskedoptim: finished: %s", summary)
+    extra = {"diverged": watch.first} if watch.first else {}
+    summary = results.finish("completed", **extra)
+    log(INFO, "%s: finished: %s", config.strategy, summary)

@@ -3,7 +3,14 @@
 - `config.json`: the resolved run config, library versions, seed, federation facts (at start).
 - `metrics.csv`: one row per round (round 0 = the initial model), appended and flushed each round.
 - `summary.json`: final, best and last-10-round mean accuracy, wall time and status; rewritten
-  every round, so an interrupted run still says how far it got.
+  every round, so an interrupted run still says how far it got. Its status is `running`, then
+  one of `completed`, `failed`, `diverged`, `interrupted` (with `error`, the reason); the
+  launchers set it when the ServerApp could not (killed, stopped by `flwr stop`): `mark_ended`.
+  Every rate in it is a percentage (0-100, `rate_unit`); metrics.csv keeps fractions (0-1).
+
+Files are strict JSON (no bare NaN: a non-finite number is written as null and listed under
+`nonfinite_values` with what it was); metrics.csv writes NaN as `nan`, and an empty cell means
+"not applicable".
 - `accuracy.png`: test accuracy per round (every 10 rounds and at the end).
 - `detection.json` (MaskedOptim): the clients flagged noisy, the GMM votes, detection precision
   and recall against the true noise rates, label correction per client (written at detection and
@@ -32,6 +39,7 @@ METRIC_COLUMNS = (
     "test_macro_f1",
     "train_loss",
     "clients",
+    "nonfinite_uploads",  # uploads dropped because they held NaN or inf
     "client_train_seconds",
     # MaskedOptim only (empty before detection and for other strategies):
     "detected_noisy",
@@ -70,12 +78,16 @@ def library_versions() -> dict[str, str]:
 
 
 def summarise(rows: list[dict[str, Any]], wall_seconds: float, status: str) -> dict[str, Any]:
-    """Final, best and last-10-round mean test accuracy (in %) over the trained rounds."""
+    """Final, best and mean-of-the-last-rounds test accuracy (in %) over the trained rounds.
+
+    The mean runs over the last LAST_ROUNDS rounds, or over all of them in a shorter run:
+    `last_rounds_averaged` says how many (the key keeps its name `last10_...`)."""
     trained = [r for r in rows if r["round"] >= 1]
     summary: dict[str, Any] = {
         "status": status,
         "rounds_completed": len(trained),
         "wall_seconds": round(wall_seconds, 2),
+        "rate_unit": "percent",
     }
     if trained:
         last = trained[-LAST_ROUNDS:]
@@ -86,9 +98,13 @@ def summarise(rows: list[dict[str, Any]], wall_seconds: float, status: str) -> d
             best_round=best["round"],
             last10_mean_accuracy=100 * sum(r["test_accuracy"] for r in last) / len(last),
             last10_mean_macro_f1=100 * sum(r["test_macro_f1"] for r in last) / len(last),
+            last_rounds_averaged=len(last),
             final_macro_f1=100 * trained[-1]["test_macro_f1"],
             seconds_per_round=round(wall_seconds / len(trained), 3),
         )
+        dropped = sum(r.get("nonfinite_uploads") or 0 for r in trained)
+        if dropped:
+            summary["nonfinite_uploads"] = dropped
     return summary
 
 
@@ -106,15 +122,66 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def strict_json(payload: Any) -> tuple[Any, dict[str, str]]:
+    """`payload` with every non-finite float replaced by None, and {path: 'nan'/'inf'/'-inf'}
+    of what was replaced (JSON has no NaN; Python's json would write a bare NaN)."""
+    replaced: dict[str, str] = {}
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced[path] = repr(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    return clean(payload, ""), replaced
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write strict JSON atomically: readers never see a half-written file, and a failed write
+    (a full disk) leaves no temporary file behind."""
+    cleaned, replaced = strict_json(payload)
+    if replaced:
+        cleaned["nonfinite_values"] = {**cleaned.get("nonfinite_values", {}), **replaced}
+    text = json.dumps(cleaned, indent=2, default=str, allow_nan=False) + "\n"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    os.replace(tmp, path)  # readers never see a half-written file
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def mark_ended(directory: Path, status: str, reason: str) -> bool:
+    """Set the status of a run whose ServerApp could not (it was killed, or stopped by
+    `flwr stop`): summary.json's `running` becomes `status` with `reason` as its error, and
+    temporary files left by an interrupted write are removed. A status the ServerApp already
+    wrote is kept. Returns whether summary.json was changed."""
+    for leftover in directory.glob("*.tmp*"):
+        leftover.unlink(missing_ok=True)
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if summary.get("status") != "running":
+        return False
+    summary.update(status=status, error=reason)
+    try:
+        _write_json(directory / "summary.json", summary)
+    except OSError:
+        return False
+    return True
 
 
 @dataclass
@@ -159,17 +226,22 @@ class RunResults:
     def summary(self, status: str) -> dict[str, Any]:
         return summarise(self.rows, time.monotonic() - self.started, status)
 
-    def finish(self, status: str, error: str = "") -> dict[str, Any]:
+    def finish(self, status: str, error: str = "", diverged: str = "") -> dict[str, Any]:
+        """Write the final summary.json with `status` (completed, failed, diverged,
+        interrupted) and `error`, its reason; `diverged` notes a divergence that the run was
+        told to go on after (on-divergence='continue')."""
         summary = self.summary(status)
         if error:
             summary["error"] = error
+        if diverged:
+            summary["diverged"] = diverged
         if self.rows and self.rows[-1].get("label_acc_corrected") is not None:
             last = self.rows[-1]
             summary.update(
                 {key: 100 * last[key] for key in METRIC_COLUMNS if key.startswith("label_")}
             )
-            summary["detect_precision"] = last["detect_precision"]
-            summary["detect_recall"] = last["detect_recall"]
+            summary["detect_precision"] = 100 * last["detect_precision"]
+            summary["detect_recall"] = 100 * last["detect_recall"]
         _write_json(self.directory / "summary.json", summary)
         if self.rows:
             plot_accuracy(self.rows, self.directory / "accuracy.png", self.title)
@@ -177,6 +249,8 @@ class RunResults:
 
 
 def _cell(value: Any) -> Any:
+    """A metrics.csv cell: numbers to 6 significant digits, NaN as `nan` (it is a value: the
+    loss of a diverged model), None (not applicable) as an empty cell."""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        return f"{value:.6g}"  # nan, inf and -inf come out as such
     return "" if value is None else value

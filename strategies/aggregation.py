@@ -99,6 +99,8 @@ def geometric_median(
     for i, a in enumerate(arrays):
         if a.shape != shape:
             raise ValueError(f"point {i} has shape {a.shape}, expected {shape} like point 0")
+        if not is_finite_model([a]):
+            raise ValueError(f"point {i} holds non-finite values (NaN or inf)")
     _check_iteration_args(max_iter, eps)
     w = _normalised_weights(weights, len(arrays))
     stacked = np.stack([a.astype(np.float64, copy=False).reshape(-1) for a in arrays])
@@ -106,11 +108,24 @@ def geometric_median(
     return median.reshape(shape)
 
 
+def is_finite_model(model: Sequence[np.ndarray]) -> bool:
+    """Whether every value of every tensor of `model` is finite (no NaN, no +-inf)."""
+    return all(bool(np.isfinite(t).all()) for t in map(np.asarray, model) if t.dtype.kind in "fc")
+
+
 def _check_models(models: Sequence[Sequence[np.ndarray]]) -> list[list[np.ndarray]]:
-    """Models as lists of arrays; all with the same number of tensors and the same shapes."""
+    """Models as lists of arrays; all with the same number of tensors and the same shapes, and
+    finite: one NaN would make a mean, a median's Weiszfeld weights or a distance score NaN
+    for every model, so a rule refuses it (ValueError) and the strategy drops such uploads
+    before aggregating (strategies.sampling)."""
     if len(models) == 0:
         raise ValueError("need at least one model")
     converted = [[np.asarray(t) for t in model] for model in models]
+    for k, model in enumerate(converted):
+        if not is_finite_model(model):
+            raise ValueError(
+                f"model {k} holds non-finite values (NaN or inf); drop it before aggregating"
+            )
     reference = converted[0]
     for k, model in enumerate(converted):
         if len(model) != len(reference):

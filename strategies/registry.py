@@ -84,11 +84,31 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
                 "fedcorr-finetune-rounds"
             )
     if config.strategy == "bulyan" and sampled < 4 * f + 3:
+        if sampled < 3:
+            hint = "Sample at least 3 clients per round"
+        else:
+            hint = (
+                f"Lower compromised-rate to at most {((sampled - 3) // 4) / sampled:.3f} or "
+                "sample more clients"
+            )
         raise ConfigError(
             f"bulyan needs clients-per-round >= 4*f + 3 with f = int(clients-per-round * "
-            f"compromised-rate) = {f}; got {sampled} clients per round. Lower compromised-rate "
-            f"to at most {max((sampled - 3) // 4, 0) / sampled:.3f} or sample more clients"
+            f"compromised-rate) = {f}; got {sampled} clients per round. {hint}"
         )
+    warmups = {
+        "maskedoptim": ("warmup-rounds", config.warmup_rounds),
+        "fedelc": ("baseline-warmup-rounds", config.baseline_warmup_rounds),
+        "fednoro": ("baseline-warmup-rounds", config.baseline_warmup_rounds),
+    }
+    if config.strategy in warmups:
+        key, rounds = warmups[config.strategy]
+        if not 1 <= rounds < config.num_rounds:
+            raise ConfigError(
+                f"{config.strategy} detects noisy clients with the model of its warm-up, so "
+                f"{key} must be at least 1 and below num-rounds={config.num_rounds}; got "
+                f"{key}={rounds} (detection would never run). For the warm-up alone use "
+                "strategy='fedavg' (or 'rfa', MaskedOptim's aggregation)"
+            )
     if config.strategy == "trimmedmean-fnbench" and sampled - 2 * f < 1:
         raise ConfigError(
             f"trimmedmean-fnbench keeps clients-per-round - 2f models with f = {f}; got "

@@ -123,5 +123,9 @@ class RuleAggregation(FedAvg):
         current = [self._current[key].numpy() for key in keys] if self._current else []
         combined = self.combine(models, examples, current, valid)
         pairs = zip(keys, combined, strict=True)
-        arrays = ArrayRecord(array_dict={k: Array(np.ascontiguousarray(a)) for k, a in pairs})
+        # np.require keeps 0-d tensors 0-d (BatchNorm's num_batches_tracked);
+        # np.ascontiguousarray would make them shape (1,)
+        arrays = ArrayRecord(
+            array_dict={k: Array(np.require(a, requirements="C")) for k, a in pairs}
+        )
         return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)

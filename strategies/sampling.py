@@ -24,6 +24,7 @@ from flwr.common import log
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common import seeding
+from strategies.aggregation import is_finite_model
 
 WHOAMI_QUERY = "query.whoami"
 REJOIN_WAIT_SECONDS = 300.0  # how long a new node may take to say who it is
@@ -217,6 +218,8 @@ class SeededSampling:
         self.last_train_metrics: MetricRecord | None = None
         self.last_evaluate_metrics: MetricRecord | None = None
         self.last_sampled: list[int] = []
+        self.last_uploads = 0  # training replies of the last round
+        self.last_nonfinite: list[int] = []  # partitions whose upload held NaN or inf
         self.ignored_nodes: set[int] = set()  # joined later and could not be placed
 
     def sampled_partitions(self, server_round: int) -> list[int]:
@@ -272,8 +275,27 @@ class SeededSampling:
         return super().configure_evaluate(server_round, arrays, config, view)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        """Aggregate the round's finite uploads in partition order. Uploads holding NaN or inf
+        (a client's training diverged) are dropped with a warning and counted
+        (`last_nonfinite`); with no finite upload the round returns no model, and Flower's loop
+        keeps the previous global model."""
         ordered = _ordered_without_errors(replies, self.roster, f"round {server_round} training")
-        arrays, metrics = super().aggregate_train(server_round, ordered)
+        flags = [_finite_upload(reply) for reply in ordered]
+        finite = [reply for reply, ok in zip(ordered, flags, strict=True) if ok]
+        self.last_nonfinite = [
+            self.roster.partition_of(reply.metadata.src_node_id)
+            for reply, ok in zip(ordered, flags, strict=True)
+            if not ok
+        ]
+        self.last_uploads = len(ordered)
+        if self.last_nonfinite:
+            log(WARNING, "round %d: dropped %d of %d uploads holding NaN or inf (partitions %s)",
+                server_round, len(self.last_nonfinite), len(ordered),
+                self.last_nonfinite)  # fmt: skip
+        if not finite:
+            self.last_train_metrics = None
+            return None, None
+        arrays, metrics = super().aggregate_train(server_round, finite)
         self.last_train_metrics = metrics
         return arrays, metrics
 
@@ -284,6 +306,10 @@ class SeededSampling:
         metrics = super().aggregate_evaluate(server_round, ordered)
         self.last_evaluate_metrics = metrics
         return metrics
+
+
+def _finite_upload(reply: Message) -> bool:
+    return is_finite_model([array.numpy() for array in reply.content["arrays"].values()])
 
 
 def _ordered_without_errors(
