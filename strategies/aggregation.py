@@ -149,7 +149,7 @@ def _output_dtype(tensors: Sequence[np.ndarray]) -> np.dtype:
     return dtype
 
 
-def _cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+def cast_back(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """float64 -> `dtype`: floating is cast, integer truncated toward zero (as torch's copy)."""
     if np.issubdtype(dtype, np.integer):
         return np.trunc(values).astype(dtype)
@@ -181,7 +181,7 @@ def geometric_median_per_tensor(
         dtype = _output_dtype(tensors)
         stacked = np.stack([t.astype(np.float64, copy=False).reshape(-1) for t in tensors])
         median, _ = _weiszfeld(stacked, w, max_iter, eps)
-        result.append(_cast_back(median.reshape(tensors[0].shape), dtype))
+        result.append(cast_back(median.reshape(tensors[0].shape), dtype))
     return result
 
 
@@ -216,7 +216,7 @@ def geometric_median_whole_model(
     offset = 0
     for ref, dtype in zip(reference, dtypes, strict=True):
         size = ref.size
-        result.append(_cast_back(median[offset : offset + size].reshape(ref.shape), dtype))
+        result.append(cast_back(median[offset : offset + size].reshape(ref.shape), dtype))
         offset += size
     return result
 
@@ -235,7 +235,7 @@ def weighted_mean(
         tensors = [model[j] for model in converted]
         dtype = _output_dtype(tensors)
         stacked = np.stack([t.astype(np.float64, copy=False).reshape(-1) for t in tensors])
-        result.append(_cast_back((w @ stacked).reshape(tensors[0].shape), dtype))
+        result.append(cast_back((w @ stacked).reshape(tensors[0].shape), dtype))
     return result
 
 
@@ -353,7 +353,7 @@ def fedexp(
     for j, tensor in enumerate(start):
         if j in mean_delta:
             step = tensor.astype(np.float64) + eta * mean_delta[j]
-            result.append(_cast_back(step, _output_dtype([c[j] for c in converted])))
+            result.append(cast_back(step, _output_dtype([c[j] for c in converted])))
         else:
             result.append(averaged[j])
     return result, eta

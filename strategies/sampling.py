@@ -19,12 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common import seeding
-from strategies.aggregation import is_finite_model
+from strategies.aggregation import cast_back, is_finite_model
 
 WHOAMI_QUERY = "query.whoami"
 REJOIN_WAIT_SECONDS = 300.0  # how long a new node may take to say who it is
@@ -295,8 +296,12 @@ class SeededSampling:
         if not finite:
             self.last_train_metrics = None
             return None, None
+        # (Flower's FedMedian empties the replies' records: take the layout first)
+        layout = {k: (a.shape, a.dtype) for k, a in finite[0].content["arrays"].items()}
         arrays, metrics = super().aggregate_train(server_round, finite)
         self.last_train_metrics = metrics
+        if arrays is not None:
+            arrays = _with_layout(arrays, layout)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
@@ -306,6 +311,23 @@ class SeededSampling:
         metrics = super().aggregate_evaluate(server_round, ordered)
         self.last_evaluate_metrics = metrics
         return metrics
+
+
+def _with_layout(arrays: ArrayRecord, layout: dict[str, tuple]) -> ArrayRecord:
+    """`arrays` with every tensor in the (shape, dtype) that `layout` gives for its key (as
+    the clients uploaded it).
+
+    Flower's FedAvg family returns float64 for integer buffers (BatchNorm's 0-d int64
+    `num_batches_tracked`); integers are truncated toward zero, as torch's load_state_dict
+    copy does."""
+    restored = {}
+    for key, array in arrays.items():
+        value = array.numpy()
+        shape, dtype = layout[key]
+        if value.dtype != np.dtype(dtype) or value.shape != tuple(shape):
+            value = cast_back(value.astype(np.float64).reshape(shape), np.dtype(dtype))
+        restored[key] = Array(np.require(value, requirements="C"))
+    return ArrayRecord(array_dict=restored)
 
 
 def _finite_upload(reply: Message) -> bool:

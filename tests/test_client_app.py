@@ -21,7 +21,8 @@ def context(node_config: dict, **run_config) -> Context:
 def test_a_client_with_its_own_data_dir_trains_on_all_of_it(tmp_path):
     x, y = write_own_cifar(tmp_path, sizes=(6, 5))
     node = {"partition-id": 2, "num-partitions": 4, "data-dir": str(tmp_path)}
-    client = local_client(context(node, dataset="cifar10", model="lenet", **{"noise-type": "none"}))
+    run = {"dataset": "cifar10", "model": "lenet", "noise-type": "none", "batch-size": 8}
+    client = local_client(context(node, **run))
     assert client.data.partition_id == 2 and len(client.data) == 11
     assert client.data.inputs.shape == (11, 3, 32, 32)
     assert client.data.observed_labels.tolist() == y.tolist()
@@ -39,3 +40,11 @@ def test_a_client_with_its_own_data_gets_its_planned_noise(tmp_path):
 def test_a_node_config_without_its_client_is_refused():
     with pytest.raises(ValueError, match="needs partition-id and num-partitions"):
         local_client(context({"data-dir": "/data"}))
+
+
+def test_a_client_with_its_own_data_too_small_for_one_batch_is_refused(tmp_path):
+    write_own_cifar(tmp_path, sizes=(6, 5))
+    node = {"partition-id": 1, "num-partitions": 2, "data-dir": str(tmp_path)}
+    run = {"dataset": "cifar10", "model": "lenet", "noise-type": "none", "batch-size": 16}
+    with pytest.raises(ValueError, match="client 1 holds 11 samples, fewer than batch-size=16"):
+        local_client(context(node, **run))

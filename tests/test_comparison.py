@@ -118,7 +118,7 @@ def test_the_detection_columns_appear_only_for_strategies_that_detect(tmp_path):
     assert "det. precision" in table and "label acc after (%)" in table
     fedavg_line, masked_line = table.splitlines()[2:4]
     assert masked_line.startswith("| maskedoptim | 1,2 |")
-    assert "| 45.00 ± 7.07 | 0.80 ± 0.14 |" in masked_line
+    assert "| 45.00 ± 7.07 | 80.00 ± 14.14 |" in masked_line  # every rate in percent
     assert "| 65.00 ± 7.07 | 80.00 ± 0.00 |" in masked_line  # label accuracy before, after (%)
     assert fedavg_line.endswith("|  |  |  |  |  |  |  |  |")
 

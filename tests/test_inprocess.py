@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from client_app.app import ThreadModels
+from common.overrides import parse_federation_config
 from inprocess import InProcessGrid, client_resources
 
 counter_app = ClientApp()
@@ -88,31 +89,36 @@ def test_concurrent_clients_run_at_once_and_reply_in_message_order():
 @pytest.mark.parametrize(
     ("federation_config", "cpus", "gpus", "expected"),
     [
-        ("num-supernodes=10", 2, 0, (2, 1)),  # Flower's Ray backend's default: 2 CPUs a client
+        ("", 2, 0, (2, 1)),  # Flower's Ray backend's default: 2 CPUs a client
         ("client-resources-num-cpus=1 client-resources-num-gpus=0", 2, 0, (1, 2)),  # ours
         ("client-resources-num-cpus=2", 2, 0, (2, 1)),
         ("client-resources-num-cpus=4", 2, 0, (4, 1)),  # never fewer than one client
         ("client-resources-num-cpus=0.5", 2, 0, (1, 4)),
         ("client-resources-num-cpus=1 client-resources-num-gpus=0.25", 16, 1, (1, 4)),
         ("client-resources-num-cpus=8 client-resources-num-gpus=0.25", 16, 1, (8, 2)),
+        ("client-resources-num-cpus=1 init-args-num-cpus=1", 2, 0, (1, 1)),  # Ray's cap
     ],
 )
 def test_client_resources_follow_rays_rule(federation_config, cpus, gpus, expected):
-    assert client_resources(federation_config, cpus, gpus) == expected
+    assert client_resources(parse_federation_config(federation_config), cpus, gpus) == expected
 
 
 @pytest.mark.parametrize(
     ("federation_config", "message"),
     [
         ("client-resources-num-cpus=0", "client-resources-num-cpus=0: it must be above 0"),
-        ("client-resources-num-cpus=many", "client-resources-num-cpus='many'"),
+        ("client-resources-num-cpus=many", "client-resources-num-cpus=many is not a TOML value"),
+        ("client-resources-num-cpus=1 verbose=true", "verbose is a setting of Ray's runtime"),
+        ("num-supernodes=10", "num-supernodes is set by --num-clients"),
+        ("client-resources-num-cpu=1", "did you mean 'client-resources-num-cpus'"),
+        ("client-resources-num-cpus=1 stray", "'stray' is not key=value"),
         ("client-resources-num-gpus=-1", "client-resources-num-gpus=-1: it must be 0 or more"),
         ("client-resources-num-gpus=0.5", "this machine has no GPU"),
     ],
 )
 def test_bad_client_resources_are_refused(federation_config, message):
     with pytest.raises(ValueError, match=message):
-        client_resources(federation_config, cpus=2, gpus=0)
+        client_resources(parse_federation_config(federation_config), cpus=2, gpus=0)
 
 
 def test_each_thread_gets_its_own_model_and_keeps_it():

@@ -103,7 +103,7 @@ def test_run_results_write_the_files_as_the_run_goes(tmp_path):
         assert float(written["round_seconds"]) >= 0
         assert float(written["elapsed_seconds"]) >= 0
         if server_round == 0:
-            assert written["train_loss"] == ""  # NaN is written as an empty cell
+            assert written["train_loss"] == "nan"  # NaN is a value; an empty cell is "n/a"
         else:
             assert float(written["train_loss"]) == pytest.approx(0.5 / server_round, rel=1e-5)
         summary = read_json(directory / "summary.json")

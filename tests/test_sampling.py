@@ -405,8 +405,8 @@ def test_configure_train_sample_changes_with_seed_and_round():
 
 @pytest.mark.usefixtures("flower_task")
 def test_configure_train_records_the_sampled_partitions():
-    strategy, messages = train_messages("fedavg", 4)
-    assert strategy.last_sampled == sample_partitions(1, 4, NUM_CLIENTS, 5)
+    strategy, messages = train_messages("fedavg", 4)  # clients-per-round=0.5 of 20
+    assert strategy.last_sampled == sample_partitions(1, 4, NUM_CLIENTS, 10)
     assert sorted(ROSTER.partition_of(m.metadata.dst_node_id) for m in messages) == (
         strategy.last_sampled
     )

@@ -1,0 +1,139 @@
+"""Every strategy, fed uploads of a small model with BatchNorm: it keeps every tensor's shape and
+dtype (0-d buffers included) and drops uploads holding NaN or inf (issue: trustworthy runs).
+
+No Flower runtime: the strategies' configure_train / aggregate_train are called directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.config import STRATEGY_NAMES, config_with
+from strategies.registry import build_strategy
+from strategies.sampling import roster_from_whoami
+
+NUM_CLIENTS = 10
+ROSTER = roster_from_whoami(
+    {
+        100 + p: {
+            "partition-id": p,
+            "num-partitions": NUM_CLIENTS,
+            "num-examples": 40 + p,
+            "true-noise-rate": 0.0,
+        }
+        for p in range(NUM_CLIENTS)
+    }
+)
+# Warm-ups of 5 rounds and FedCorr iterations of 4 rounds (every client once, 3 per round):
+# two rounds need no client query.
+SETTINGS = {
+    "clients_per_round": 5,
+    "num_rounds": 10,
+    "warmup_rounds": 5,
+    "baseline_warmup_rounds": 5,
+    "compromised_rate": 0.1,
+    "fedcorr_iterations": 1,
+    "fedcorr_finetune_rounds": 1,
+}
+
+
+@pytest.fixture(autouse=True)
+def flower_task(monkeypatch):
+    """Messages read the run id of the running task; pretend to be a ServerApp task."""
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+class Grid:
+    def get_node_ids(self):
+        return list(ROSTER.node_of_partition.values())
+
+
+def small_model_state() -> dict[str, torch.Tensor]:
+    """A linear layer and BatchNorm: float32 weights, float32 running stats, 0-d int64
+    num_batches_tracked."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    return model.state_dict()
+
+
+def replies_to(messages, server_round: int, poisoned: frozenset[int] = frozenset()):
+    """A reply per message: the received model plus a small step (num_batches_tracked + 2);
+    the partitions in `poisoned` upload NaN and inf in their first weight."""
+    replies = []
+    for message in messages:
+        partition = ROSTER.partition_of(message.metadata.dst_node_id)
+        state = message.content["arrays"].to_torch_state_dict()
+        rng = np.random.default_rng(100 * server_round + partition)
+        upload = {}
+        for key, tensor in state.items():
+            if tensor.is_floating_point():
+                step = torch.as_tensor(rng.normal(0, 0.01, tuple(tensor.shape)), dtype=tensor.dtype)
+                upload[key] = tensor + step
+            else:
+                upload[key] = tensor + 2
+        if partition in poisoned:
+            first = next(iter(upload))
+            upload[first] = upload[first].clone()
+            upload[first].view(-1)[0] = float("nan")
+            upload[first].view(-1)[1] = float("inf")
+        metrics = {"num-examples": 40 + partition, "train-loss": 0.5, "train-seconds": 0.1}
+        if message.metadata.message_type == "train.corr":
+            metrics["lid"] = 1.0 + partition / 10
+        content = RecordDict({"arrays": ArrayRecord(upload), "metrics": MetricRecord(metrics)})
+        replies.append(Message(content, reply_to=message))
+    return replies
+
+
+def run_rounds(name: str, rounds: int, poison_first: int = 0):
+    """(strategy, global arrays after each round) for `rounds` rounds of `name`."""
+    per_round = {"clients_per_round": 3} if name == "fedcorr" else {}
+    strategy = build_strategy(config_with(strategy=name, **SETTINGS | per_round), ROSTER)
+    arrays = ArrayRecord(small_model_state())
+    history = []
+    for server_round in range(1, rounds + 1):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), Grid()))
+        sampled = [ROSTER.partition_of(m.metadata.dst_node_id) for m in messages]
+        poisoned = frozenset(sampled[:poison_first])
+        new, _ = strategy.aggregate_train(
+            server_round, replies_to(messages, server_round, poisoned)
+        )
+        arrays = new if new is not None else arrays
+        history.append(new)
+    return strategy, history
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_every_strategy_keeps_every_tensors_shape_and_dtype(name):
+    reference = small_model_state()
+    _, history = run_rounds(name, rounds=2)
+    for arrays in history:
+        state = arrays.to_torch_state_dict()
+        assert list(state) == list(reference)
+        for key, tensor in reference.items():
+            assert state[key].shape == tensor.shape, (key, state[key].shape)
+            assert state[key].dtype == tensor.dtype, (key, state[key].dtype)
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_every_strategy_drops_uploads_holding_nan_or_inf(name):
+    strategy, history = run_rounds(name, rounds=2, poison_first=2)
+    assert len(strategy.last_nonfinite) == 2
+    assert strategy.last_uploads == strategy.clients_per_round
+    for arrays in history:
+        for array in arrays.values():
+            assert np.isfinite(array.numpy()).all()
+    assert np.isfinite(strategy.last_train_metrics["train-loss"])
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_a_round_without_a_finite_upload_keeps_the_previous_model(name):
+    strategy, history = run_rounds(name, rounds=1, poison_first=5)
+    assert history == [None]  # Flower's loop keeps the previous global model
+    assert len(strategy.last_nonfinite) == strategy.clients_per_round
+    assert strategy.last_train_metrics is None
