@@ -32,6 +32,7 @@ from typing import Any
 
 from simulation import (
     ROOT,
+    check_writable,
     free_port,
     parse_overrides,
     parse_set_options,
@@ -339,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=ROOT / ".deploy",
         help="ports' homes, logs and client state go here (default .deploy/<run-name>)",
     )  # fmt: skip
+    parser.add_argument(
+        "--check", action="store_true",
+        help="check the config, data files, federation and out-dir, and exit 0 without running",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, stop_on_terminate)
     from common.config import ConfigError
@@ -354,6 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    try:
+        check_writable(args.workdir, "--workdir")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"check passed: the run of {args.num_supernodes} SuperNodes can start")
+        return 0
     workdir = args.workdir / mapping["run-name"]
     results_dir = Path(mapping["out-dir"]) / mapping["run-name"]
     try:

@@ -809,6 +809,12 @@ def main(argv: list[str] | None = None) -> int:
                 run_in_this_process, client_threads=threads, concurrent_clients=at_once
             )
         else:
+            gpu_share = federation.get("client-resources-num-gpus", 0)
+            if gpu_share > 0 and not args.ray_address and available_gpus() == 0:
+                raise ConfigError(  # Ray would wait for a GPU forever
+                    f"--federation-config client-resources-num-gpus={gpu_share:g}, but this "
+                    "machine has no GPU (give --ray-address for a cluster that has them)"
+                )
             runner = functools.partial(
                 run_simulation,
                 federation_config=federation_text(federation),

@@ -357,3 +357,65 @@ def test_distance_aware_weights_fall_back_to_fedavg_with_one_group(noisy):
     models = _models(7, 3)
     got = aggregation.distance_aware_weights(models, [10, 20, 30], noisy)
     np.testing.assert_allclose(got, [1 / 6, 2 / 6, 3 / 6])
+
+
+# --- non-finite uploads (property tests over random models) ------------------------------------
+
+RULES = {
+    "geometric_median_per_tensor": lambda models: aggregation.geometric_median_per_tensor(models),
+    "geometric_median_whole_model": lambda models: aggregation.geometric_median_whole_model(models),
+    "weighted_mean": lambda models: aggregation.weighted_mean(models, range(1, len(models) + 1)),
+    "coordinate_lower_median": aggregation.coordinate_lower_median,
+    "krum_fnbench": lambda models: aggregation.krum_fnbench(models)[0],
+    "trimmed_mean_fnbench": lambda models: aggregation.trimmed_mean_fnbench(models, 1)[0],
+    "fedexp": lambda models: aggregation.fedexp(models[0], models)[0],
+    "distance_aware_weights": lambda models: [
+        aggregation.distance_aware_weights(
+            models, [10] * len(models), [k % 2 for k in range(len(models))]
+        )
+    ],
+}
+
+
+def random_models(rng: np.random.Generator, count: int) -> list[list[np.ndarray]]:
+    """`count` models of a float32 matrix, a float64 vector and a 0-d int64 buffer."""
+    return [
+        [
+            rng.normal(size=(3, 4)).astype(np.float32),
+            rng.normal(size=5),
+            np.array(rng.integers(0, 9), dtype=np.int64),
+        ]
+        for _ in range(count)
+    ]
+
+
+def poison(models, rng: np.random.Generator, how_many: int) -> list[int]:
+    """Put NaN, inf or -inf at a random place of a random floating tensor of `how_many`
+    random models; returns their indices."""
+    chosen = sorted(rng.choice(len(models), size=how_many, replace=False).tolist())
+    for k in chosen:
+        tensor = models[k][int(rng.integers(0, 2))]
+        tensor.reshape(-1)[int(rng.integers(0, tensor.size))] = rng.choice(
+            [np.nan, np.inf, -np.inf]
+        )
+    return chosen
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("trial", range(10))
+def test_every_rule_refuses_non_finite_uploads_and_is_finite_without_them(rule, trial):
+    rng = np.random.default_rng(trial)
+    models = random_models(rng, count=int(rng.integers(5, 9)))
+    bad = poison(models, rng, how_many=int(rng.integers(1, 3)))
+    with pytest.raises(ValueError, match="non-finite"):
+        RULES[rule](models)
+    kept = [m for m in models if aggregation.is_finite_model(m)]
+    assert len(kept) == len(models) - len(bad)
+    for tensor in RULES[rule](kept):
+        assert np.isfinite(tensor).all()
+
+
+def test_the_geometric_median_of_points_refuses_a_nan_point():
+    points = [np.zeros(3), np.ones(3), np.array([0.0, np.nan, 1.0])]
+    with pytest.raises(ValueError, match="point 2 holds non-finite values"):
+        aggregation.geometric_median(points)

@@ -1,0 +1,287 @@
+"""The launchers' contract with the user, through their `main` in this process (no Flower
+runtime): every argument takes effect or is refused with exit 2 and one message naming it,
+the pre-flight finds what would fail later, a diverged run says so, and every command that the
+README and docs show passes the pre-flight as written.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import re
+import shlex
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import deploy_local
+import simulation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def keep_sigterm():
+    """main() installs a SIGTERM handler; give pytest its own back."""
+    before = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+def run_main(capsys, *argv: str, module=simulation) -> tuple[int, str, str]:
+    code = module.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_cifar(root: Path, per_batch: int, seed: int = 0) -> Path:
+    """CIFAR-10's official python layout with random images; returns the data-dir."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        count = per_batch if name != "test_batch" else 100
+        entry = {
+            b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+            b"labels": (np.arange(count) % 10).tolist(),
+        }
+        (folder / name).write_bytes(pickle.dumps(entry))
+    meta = {b"label_names": [f"class{i}".encode() for i in range(10)]}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    return root
+
+
+# --- 1. nothing the user typed is dropped ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--config", "configs/paper-cifar10-lenet"], "did you mean configs/paper-cifar10-lenet"),
+        (["--config", "configs/none.toml"], "'configs/none.toml': no such preset file"),
+        (["--run-config", "num-rounds=1 oops"], "'oops' is not key=value"),
+        (["--run-config", "strategy=fedavg"], "quote text: strategy='fedavg'"),
+        (["--set", "lr_rate=0.1"], "unknown run-config key 'lr_rate'"),
+        (["--set", "num_rounds=3"], "did you mean 'num-rounds'"),
+        (["--set", "strategy=fedavgg"], "strategy='fedavgg' is not known"),
+        (["--set", "noise-rate=2"], "noise-rate"),
+        (["--set", "lr=inf"], "lr=inf is not allowed: it must be a finite number"),
+        (["--set", "clients-per-round=1.5"], "a fraction of the clients is in (0, 1]"),
+        (["--set", "clients-per-round=11"], "clients-per-round=11 is larger than"),
+        (["--federation-config", "client-resources-num-cpu=1"], "did you mean"),
+        (["--federation-config", "num-supernodes=4"], "num-supernodes is set by --num-clients"),
+        (["--runtime", "inprocess", "--federation-config", "verbose=true"], "Ray's runtime"),
+        (["--federation-config", "client-resources-num-gpus=0.5"], "this machine has no GPU"),
+    ],
+)
+def test_a_bad_argument_exits_2_naming_it(capsys, tmp_path, argv, message):
+    code, _, err = run_main(capsys, "--check", "--set", f"out-dir={tmp_path}", *argv)
+    assert code == 2, err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1  # one message, no traceback
+
+
+def test_deploy_local_refuses_a_missing_preset_too(capsys):
+    code, _, err = run_main(capsys, "--config", "nothere.toml", "--check", module=deploy_local)
+    assert code == 2 and "no such preset file" in err
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("noise-rate=0.3", "0.3"), ("clients-per-round=0.3", 0.3), ("clients-per-round=3", 3)],
+)
+def test_the_values_users_type_take_effect(setting, value, tmp_path):
+    from common.config import RunConfig
+
+    key = setting.split("=")[0]
+    overrides = simulation.parse_set_options([setting, f"out-dir={tmp_path}"])
+    config = RunConfig.from_mapping(simulation.resolve_run_config(overrides))
+    assert getattr(config, key.replace("-", "_")) == value
+
+
+def test_the_default_clients_per_round_fits_any_federation():
+    from common.config import config_with
+
+    config = config_with()
+    assert [config.clients_sampled(n) for n in (1, 2, 3, 10, 100)] == [1, 1, 2, 5, 50]
+
+
+# --- 3, 4. the pre-flight finds what would fail later, once, naming it -------------------------
+
+
+def test_an_impossible_partition_is_one_message_naming_the_key(capsys, tmp_path):
+    code, out, err = run_main(
+        capsys, "--num-clients", "2000", "--quiet", "--set", f"out-dir={tmp_path}"
+    )
+    assert code == 2
+    assert "dirichlet-min-size=40" in err and "over 2000 clients" in err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_clients_that_cannot_take_a_step_are_named_before_any_work(capsys, tmp_path):
+    settings = (
+        "strategy='fedavg' num-rounds=2 clients-per-round=1 local-epochs=1 "
+        f"dirichlet-alpha=0.01 dirichlet-min-size=0 out-dir='{tmp_path}'"
+    )
+    code, _, err = run_main(
+        capsys, "--num-clients", "40", "--runtime", "inprocess", "--run-config", settings
+    )
+    assert code == 2
+    assert re.search(r"\d+ of 40 clients hold fewer samples than batch-size=16", err)
+    assert re.search(r"client \d+: 0", err)  # an empty client is named with its size
+    assert not (tmp_path / "fedavg").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_truncated_data_file_is_named(capsys, tmp_path):
+    data = write_cifar(tmp_path / "cifar", per_batch=200)
+    batch = data / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[: len(batch.read_bytes()) // 2])
+    code, _, err = run_main(
+        capsys, "--check", "--num-clients", "10",
+        "--set", "dataset=cifar10", "--set", "model=lenet", "--set", f"data-dir={data}",
+        "--set", f"out-dir={tmp_path / 'out'}",
+    )  # fmt: skip
+    assert code == 2
+    assert f"{batch}: cannot be read as a CIFAR-10 pickle" in err
+
+
+def test_an_unwritable_out_dir_is_refused_before_start_up(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, _, err = run_main(capsys, "--check", "--set", f"out-dir={blocker / 'results'}")
+    assert code == 2 and "out-dir=" in err and "cannot be written" in err
+
+
+# --- 7. no silent misconfiguration -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["warmup-rounds=0"], "warmup-rounds must be at least 1 and below num-rounds=60"),
+        (["num-rounds=5", "warmup-rounds=5"], "got warmup-rounds=5 (detection would never run)"),
+        (["strategy=fednoro", "num-rounds=3"], "baseline-warmup-rounds must be at least 1"),
+        (["strategy=bulyan", "clients-per-round=2"], "Sample at least 3 clients per round"),
+    ],
+)
+def test_settings_that_would_silently_do_nothing_are_refused(capsys, tmp_path, settings, message):
+    argv = [item for setting in settings for item in ("--set", setting)]
+    code, _, err = run_main(capsys, "--check", "--set", f"out-dir={tmp_path}", *argv)
+    assert code == 2 and message in err, err
+
+
+def test_bulyans_hint_never_asks_for_a_rate_of_zero(capsys, tmp_path):
+    code, _, err = run_main(
+        capsys, "--check", "--set", "strategy=bulyan", "--set", "clients-per-round=2",
+        "--set", "compromised-rate=0.0", "--set", f"out-dir={tmp_path}",
+    )  # fmt: skip
+    assert code == 2 and "at most 0.000" not in err
+
+
+# --- 2, 6. non-finite numbers and true statuses ------------------------------------------------
+
+
+def strict_json(path: Path) -> dict:
+    def refuse(constant):
+        raise AssertionError(f"{path} holds a bare {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "maskedoptim", "rfa"])
+def test_a_diverging_run_ends_diverged_with_a_nonzero_exit(capsys, tmp_path, strategy):
+    code, out, err = run_main(
+        capsys, "--runtime", "inprocess", "--num-clients", "6", "--quiet",
+        "--set", f"strategy={strategy}", "--set", "lr=1e6", "--set", "num-rounds=3",
+        "--set", "warmup-rounds=2", "--set", f"out-dir={tmp_path}", "--set", "run-name=r",
+    )  # fmt: skip
+    assert code == 1
+    summary = strict_json(tmp_path / "r" / "summary.json")
+    assert summary["status"] == "diverged"
+    assert re.match(r"round \d: ", summary["error"])
+    assert "status diverged" in err
+    with open(tmp_path / "r" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert int(rows[-1]["nonfinite_uploads"]) > 0
+    for name in ("config.json", "detection.json"):
+        if (tmp_path / "r" / name).exists():
+            strict_json(tmp_path / "r" / name)
+    assert not list((tmp_path / "r").glob("*.tmp*"))
+
+
+def test_on_divergence_continue_finishes_and_notes_it(capsys, tmp_path):
+    code, _, _ = run_main(
+        capsys, "--runtime", "inprocess", "--num-clients", "4", "--quiet",
+        "--set", "strategy=fedavg", "--set", "lr=1e6", "--set", "num-rounds=2",
+        "--set", "on-divergence=continue", "--set", f"out-dir={tmp_path}", "--set", "run-name=r",
+    )  # fmt: skip
+    assert code == 0
+    summary = strict_json(tmp_path / "r" / "summary.json")
+    assert summary["status"] == "completed" and summary["diverged"].startswith("round 1: ")
+    assert summary["rounds_completed"] == 2 and summary["last_rounds_averaged"] == 2
+
+
+# --- 5. every documented command runs as written -----------------------------------------------
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(file, command) for every simulation.py / deploy_local.py command in a fenced block of
+    the README or docs/, continuation lines joined; plus the Makefile's run targets."""
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        blocks = re.findall(r"^\s*```[a-z]*\n(.*?)^\s*```", path.read_text(), re.S | re.M)
+        for block in blocks:
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                line = line.split(" #")[0].strip()
+                if re.match(r"(\.venv/bin/)?python (simulation|deploy_local)\.py", line):
+                    found.append((path.name, line))
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        match = re.match(
+            r"\t\$\(VENV\)/bin/python ((simulation|deploy_local)\.py.*) \$\(ARGS\)", line
+        )
+        if match:
+            found.append(("Makefile", f"python {match.group(1)}"))
+    return found
+
+
+def test_the_docs_show_the_commands_this_test_runs():
+    files = {name for name, _ in documented_commands()}
+    assert {"README.md", "deployment.md", "results.md", "Makefile"} <= files
+
+
+@pytest.fixture(scope="module")
+def cifar_like(tmp_path_factory) -> Path:
+    """25,000 random training images in CIFAR-10's layout: room for the paper preset's 100
+    Dirichlet clients of at least 100 (one folder, so the process loads it once)."""
+    return write_cifar(tmp_path_factory.mktemp("cifar10"), per_batch=5000)
+
+
+@pytest.mark.parametrize(("where", "command"), documented_commands())
+def test_every_documented_command_passes_the_preflight(
+    capsys, tmp_path, cifar_like, where, command
+):
+    """Each command as written, with its CIFAR-10 folder replaced by a generated one in the
+    official layout, results sent to a temporary folder, and --check (everything but the run)."""
+    data = cifar_like
+    argv = shlex.split(command)[1:]
+    script, argv = argv[0], argv[1:]
+    replaced = []
+    for item in argv:
+        for placeholder in ("/data/cifar10", ".data/cifar10"):
+            item = item.replace(placeholder, str(data))
+        replaced.append(item)
+    module = simulation if script == "simulation.py" else deploy_local
+    extra = ["--set", f"out-dir={tmp_path / 'results'}"]
+    if "--out" in replaced:
+        replaced[replaced.index("--out") + 1] = str(tmp_path / "cmp")
+    if module is deploy_local:
+        extra += ["--workdir", str(tmp_path / "deploy")]
+    code, out, err = run_main(capsys, *replaced, *extra, "--check", module=module)
+    if "client-resources-num-gpus=0.25" in command and "this machine has no GPU" in err:
+        pytest.skip("a GPU command on a machine without GPU (refused with exit 2, as it should)")
+    assert code == 0, f"{where}: {command}\n{err}"
+    assert "check passed" in out
