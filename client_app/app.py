@@ -3,8 +3,7 @@
 Messages it answers:
 - `train`: E local epochs with the loss the server's `local-loss` names (CE, logit-adjusted CE,
   symmetric CE, FedNoRo's distillation with `kd-weight`), plus FedProx's term when it sends
-  `proximal-mu`; replies with the weights, `num-examples`, `train-loss`, `train-seconds`,
-  `partition-id`.
+  `proximal-mu`; replies with the weights, `num-examples`, `train-loss`, `train-seconds`.
 - `train.masked`: MaskedOptim's (and FedELC's) noisy-client training (client_app.masked) with
   per-sample label logits kept in `context.state` across rounds; plus label diagnostics.
 - `train.corr`, `query.relabel`: FedCorr's training on corrected labels and its relabelling
@@ -239,7 +238,8 @@ def train_metrics(client: LocalClient, mean_loss: float, seconds: float) -> Metr
             "num-examples": len(client.data),
             "train-loss": mean_loss,
             "train-seconds": seconds,
-            "partition-id": client.data.partition_id,
+            # no partition-id: Flower averages every train metric into the round's log, and
+            # the server knows each reply's client from its node id
         }
     )
 

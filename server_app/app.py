@@ -215,7 +215,10 @@ def main(grid: Grid, context: Context) -> None:
             except Exception as report_error:
                 log(WARNING, "detection.json not written: %s", report_error)
         reason = str(err) if status == "diverged" else traceback.format_exception_only(err)
-        results.finish(status, error="".join(reason).strip() or type(err).__name__)
+        try:
+            results.finish(status, error="".join(reason).strip() or type(err).__name__)
+        except OSError as write_error:  # e.g. the disk is full: the launcher marks it
+            log(WARNING, "summary.json not updated: %s", write_error)
         raise
     if hasattr(strategy, "final_report"):
         results.write_json("detection.json", strategy.final_report())

@@ -159,6 +159,11 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
+    except OSError:
+        # A full disk has no room for a second copy: truncating the file in place frees its
+        # blocks, so the (small) new text still fits. Raises if even that fails.
+        tmp.unlink(missing_ok=True)
+        path.write_text(text)
     finally:
         tmp.unlink(missing_ok=True)
 

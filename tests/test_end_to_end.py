@@ -42,7 +42,8 @@ def test_demo_run_completes_and_writes_results(tmp_path):
         "4",
         "--quiet",
         "--run-config",
-        f"num-rounds=2 clients-per-round=2 fraction-evaluate=0.5 out-dir='{out}' run-name='e2e'",
+        f"num-rounds=2 warmup-rounds=1 clients-per-round=2 fraction-evaluate=0.5 "
+        f"out-dir='{out}' run-name='e2e'",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = out / "e2e"
@@ -78,7 +79,7 @@ def test_demo_run_completes_and_writes_results(tmp_path):
         ("strategy='fedsgd'", "strategy='fedsgd' is not known; allowed: fedavg"),
         ("noise-rate='0.0,1.5'", "1.5"),
         ("dataset='cifar10' data-dir='/nonexistent/cifar'", "/nonexistent/cifar"),
-        ("no-such-key=1", "unknown run-config key(s) no-such-key"),
+        ("no-such-key=1", "unknown run-config key 'no-such-key'"),
     ],
 )
 def test_bad_values_fail_fast_with_a_clear_message(tmp_path, override, message):
@@ -191,29 +192,31 @@ def check_maskedoptim_run(run_dir: Path) -> None:
 
 
 def test_a_failed_run_fails_the_command_shows_its_log_and_cleans_up(tmp_path):
-    # 3 clients cannot fill a Dirichlet partition with 1000 samples each: the apps fail after
-    # the SuperLink started, and `flwr run` itself would exit 0. (launch() checks that no
-    # process is left behind.)
+    # lr=1e6 makes every client's training diverge in round 1: the run fails after the
+    # SuperLink started, and `flwr run` itself would exit 0. (launch() checks that no process
+    # is left behind.)
+    diverging = ("--num-clients", "3", "--set", "num-rounds=2", "--set", "clients-per-round=2",
+                 "--set", "strategy=fedavg", "--set", "lr=1e6")  # fmt: skip
     done = launch(
-        tmp_path,
-        "--strategies", "fedavg", "--seeds", "1", "--num-clients", "3",
-        "--set", "num-rounds=1", "--set", "clients-per-round=2", "--set", "dirichlet-min-size=1000",
+        tmp_path, "--strategies", "fedavg", "--seeds", "1", *diverging,
         "--out", str(tmp_path / "c"),
     )  # fmt: skip
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "the run did not complete" in done.stderr
+    assert "the run did not complete (status diverged: round 1: every upload" in done.stderr
     assert "finished:failed" in done.stderr
     assert "[1/1] fedavg seed 1: FAILED; the last lines of its log:" in done.stderr
-    assert "dirichlet" in done.stderr.lower()  # the failure's reason, from the run's log
+    summary = json.loads((tmp_path / "c" / "fedavg-seed1" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+
+    quiet = launch(tmp_path, "--quiet", *diverging, "--out", str(tmp_path / "q"))
+    assert quiet.returncode == 1
+    assert "status diverged: round 1: every upload" in quiet.stderr  # even with --quiet
 
     one_process = launch(
-        tmp_path, "--runtime", "inprocess", "--num-clients", "3", "--quiet",
-        "--set", "num-rounds=1", "--set", "clients-per-round=2", "--set", "dirichlet-min-size=1000",
-        "--out", str(tmp_path / "p"),
+        tmp_path, "--runtime", "inprocess", "--quiet", *diverging, "--out", str(tmp_path / "p"),
     )  # fmt: skip
     assert one_process.returncode == 1
-    assert "the run did not complete" in one_process.stderr
-    assert "dirichlet" in one_process.stderr.lower()
+    assert "status diverged: round 1: every upload" in one_process.stderr
 
 
 def test_the_noisy_label_baselines_run_in_flower(tmp_path):
@@ -277,6 +280,9 @@ def test_sigterm_stops_a_run_and_everything_it_started(tmp_path):
     assert process.returncode == 130
     assert "interrupted" in stderr
     assert leftover_processes(home) == {}
+    summary = json.loads((out / "long" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"]  # no longer "running"
+    assert not list((out / "long").glob("*.tmp*"))
 
 
 def test_a_run_starts_its_own_ray_unless_a_cluster_is_named(tmp_path, monkeypatch):

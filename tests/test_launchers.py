@@ -285,3 +285,28 @@ def test_every_documented_command_passes_the_preflight(
         pytest.skip("a GPU command on a machine without GPU (refused with exit 2, as it should)")
     assert code == 0, f"{where}: {command}\n{err}"
     assert "check passed" in out
+
+
+def test_a_full_disk_ends_the_run_failed_with_the_reason(capsys, tmp_path):
+    """out-dir on a 24 KiB tmpfs: the run fills it within its first rounds."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24k", "tmpfs", str(disk)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        code, _, err = run_main(
+            capsys, "--runtime", "inprocess", "--num-clients", "4", "--quiet",
+            "--set", "strategy=fedavg", "--set", "num-rounds=40", "--set", f"out-dir={disk}",
+            "--set", "run-name=r",
+        )  # fmt: skip
+        assert code == 1
+        summary = strict_json(disk / "r" / "summary.json")
+        assert summary["status"] == "failed"
+        assert "No space left on device" in summary["error"]
+        assert not list((disk / "r").glob("*.tmp*"))
+        assert "status failed" in err
+    finally:
+        subprocess.run(["umount", str(disk)])
