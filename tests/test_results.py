@@ -164,3 +164,37 @@ def test_no_leftover_temporary_files(tmp_path):
     results.finish("completed")
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["accuracy.png", "config.json", "metrics.csv", "summary.json"]
+
+
+def test_json_files_are_strict_and_say_what_was_not_finite(tmp_path):
+    from server_app.results import _write_json
+
+    _write_json(tmp_path / "s.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": 2.5})
+    text = (tmp_path / "s.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    written = json.loads(text)
+    assert written["a"] is None and written["b"] == [1.0, None] and written["c"] == 2.5
+    assert written["nonfinite_values"] == {"a": "nan", "b[1]": "inf"}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("problem", "status"),
+    [
+        ("flwr run exit 0, run 7 status finished:stopped", "interrupted"),
+        ("flwr run exit 0, run 7 status finished:failed", "failed"),
+        ("interrupted (Ctrl-C or SIGTERM)", "interrupted"),
+    ],
+)
+def test_a_run_left_running_gets_its_true_status_from_the_launcher(tmp_path, problem, status):
+    import simulation
+
+    results = RunResults.create(tmp_path / "run", "t", {"run_config": {}})
+    (tmp_path / "run" / "summary.tmp").write_text("half")  # a write that was cut off
+    assert simulation.conclude(tmp_path / "run", problem, None, verbose=False) == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == status and summary["error"] == problem
+    assert not list((tmp_path / "run").glob("*.tmp*"))
+    results.finish("completed")  # a status the ServerApp wrote is kept
+    assert simulation.conclude(tmp_path / "run", problem, None, verbose=False) == 1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
