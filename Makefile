@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11 and make:
 #   make run    create the environment, then run the embedded demo (MaskedOptim on digits, 10 clients)
-#   make test   create the environment, then run the test suite
+#   make test   create the environment, then run the test suite (the fast default layer;
+#               make test-runtime runs the checks that start Flower's runtime)
 # The environment is .venv/, made with uv (installed into .tools/ first if it is missing).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -14,7 +15,7 @@ ARGS ?=
 unexport PYTHONDONTWRITEBYTECODE
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint format env clean deploy-local
+.PHONY: run test test-runtime lint format env clean deploy-local
 
 run: $(STAMP)
 	$(VENV)/bin/python simulation.py --num-clients 10 $(ARGS)
@@ -24,11 +25,16 @@ run: $(STAMP)
 deploy-local: $(STAMP)
 	$(VENV)/bin/python deploy_local.py $(ARGS)
 
-# Two pytest workers: the deployment tests mostly wait on Flower's polling and heartbeats, so
-# they run beside the CPU-bound simulation tests (one xdist group, so never two at once).
-# One process instead: make test ARGS="-n 0"; one test: make test ARGS="-n 0 -k comparison".
+# The default layer: unit tests and end-to-end checks through the in-process runtime, on two
+# pytest workers. One process instead: make test ARGS="-n 0"; one test: make test ARGS="-k comparison".
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup --durations=12 $(ARGS)
+	$(VENV)/bin/python -m pytest -q -n 2 -m "not runtime" --durations=10 $(ARGS)
+
+# The runtime layer (tests/runtime/): Flower's SuperLink, Ray and SuperNodes. The deployment
+# tests mostly wait on Flower's polling and heartbeats, so they run beside the simulation tests
+# (one xdist group, so never two deployments at once). CI runs both layers.
+test-runtime: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadgroup -m runtime --durations=10 $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client_app.fedcorr import (
     double_softmax_losses,
@@ -116,13 +115,6 @@ def fedcorr_strategy(**changes):
         fedcorr_finetune_rounds=3,
     )
     return build_strategy(config_with(**(settings | changes)), roster), roster
-
-
-@pytest.fixture
-def flower_task(monkeypatch):
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
 
 
 class RelabelGrid:

@@ -310,3 +310,12 @@ def test_a_full_disk_ends_the_run_failed_with_the_reason(capsys, tmp_path):
         assert "status failed" in err
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+def test_a_run_starts_its_own_ray_unless_a_cluster_is_named(tmp_path, monkeypatch):
+    """Ray joins any cluster started on the machine with `ray start` by itself; our runs do that
+    only when asked (--ray-address, or RAY_ADDRESS in the environment)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert simulation.flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert simulation.flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "10.0.0.5:6379"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import config_with
 from strategies.aggregation import geometric_median_per_tensor
@@ -33,11 +32,8 @@ ROSTER = roster_from_whoami(
 
 
 @pytest.fixture(autouse=True)
-def flower_task(monkeypatch):
-    """Messages read the run id of the running task; pretend to be a ServerApp task."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+def _flower_task(flower_task):
+    """Every test here builds Messages (conftest.flower_task)."""
 
 
 def class_loss_reply(query: Message, losses: list[float]) -> Message:

@@ -15,7 +15,6 @@ from flwr.serverapp.strategy import (
     Krum,
     MultiKrum,
 )
-from flwr.supercore.task_identity import TaskIdentity
 
 from common import seeding
 from common.config import STRATEGY_NAMES, ConfigError, config_with
@@ -87,14 +86,6 @@ class FakeGrid:
             reply.metadata.__dict__["_src_node_id"] = node
             replies.append(reply)
         return replies
-
-
-@pytest.fixture
-def flower_task(monkeypatch):
-    """Messages read the run id of the running task; pretend to be a ServerApp task."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
 
 
 # --- sample_partitions -------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import STRATEGY_NAMES, config_with
 from strategies.registry import build_strategy
@@ -42,11 +41,8 @@ SETTINGS = {
 
 
 @pytest.fixture(autouse=True)
-def flower_task(monkeypatch):
-    """Messages read the run id of the running task; pretend to be a ServerApp task."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+def _flower_task(flower_task):
+    """Every test here builds Messages (conftest.flower_task)."""
 
 
 class Grid:

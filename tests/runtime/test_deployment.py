@@ -17,7 +17,7 @@ from deploy_local import LocalDeployment
 from leftovers import leftover_processes
 from simulation import parse_set_options, resolve_run_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # One pytest-xdist worker runs these one after another (`make test` uses two workers).
 pytestmark = pytest.mark.xdist_group("deployment")
