@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.overrides import ConfigError  # noqa: F401  (one error type for every check)
+from common.errors import ConfigError  # noqa: F401  (one error type for every check)
 from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
 from data.noise import NOISE_TYPES, parse_noise_groups, parse_rate_range
 from data.partition import PARTITION_NAMES

@@ -18,14 +18,10 @@ from common.comparison import (
     write_comparison,
 )
 from common.config import ConfigError, app_defaults
+from launch.overrides import parse_set_items as parse_set_options
+from launch.sweep import SweepProgress, rounds_done, stored_config_differences
 from server_app.results import RunResults
-from simulation import (
-    SweepProgress,
-    comma_list,
-    parse_set_options,
-    rounds_done,
-    stored_config_differences,
-)
+from simulation import comma_list
 
 
 def fake_run(

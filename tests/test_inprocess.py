@@ -11,8 +11,8 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from client_app.app import ThreadModels
-from common.overrides import parse_federation_config
-from inprocess import InProcessGrid, client_resources
+from launch.inprocess import InProcessGrid, client_resources
+from launch.overrides import parse_federation_config
 
 counter_app = ClientApp()
 

@@ -19,6 +19,9 @@ import pytest
 
 import deploy_local
 import simulation
+from launch.overrides import parse_set_items
+from launch.preflight import resolve_run_config
+from launch.superlink import flower_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,8 +101,8 @@ def test_the_values_users_type_take_effect(setting, value, tmp_path):
     from common.config import RunConfig
 
     key = setting.split("=")[0]
-    overrides = simulation.parse_set_options([setting, f"out-dir={tmp_path}"])
-    config = RunConfig.from_mapping(simulation.resolve_run_config(overrides))
+    overrides = parse_set_items([setting, f"out-dir={tmp_path}"])
+    config = RunConfig.from_mapping(resolve_run_config(overrides))
     assert getattr(config, key.replace("-", "_")) == value
 
 
@@ -316,6 +319,6 @@ def test_a_run_starts_its_own_ray_unless_a_cluster_is_named(tmp_path, monkeypatc
     """Ray joins any cluster started on the machine with `ray start` by itself; our runs do that
     only when asked (--ray-address, or RAY_ADDRESS in the environment)."""
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert simulation.flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "local"
+    assert flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "local"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
-    assert simulation.flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "10.0.0.5:6379"
+    assert flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "10.0.0.5:6379"

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from launch.report import conclude
 from server_app.results import METRIC_COLUMNS, RunResults, summarise
 
 
@@ -187,14 +188,12 @@ def test_json_files_are_strict_and_say_what_was_not_finite(tmp_path):
     ],
 )
 def test_a_run_left_running_gets_its_true_status_from_the_launcher(tmp_path, problem, status):
-    import simulation
-
     results = RunResults.create(tmp_path / "run", "t", {"run_config": {}})
     (tmp_path / "run" / "summary.tmp").write_text("half")  # a write that was cut off
-    assert simulation.conclude(tmp_path / "run", problem, None, verbose=False) == 1
+    assert conclude(tmp_path / "run", problem, None, verbose=False) == 1
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == status and summary["error"] == problem
     assert not list((tmp_path / "run").glob("*.tmp*"))
     results.finish("completed")  # a status the ServerApp wrote is kept
-    assert simulation.conclude(tmp_path / "run", problem, None, verbose=False) == 1
+    assert conclude(tmp_path / "run", problem, None, verbose=False) == 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"

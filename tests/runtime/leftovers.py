@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from simulation import process_status, processes_with_environment
+from launch.processes import process_status, processes_with_environment
 
 
 def leftover_processes(flwr_home: Path) -> dict[int, str]:

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy_local import LocalDeployment
+from launch.deploy import LocalDeployment
+from launch.overrides import parse_set_items as parse_set_options
+from launch.preflight import resolve_run_config
 from leftovers import leftover_processes
-from simulation import parse_set_options, resolve_run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -19,10 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A run-config value, key, file or option that is not allowed; the message says which."""
-
+from common.errors import ConfigError
 
 # key=value, the value quoted ('...' or "...") or up to the next space: Flower's syntax.
 _PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")

@@ -39,6 +39,8 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from launch.report import conclude
+
 RUN_ID = 1
 FIRST_NODE_ID = 1001  # any ids other than the SuperLink's
 
@@ -275,3 +277,28 @@ def run_inprocess(
             if poller is not None:
                 poller.join()
             forget_cached_clients()
+
+
+def run_in_this_process(
+    mapping: dict[str, Any],
+    num_clients: int,
+    client_threads: int = 1,
+    concurrent_clients: int = 1,
+    stream: bool = True,
+    log_file: Path | None = None,
+    on_poll: Callable[[], None] | None = None,
+    verbose: bool = True,
+) -> int:
+    """`launch.superlink.run_simulation`'s contract with the in-process runtime: no Ray, no
+    SuperLink; `concurrent_clients` at once, each with `client_threads` CPU threads."""
+    failure = run_inprocess(
+        mapping,
+        num_clients,
+        client_threads=client_threads,
+        concurrent_clients=concurrent_clients,
+        stream=stream,
+        log_file=log_file,
+        on_poll=on_poll,
+    )
+    results_dir = Path(mapping["out-dir"]) / mapping["run-name"]
+    return conclude(results_dir, failure, log_file, verbose)

@@ -1,0 +1,65 @@
+"""The run config a launcher resolves from what the user typed, and the pre-flight: every check
+that needs no runtime, done once, before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+
+def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Defaults + overrides, validated; paths made absolute; a run name chosen if none."""
+    from common.config import ConfigError, RunConfig, app_defaults
+    from launch.overrides import unknown_key_message
+    from server_app.results import default_run_name
+
+    defaults = app_defaults()
+    unknown = set(overrides) - set(defaults)
+    if unknown:
+        raise ConfigError(unknown_key_message(unknown, defaults, "run-config key"))
+    mapping = {**defaults, **overrides}
+    for key in ("out-dir", "data-dir"):
+        if isinstance(mapping[key], str) and mapping[key]:
+            mapping[key] = str(Path(mapping[key]).expanduser().resolve())
+    config = RunConfig.from_mapping(mapping)
+    if not config.run_name:
+        mapping["run-name"] = default_run_name(config.strategy, config.dataset, config.seed)
+    return mapping
+
+
+def preflight(mapping: dict[str, Any], num_clients: int) -> None:
+    """Everything that can be checked before a runtime starts, each failure one message naming
+    the key, file or value (ConfigError / ValueError / DatasetNotFoundError): the strategy's
+    settings, every data file the run reads (loaded, so a truncated file is found here), the
+    federation (partition and noise, built as every client will build it), that every client
+    can take a training step, and that out-dir can be written. In this process the loaded
+    dataset and federation are cached, so the in-process runtime does not load them again."""
+    from common.config import RunConfig
+    from data.datasets import check_data_files
+    from data.federation import DataSettings, cached_federation, check_client_sizes
+    from models import check_model_fits
+    from strategies.registry import check_strategy_settings
+
+    config = RunConfig.from_mapping(mapping)
+    check_strategy_settings(config, num_clients)
+    check_data_files(config.dataset, config.data_dir or None, download=config.download)
+    federation = cached_federation(DataSettings.from_config(config), num_clients)
+    dataset = federation.dataset
+    check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
+    check_client_sizes([len(indices) for indices in federation.client_indices], config.batch_size)
+    check_writable(Path(config.out_dir), "out-dir")
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Create `folder` if needed and write a file there; ConfigError naming `key` if it cannot."""
+    from common.config import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{key}={str(folder)!r} cannot be written: {err.strerror}") from None

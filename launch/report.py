@@ -1,0 +1,98 @@
+"""What a run's end says: its summary printed, its true status set when the runtime could not,
+and one exit code for both runtimes (0 completed, 1 not).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def print_summary(results_dir: Path) -> dict[str, Any] | None:
+    summary_path = results_dir / "summary.json"
+    print(f"\nResults: {results_dir}")
+    if not summary_path.is_file():
+        print("  (no summary.json was written)")
+        return None
+    summary = json.loads(summary_path.read_text())
+    labels = {
+        "status": "status",
+        "rounds_completed": "rounds",
+        "final_accuracy": "final test accuracy (%)",
+        "best_accuracy": "best test accuracy (%)",
+        "best_round": "best round",
+        "last10_mean_accuracy": f"mean of last {summary.get('last_rounds_averaged', 10)} rounds",
+        "final_macro_f1": "final macro-F1 (%)",
+        "wall_seconds": "wall time (s)",
+        "seconds_per_round": "seconds per round",
+    }
+    for key, label in labels.items():
+        if key in summary:
+            value = summary[key]
+            shown = f"{value:.2f}" if isinstance(value, float) else value
+            print(f"  {label:<28} {shown}")
+    detection_path = results_dir / "detection.json"
+    if detection_path.is_file():
+        report = json.loads(detection_path.read_text())
+        detection = report.get("detection") or {}
+        quality = detection.get("quality", {})
+        print(f"  {'flagged noisy clients':<28} {detection.get('flagged_noisy')}")
+        print(
+            f"  {'detection precision/recall':<28} {quality.get('precision', float('nan')):.2f}"
+            f" / {quality.get('recall', float('nan')):.2f} (truly noisy: true rate > "
+            f"{detection.get('noisy_threshold')})"
+        )
+        labels = report.get("label_correction") or {}
+        if labels:
+            print(
+                f"  {'label accuracy, flagged (%)':<28} {100 * labels['label_acc_observed']:.2f}"
+                f" observed -> {100 * labels['label_acc_corrected']:.2f} corrected "
+                f"(macro-F1 {100 * labels['label_f1_corrected']:.2f})"
+            )
+    if summary.get("nonfinite_uploads"):
+        print(f"  {'uploads dropped (NaN/inf)':<28} {summary['nonfinite_uploads']}")
+    if summary.get("diverged"):
+        print(f"  diverged, went on: {summary['diverged']}")
+    if "error" in summary:
+        print(f"  error: {summary['error']}")
+    return summary
+
+
+def conclude(results_dir: Path, problem: str, log_file: Path | None, verbose: bool = True) -> int:
+    """A run's exit code (0 or 1) from its summary.json and what the runtime said (`problem`,
+    "" when the runtime reports success). A summary still `running` after the runtime ended
+    (the ServerApp was killed, or stopped by `flwr stop`) is marked `interrupted` or `failed`
+    with the runtime's word; the summary is printed (`verbose`), and a run that did not
+    complete says its status and reason, with the end of its log when the summary has none."""
+    from server_app.results import mark_ended
+
+    if problem:
+        stopped = "stopped" in problem or "interrupted" in problem
+        mark_ended(results_dir, "interrupted" if stopped else "failed", problem)
+    summary = (print_summary(results_dir) if verbose else read_summary(results_dir)) or {}
+    status = summary.get("status", "unknown (no summary.json)")
+    if not problem and status == "completed":
+        return 0
+    error = summary.get("error", "")
+    reason = "; ".join(p for p in (error, "" if error and error in problem else problem) if p)
+    if not summary.get("error") and log_file is not None and log_file.is_file():
+        tail = log_file.read_text(errors="replace").splitlines()[-30:]
+        print("\n".join(tail), file=sys.stderr)
+    where = f"; log in {log_file}" if log_file else ""
+    print(f"\nerror: the run did not complete (status {status}: {reason}){where}", file=sys.stderr)
+    return 1
+
+
+def read_summary(results_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((results_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

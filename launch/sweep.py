@@ -1,0 +1,183 @@
+"""The comparison sweep: every (strategy, seed) run one after another, resumable, with progress
+lines and the comparison files (common.comparison) rewritten as runs finish.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from launch.preflight import preflight, resolve_run_config
+from launch.report import format_duration, read_summary
+
+
+def rounds_done(results_dir: Path) -> tuple[int, float]:
+    """(trained rounds so far, the run's elapsed seconds at the last of them), from the
+    summary.json that the run rewrites after every round (server_app.results)."""
+    summary = read_summary(results_dir) or {}
+    return int(summary.get("rounds_completed", 0)), float(summary.get("wall_seconds", 0.0))
+
+
+class SweepProgress:
+    """Progress lines for a comparison sweep: which run, which round, elapsed, estimate left."""
+
+    def __init__(self, num_rounds: int, interval: float = 15.0) -> None:
+        self.num_rounds, self.interval = num_rounds, interval
+        self.run_seconds: list[float] = []  # wall time of the runs finished in this sweep
+
+    def start(self, label: str, results_dir: Path, runs_after: int) -> None:
+        self.label, self.results_dir, self.runs_after = label, results_dir, runs_after
+        self.started = time.monotonic()
+        self.last_shown = (-1, 0.0)
+
+    def estimate_left(self, done: int, round_seconds: float) -> float:
+        elapsed = time.monotonic() - self.started
+        this_run = (self.num_rounds - done) * round_seconds if done else 0.0
+        per_run = (
+            sum(self.run_seconds) / len(self.run_seconds)
+            if self.run_seconds
+            else (elapsed + this_run if done else float("nan"))
+        )
+        return this_run + self.runs_after * per_run
+
+    def poll(self) -> None:
+        done, run_elapsed = rounds_done(self.results_dir)
+        now = time.monotonic()
+        shown_round, shown_at = self.last_shown
+        if done == shown_round or (now - shown_at < self.interval and done < self.num_rounds):
+            return
+        self.last_shown = (done, now)
+        left = self.estimate_left(done, run_elapsed / done if done else 0.0)
+        estimate = "" if left != left else f", about {format_duration(left)} left in the sweep"
+        print(
+            f"{self.label}: round {done}/{self.num_rounds}, "
+            f"{format_duration(now - self.started)} elapsed{estimate}",
+            flush=True,
+        )
+
+    def finish(self) -> float:
+        seconds = time.monotonic() - self.started
+        self.run_seconds.append(seconds)
+        return seconds
+
+
+def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_clients: int):
+    """The run-config keys (and client count) in which a stored run differs from `mapping`;
+    keys that the run's strategy does not read are not compared (common.config)."""
+    from common.config import RunConfig, key_matters
+
+    try:
+        stored = json.loads((results_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return []  # nothing usable there: the run will be redone
+    wanted = RunConfig.from_mapping(mapping).to_mapping()
+    ignored = {"out-dir", "run-name", "data-dir"}  # where things live, not what is computed
+    differences = [
+        key
+        for key, value in wanted.items()
+        if key not in ignored
+        and key_matters(key, wanted["strategy"])
+        and stored.get("run_config", {}).get(key) != value
+    ]
+    if stored.get("num_clients") != num_clients:
+        differences.append(f"--num-clients ({stored.get('num_clients')} there)")
+    return differences
+
+
+def plan_comparison(
+    overrides: dict[str, Any], strategies: list[str], seeds: list[int], out: Path, num_clients: int
+) -> list[dict[str, Any]]:
+    """Every (seed, strategy) run's validated config, seed by seed (so an interrupted sweep has
+    whole seeds to compare); raises ConfigError/DatasetNotFoundError before anything runs."""
+    from common.comparison import run_folder_name
+    from common.config import ConfigError
+
+    plans = []
+    for seed in seeds:
+        for strategy in strategies:
+            mapping = resolve_run_config(
+                overrides
+                | {
+                    "strategy": strategy,
+                    "seed": seed,
+                    "out-dir": str(out),
+                    "run-name": run_folder_name(strategy, seed),
+                }
+            )
+            preflight(mapping, num_clients)
+            differences = stored_config_differences(out / mapping["run-name"], mapping, num_clients)
+            if differences:
+                raise ConfigError(
+                    f"{out / mapping['run-name']} holds a run made with other settings "
+                    f"(differs in: {', '.join(differences)}); give another --out or remove it"
+                )
+            plans.append(mapping)
+    return plans
+
+
+def run_comparison(
+    plans: list[dict[str, Any]],
+    strategies: list[str],
+    out: Path,
+    num_clients: int,
+    runner: Callable[..., int],
+    title: str,
+) -> int:
+    """Run the planned runs one after another (each with `runner`: run_simulation or
+    run_in_this_process), skipping the complete ones; rewrite the
+    comparison files after each; stop at the first failed run (exit 1, its log shown)."""
+    import shutil
+
+    from common.comparison import is_complete, load_run, write_comparison
+
+    num_rounds = int(plans[0]["num-rounds"])
+    progress = SweepProgress(num_rounds)
+    command = " ".join(["python", "simulation.py", *sys.argv[1:]])
+    preamble = f"Made by `{command}` ({num_clients} clients, {num_rounds} rounds)."
+
+    def refresh() -> None:
+        records = [load_run(out / plan["run-name"]) for plan in plans]
+        finished = [r for r in records if is_complete(r, num_rounds)]
+        if finished:
+            write_comparison(out, finished, strategies, title, preamble)
+
+    refresh()  # a resumed sweep shows what it already has
+    for index, mapping in enumerate(plans, 1):
+        label = f"[{index}/{len(plans)}] {mapping['strategy']} seed {mapping['seed']}"
+        results_dir = out / mapping["run-name"]
+        if is_complete(load_run(results_dir), num_rounds):
+            print(f"{label}: already complete, skipped", flush=True)
+            continue
+        if results_dir.exists():
+            print(f"{label}: an incomplete earlier attempt is there; running it again")
+            shutil.rmtree(results_dir)
+        results_dir.mkdir(parents=True)
+        progress.start(label, results_dir, runs_after=len(plans) - index)
+        print(f"{label}: started (log: {results_dir / 'flower.log'})", flush=True)
+        code = runner(
+            mapping,
+            num_clients,
+            log_file=results_dir / "flower.log",
+            on_poll=progress.poll,
+            verbose=False,
+        )
+        seconds = progress.finish()
+        refresh()
+        if code != 0:
+            log_lines = (results_dir / "flower.log").read_text(errors="replace").splitlines()
+            print(f"{label}: FAILED; the last lines of its log:", file=sys.stderr)
+            print("\n".join(log_lines[-60:]), file=sys.stderr)
+            return code
+        record = load_run(results_dir)
+        print(
+            f"{label}: done in {format_duration(seconds)}: last-10 accuracy "
+            f"{record.figures['last10_accuracy']:.2f} %",
+            flush=True,
+        )
+    print(f"\nComparison ({out}):\n")
+    print((out / "comparison.md").read_text())
+    return 0
