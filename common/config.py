@@ -24,80 +24,9 @@ from models import MODEL_NAMES
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Strategies the ServerApp can build (strategies/registry.py maps each name to a Flower strategy).
-STRATEGY_NAMES = (
-    "fedavg",
-    "fedprox",
-    "fedmedian",
-    "fedtrimmedavg",
-    "krum",
-    "multikrum",
-    "bulyan",
-    "maskedoptim",
-    "rfa",
-    "median-torch",
-    "trimmedmean-fnbench",
-    "krum-fnbench",
-    "fedexp",
-    "symmetric-ce",
-    "fedelc",
-    "fednoro",
-    "fedcorr",
-)
 GM_SCOPES = ("per-tensor", "whole-model")
 MASKABLE_TERMS = ("compat", "entropy", "class")
 LOCAL_LOSSES = ("ce", "logit-adjusted", "symmetric-ce")
-_DETECTING = frozenset({"maskedoptim", "fedelc", "fednoro"})
-_LABEL_LEARNING = frozenset({"maskedoptim", "fedelc"})
-# The keys that only some strategies read. A stored run of another strategy stays comparable
-# when one of them changes (the comparison runner's resume check, simulation.py).
-STRATEGY_SPECIFIC_KEYS: dict[str, frozenset[str]] = {
-    "proximal-mu": frozenset({"fedprox"}),
-    "trimmed-beta": frozenset({"fedtrimmedavg"}),
-    "compromised-rate": frozenset({"krum", "multikrum", "bulyan", "trimmedmean-fnbench"}),
-    "warmup-rounds": frozenset({"maskedoptim"}),
-    "baseline-warmup-rounds": frozenset({"fedelc", "fednoro"}),
-    "gmm-fits": _DETECTING,
-    "noisy-threshold": _DETECTING | {"fedcorr"},
-    "class-loss-batch-size": _DETECTING,
-    "mask-keep": frozenset({"maskedoptim"}),
-    "masked-terms": frozenset({"maskedoptim"}),
-    "compat-weight": _LABEL_LEARNING,
-    "entropy-weight": frozenset({"maskedoptim"}),
-    "fedelc-entropy-weight": frozenset({"fedelc"}),
-    "label-lr": _LABEL_LEARNING,
-    "label-scale": _LABEL_LEARNING,
-    "premerge-local-weight": frozenset({"maskedoptim"}),
-    "masked-fp16": _LABEL_LEARNING,
-    "gm-scope": frozenset({"maskedoptim", "rfa"}),
-    "gm-weighted": frozenset({"maskedoptim", "rfa"}),
-    "gm-max-iter": frozenset({"maskedoptim", "rfa"}),
-    "gm-eps": frozenset({"maskedoptim", "rfa"}),
-    "sce-alpha": frozenset({"symmetric-ce"}),
-    "sce-beta": frozenset({"symmetric-ce"}),
-    "fednoro-kd-weight": frozenset({"fednoro"}),
-    "fednoro-temperature": frozenset({"fednoro"}),
-    **dict.fromkeys(
-        (
-            "fedcorr-iterations",
-            "fedcorr-finetune-rounds",
-            "fedcorr-prox-beta",
-            "fedcorr-lid-k",
-            "fedcorr-relabel-ratio",
-            "fedcorr-confidence",
-            "fedcorr-clean-threshold",
-            "fedcorr-mixup-alpha",
-        ),
-        frozenset({"fedcorr"}),
-    ),
-}
-
-
-def key_matters(key: str, strategy: str) -> bool:
-    """Whether `strategy` reads run-config `key` (every key not listed above is common)."""
-    return strategy in STRATEGY_SPECIFIC_KEYS.get(key, frozenset({strategy}))
-
-
 DEVICES = ("auto", "cpu", "cuda")
 DATASETS_WITHOUT_FILES = ("digits",)
 
@@ -207,7 +136,6 @@ class RunConfig:
         return wanted
 
     def validate(self) -> None:
-        _choice("strategy", self.strategy, STRATEGY_NAMES)
         _choice("dataset", self.dataset, DATASET_NAMES)
         _choice("cifar10n-labels", self.cifar10n_labels, tuple(CIFAR10N_LABEL_KEYS))
         _choice("model", self.model, MODEL_NAMES)

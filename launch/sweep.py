@@ -68,7 +68,8 @@ class SweepProgress:
 def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_clients: int):
     """The run-config keys (and client count) in which a stored run differs from `mapping`;
     keys that the run's strategy does not read are not compared (common.config)."""
-    from common.config import RunConfig, key_matters
+    from common.config import RunConfig
+    from strategies.registry import key_matters
 
     try:
         stored = json.loads((results_dir / "config.json").read_text())

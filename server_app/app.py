@@ -160,8 +160,6 @@ def main(grid: Grid, context: Context) -> None:
 
     def diagnostics() -> dict:
         """The strategy's own per-round columns (MaskedOptim: detection, label correction)."""
-        if not hasattr(strategy, "round_diagnostics"):
-            return {}
         columns = strategy.round_diagnostics()
         if columns and not results.has("detection.json"):
             results.write_json("detection.json", strategy.final_report())
@@ -209,18 +207,19 @@ def main(grid: Grid, context: Context) -> None:
         status = {RunDiverged: "diverged", KeyboardInterrupt: "interrupted"}.get(
             type(err), "failed"
         )
-        if hasattr(strategy, "final_report"):
-            try:  # what detection found so far; never hide the run's own error
-                results.write_json("detection.json", strategy.final_report())
-            except Exception as report_error:
-                log(WARNING, "detection.json not written: %s", report_error)
+        try:  # what detection found so far; never hide the run's own error
+            report = strategy.final_report()
+            if report is not None:
+                results.write_json("detection.json", report)
+        except Exception as report_error:
+            log(WARNING, "detection.json not written: %s", report_error)
         reason = str(err) if status == "diverged" else traceback.format_exception_only(err)
         try:
             results.finish(status, error="".join(reason).strip() or type(err).__name__)
         except OSError as write_error:  # e.g. the disk is full: the launcher marks it
             log(WARNING, "summary.json not updated: %s", write_error)
         raise
-    if hasattr(strategy, "final_report"):
+    if strategy.final_report() is not None:
         results.write_json("detection.json", strategy.final_report())
     extra = {"diverged": watch.first} if watch.first else {}
     summary = results.finish("completed", **extra)

@@ -28,10 +28,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 
 from common import seeding
+from common.errors import ConfigError
+from strategies.base import StrategyParams
 from strategies.detection import detection_quality, split_by_lid
-from strategies.maskedoptim import DetectionDiagnostics, LabelCorrection, confusion_from
-from strategies.rules import RuleAggregation, SampleWeightedMean
-from strategies.sampling import SeededSampling, drop_lost_replies
+from strategies.maskedoptim import DetectingStrategy, confusion_from
+from strategies.rules import SampleWeightedMean
 
 CORR_TRAIN = "train.corr"
 RELABEL_QUERY = "query.relabel"
@@ -77,38 +78,68 @@ class FedCorrSchedule:
         )
 
 
-class FedCorr(DetectionDiagnostics, SeededSampling, RuleAggregation):
+@dataclass(frozen=True)
+class FedCorrParams(StrategyParams):
+    fedcorr_iterations: int
+    fedcorr_finetune_rounds: int
+    fedcorr_prox_beta: float
+    fedcorr_lid_k: int
+    fedcorr_relabel_ratio: float
+    fedcorr_confidence: float
+    fedcorr_clean_threshold: float
+    fedcorr_mixup_alpha: float
+    noisy_threshold: float
+
+    def schedule(self, num_clients: int, sampled: int) -> FedCorrSchedule:
+        return FedCorrSchedule(
+            num_clients=num_clients,
+            per_round=sampled,
+            iterations=self.fedcorr_iterations,
+            finetune_rounds=self.fedcorr_finetune_rounds,
+        )
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        schedule = self.schedule(num_clients, sampled)
+        staged = schedule.preprocess_rounds + schedule.finetune_rounds
+        if staged > num_rounds:
+            raise ConfigError(
+                f"fedcorr needs num-rounds >= {staged}: {schedule.iterations} pre-processing "
+                f"iterations of {schedule.rounds_per_iteration} rounds (every client once, "
+                f"{sampled} per round) + fedcorr-finetune-rounds={schedule.finetune_rounds}; "
+                f"got num-rounds={num_rounds}. Lower fedcorr-iterations or "
+                "fedcorr-finetune-rounds"
+            )
+
+
+class FedCorr(DetectingStrategy):
     """FedCorr's stages on top of FedAvg (see module doc)."""
 
-    def __init__(
-        self,
-        *,
-        schedule: FedCorrSchedule,
-        prox_beta: float,
-        mixup_alpha: float,
-        lid_k: int,
-        relabel_ratio: float,
-        confidence: float,
-        clean_threshold: float,
-        noisy_threshold: float,
-        query_timeout: float = 3600.0,
-        **kwargs,
-    ) -> None:
-        super().__init__(rule=SampleWeightedMean(), local_loss="ce", **kwargs)
-        self.schedule = schedule
-        self.prox_beta, self.mixup_alpha, self.lid_k = prox_beta, mixup_alpha, lid_k
-        self.relabel_ratio, self.confidence = relabel_ratio, confidence
-        self.clean_threshold, self.noisy_threshold = clean_threshold, noisy_threshold
-        self.query_timeout = query_timeout
+    names = ("fedcorr",)
+    description = (
+        "FedCorr (CVPR 2022): LID-based detection in pre-processing iterations, relabelling, "
+        "fine-tuning among clean clients, then usual training"
+    )
+    Params = FedCorrParams
+    local_loss = "ce"
+    query_timeout = 3600.0
+
+    def __init__(self, params: FedCorrParams, **base) -> None:
+        super().__init__(params, **base)
+        self.rule = SampleWeightedMean()
+        self.schedule = params.schedule(self.roster.num_clients, self.clients_per_round)
+        self.prox_beta, self.mixup_alpha = params.fedcorr_prox_beta, params.fedcorr_mixup_alpha
+        self.lid_k = params.fedcorr_lid_k
+        self.relabel_ratio, self.confidence = (
+            params.fedcorr_relabel_ratio,
+            params.fedcorr_confidence,
+        )
+        self.clean_threshold = params.fedcorr_clean_threshold
+        self.noisy_threshold = params.noisy_threshold
         partitions = range(self.roster.num_clients)
         self.cumulative_lid = dict.fromkeys(partitions, 0.0)
         self.iteration_lid: dict[int, float] = {}
         self.noise_level = dict.fromkeys(partitions, 0.0)  # mu_k, 0 for clients deemed clean
-        self.noisy: frozenset[int] | None = None
-        self.detection: dict[str, Any] | None = None
-        self.labels = LabelCorrection()
         self.relabel_queries: Counter = Counter()
-        self._grid = None
 
     def sampled_partitions(self, server_round: int) -> list[int]:
         stage = self.schedule.stage(server_round)
@@ -126,11 +157,10 @@ class FedCorr(DetectionDiagnostics, SeededSampling, RuleAggregation):
             return sorted(int(p) for p in rng.choice(candidates, size=count, replace=False))
         return super().sampled_partitions(server_round)
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
-        self._grid = grid  # kept for the relabelling queries, which follow an aggregation
+    def configure_sampled(self, server_round, arrays, config, view):
         preprocessing = self.schedule.stage(server_round) == "preprocess"
         messages = []
-        for message in super().configure_train(server_round, arrays, config, grid):
+        for message in super().configure_sampled(server_round, arrays, config, view):
             partition = self.roster.partition_of(message.metadata.dst_node_id)
             extras = {
                 "mixup-alpha": self.mixup_alpha,
@@ -151,19 +181,20 @@ class FedCorr(DetectionDiagnostics, SeededSampling, RuleAggregation):
             )
         return messages
 
-    def aggregate_train(self, server_round: int, replies):
-        replies = list(replies)
+    def combine(self, models, examples, current, replies):
+        return self.rule.combine(models, examples, current)
+
+    def after_round(self, server_round: int, replies: list[Message], arrays: ArrayRecord) -> None:
+        """Collect the pre-processing LIDs; split and relabel at an iteration's end; relabel
+        everything after fine-tuning."""
         if self.schedule.stage(server_round) == "preprocess":
             for reply in replies:
-                if not reply.has_error():
-                    partition = self.roster.partition_of(reply.metadata.src_node_id)
-                    self.iteration_lid[partition] = float(reply.content["metrics"]["lid"])
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None and self.schedule.ends_iteration(server_round):
+                partition = self.roster.partition_of(reply.metadata.src_node_id)
+                self.iteration_lid[partition] = float(reply.content["metrics"]["lid"])
+        if self.schedule.ends_iteration(server_round):
             self.end_iteration(server_round, arrays)
-        if arrays is not None and self.schedule.ends_finetuning(server_round) and self.noisy:
+        if self.schedule.ends_finetuning(server_round) and self.noisy:
             self.relabel(server_round, arrays, sorted(self.noisy), everything=True)
-        return arrays, metrics
 
     def end_iteration(self, server_round: int, arrays: ArrayRecord) -> None:
         """Accumulate LID, split the clients, let the noisy ones estimate mu and relabel."""
@@ -208,8 +239,7 @@ class FedCorr(DetectionDiagnostics, SeededSampling, RuleAggregation):
             for p in partitions
         ]
         answers = {}
-        replies = self._grid.send_and_receive(queries, timeout=self.query_timeout)
-        for reply in drop_lost_replies(replies, "fedcorr relabelling"):
+        for reply in self.query(queries, timeout=self.query_timeout):
             partition = self.roster.partition_of(reply.metadata.src_node_id)
             if reply.has_error():
                 log(WARNING, "fedcorr: client %d failed to relabel (%s)",

@@ -1,13 +1,12 @@
 """MaskedOptim's server side (spec §1, §2, §5.1), the RFA baseline, and the two noisy-label
 baselines that share its detection (FedELC, FedNoRo), as Flower strategies.
 
-- `Rfa`: plain-CE local training + geometric median (the authors' `--method RFA`).
 - `NoisyClientRouting`: rounds 1..T_w warm up (every sampled client trains with logit-adjusted
   CE); right after aggregating round T_w it asks *all* clients for their per-class mean loss of
   the global model, splits them into clean and noisy with a Gaussian mixture
   (strategies.detection), and from then on sends clean clients `train` (logit-adjusted CE) and
   noisy clients the method's own training.
-- `MaskedOptimStrategy`: noisy clients get `train.masked` (masked optimisation with learnable
+- `MaskedOptim`: noisy clients get `train.masked` (masked optimisation with learnable
   labels); every round, warm-up included, is aggregated with the geometric median.
 - `FedElc` (Jiang et al., CIKM 2024): noisy clients get `train.masked` without the mask and the
   pre-merge and with FedELC's entropy weight; FedAvg, then FedNoRo's distance-aware aggregation.
@@ -21,7 +20,6 @@ messages and keeps the diagnostics (which no decision ever reads).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -30,18 +28,15 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 
+from common.errors import ConfigError
 from common.label_metrics import metrics_from_confusion
 from strategies.aggregation import distance_aware_weights, weighted_mean
+from strategies.base import SeededStrategy, StrategyParams
 from strategies.detection import detection_quality, split_noisy_clients
-from strategies.rules import RuleAggregation
-from strategies.sampling import SeededSampling, drop_lost_replies
+from strategies.rules import GeometricMedianParams
 
 MASKED_TRAIN = "train.masked"
 CLASS_LOSS_QUERY = "query.class_loss"
-
-
-class Rfa(SeededSampling, RuleAggregation):
-    """The RFA baseline: plain CE local training, geometric-median aggregation."""
 
 
 @dataclass
@@ -96,14 +91,16 @@ def confusion_from(record: ConfigRecord, key: str) -> np.ndarray:
     return flat.reshape(side, side)
 
 
-class DetectionDiagnostics:
-    """metrics.csv columns of a strategy that splits clients into clean and noisy: it keeps
-    `detection` (None until the first split; its `quality` against the true noise rates),
-    `noisy` (the flagged partitions) and `labels` (a LabelCorrection)."""
+class DetectingStrategy(SeededStrategy):
+    """A strategy that splits clients into clean and noisy. It keeps `detection` (None until
+    the first split; its `quality` against the true noise rates), `noisy` (the flagged
+    partitions) and `labels` (a LabelCorrection), which give its metrics.csv columns."""
 
-    detection: dict[str, Any] | None
-    noisy: frozenset[int] | None
-    labels: LabelCorrection
+    def __init__(self, params: StrategyParams, **base) -> None:
+        super().__init__(params, **base)
+        self.noisy: frozenset[int] | None = None  # None until detection has run
+        self.detection: dict[str, Any] | None = None
+        self.labels = LabelCorrection()
 
     def round_diagnostics(self) -> dict[str, float]:
         """Detection quality and label correction so far (empty before the first split)."""
@@ -118,36 +115,48 @@ class DetectionDiagnostics:
         }
 
 
-class NoisyClientRouting(DetectionDiagnostics, SeededSampling, RuleAggregation):
+@dataclass(frozen=True)
+class DetectionParams(StrategyParams):
+    """A warm-up, then detection by a GMM on per-class losses (MaskedOptim's, FedELC's and
+    FedNoRo's); `warmup` names the run-config key of the warm-up's length."""
+
+    gmm_fits: int
+    noisy_threshold: float
+    class_loss_batch_size: int
+
+    @property
+    def warmup(self) -> tuple[str, int]:
+        raise NotImplementedError
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        key, rounds = self.warmup
+        if not 1 <= rounds < num_rounds:
+            raise ConfigError(
+                f"this strategy detects noisy clients with the model of its warm-up, so "
+                f"{key} must be at least 1 and below num-rounds={num_rounds}; got "
+                f"{key}={rounds} (detection would never run). For the warm-up alone use "
+                "strategy='fedavg' (or 'rfa', MaskedOptim's aggregation)"
+            )
+
+
+class NoisyClientRouting(DetectingStrategy):
     """Warm-up, one-off detection after round T_w, then routing by group (see module doc)."""
 
     noisy_message_type = MASKED_TRAIN
     corrects_labels = True  # noisy clients report their corrected labels' confusion
+    local_loss = "logit-adjusted"
+    query_timeout = 3600.0
 
-    def __init__(
-        self,
-        *,
-        warmup_rounds: int,
-        gmm_fits: int,
-        noisy_threshold: float,
-        query_timeout: float = 3600.0,
-        **kwargs,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.warmup_rounds = warmup_rounds
-        self.gmm_fits = gmm_fits
-        self.noisy_threshold = noisy_threshold
-        self.query_timeout = query_timeout
-        self.noisy: frozenset[int] | None = None  # None until detection has run
-        self.detection: dict[str, Any] | None = None
-        self.labels = LabelCorrection()
+    def __init__(self, params: DetectionParams, **base) -> None:
+        super().__init__(params, **base)
+        self.warmup_rounds = params.warmup[1]
+        self.gmm_fits = params.gmm_fits
+        self.noisy_threshold = params.noisy_threshold
         self.masked_sent: Counter = Counter()
         self.masked_received: Counter = Counter()
-        self._grid = None
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
-        self._grid = grid  # kept for the detection query, which follows an aggregation
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+    def configure_sampled(self, server_round, arrays, config, view):
+        messages = list(super().configure_sampled(server_round, arrays, config, view))
         if self.noisy is None:
             return messages
         return [self._route(message, server_round) for message in messages]
@@ -169,10 +178,10 @@ class NoisyClientRouting(DetectionDiagnostics, SeededSampling, RuleAggregation):
             content = RecordDict({"arrays": content["arrays"], "config": config})
         return Message(content=content, dst_node_id=node, message_type=self.noisy_message_type)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
+    def after_round(self, server_round: int, replies: list[Message], arrays: ArrayRecord) -> None:
+        """Record the noisy clients' label reports; detect right after the warm-up."""
         for reply in replies:
-            if not reply.has_error() and "labels" in reply.content:
+            if "labels" in reply.content:
                 labels = reply.content["labels"]
                 partition = self.roster.partition_of(reply.metadata.src_node_id)
                 self.masked_received[partition] += 1
@@ -181,10 +190,11 @@ class NoisyClientRouting(DetectionDiagnostics, SeededSampling, RuleAggregation):
                     confusion_from(labels, "corrected-confusion"),
                     int(labels["masked-rounds"]),
                 )
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if server_round == self.warmup_rounds and arrays is not None:
+        if server_round == self.warmup_rounds:
             self.detect(server_round, arrays)
-        return arrays, metrics
+
+    def combine(self, models, examples, current, replies) -> list[np.ndarray]:
+        return self.rule.combine(models, examples, current)
 
     def detect(self, server_round: int, arrays: ArrayRecord) -> None:
         """Ask every client for its per-class loss of the global model; split by GMM."""
@@ -200,8 +210,7 @@ class NoisyClientRouting(DetectionDiagnostics, SeededSampling, RuleAggregation):
         ]
         answers: dict[int, Message] = {}
         failed: list[int] = []
-        replies = self._grid.send_and_receive(queries, timeout=self.query_timeout)
-        for reply in drop_lost_replies(replies, "detection"):
+        for reply in self.query(queries, timeout=self.query_timeout):
             partition = self.roster.partition_of(reply.metadata.src_node_id)
             if reply.has_error():
                 log(WARNING, "detection: client %d failed (%s); it stays clean",
@@ -260,8 +269,36 @@ class NoisyClientRouting(DetectionDiagnostics, SeededSampling, RuleAggregation):
         }
 
 
-class MaskedOptimStrategy(NoisyClientRouting):
+@dataclass(frozen=True)
+class MaskedOptimParams(DetectionParams, GeometricMedianParams):
+    warmup_rounds: int
+    mask_keep: float
+    masked_terms: str
+    compat_weight: float
+    entropy_weight: float
+    label_lr: float
+    label_scale: float
+    premerge_local_weight: float
+    masked_fp16: bool
+
+    @property
+    def warmup(self) -> tuple[str, int]:
+        return "warmup-rounds", self.warmup_rounds
+
+
+class MaskedOptim(NoisyClientRouting):
     """MaskedOptim: noisy clients get `train.masked`; geometric-median aggregation throughout."""
+
+    names = ("maskedoptim",)
+    description = (
+        "the method: warm-up, noisy-client detection by a Gaussian mixture on per-class "
+        "losses, masked label learning on noisy clients, geometric-median aggregation"
+    )
+    Params = MaskedOptimParams
+
+    def __init__(self, params: MaskedOptimParams, **base) -> None:
+        super().__init__(params, **base)
+        self.rule = params.median()
 
 
 class DistanceAwareRouting(NoisyClientRouting):
@@ -275,12 +312,37 @@ class DistanceAwareRouting(NoisyClientRouting):
         return weighted_mean(models, distance_aware_weights(models, examples, flags))
 
 
+@dataclass(frozen=True)
+class BaselineDetectionParams(DetectionParams):
+    baseline_warmup_rounds: int
+
+    @property
+    def warmup(self) -> tuple[str, int]:
+        return "baseline-warmup-rounds", self.baseline_warmup_rounds
+
+
+@dataclass(frozen=True)
+class FedElcParams(BaselineDetectionParams):
+    fedelc_entropy_weight: float
+    compat_weight: float
+    label_lr: float
+    label_scale: float
+    masked_fp16: bool
+
+
 class FedElc(DistanceAwareRouting):
     """FedELC: MaskedOptim's label learning without mask and pre-merge (FNBench's settings)."""
 
-    def __init__(self, *, entropy_weight: float, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.entropy_weight = entropy_weight
+    names = ("fedelc",)
+    description = (
+        "FedELC (CIKM 2024): detection, then label learning without mask or pre-merge on "
+        "noisy clients; FedNoRo's distance-aware aggregation"
+    )
+    Params = FedElcParams
+
+    def __init__(self, params: FedElcParams, **base) -> None:
+        super().__init__(params, **base)
+        self.entropy_weight = params.fedelc_entropy_weight
 
     def noisy_config(self, server_round: int) -> dict[str, Any]:
         return {
@@ -302,15 +364,27 @@ def kd_weight_rampup(
     return float(peak * np.exp(-sharpness * (1.0 - ramp) ** 2))
 
 
+@dataclass(frozen=True)
+class FedNoRoParams(BaselineDetectionParams):
+    fednoro_kd_weight: float
+    fednoro_temperature: float
+
+
 class FedNoRo(DistanceAwareRouting):
     """FedNoRo: noisy clients distil from the global model with logit adjustment."""
 
+    names = ("fednoro",)
+    description = (
+        "FedNoRo (IJCAI 2023): detection, then distillation from the global model on noisy "
+        "clients; distance-aware aggregation"
+    )
+    Params = FedNoRoParams
     noisy_message_type = "train"
     corrects_labels = False  # FedNoRo keeps the observed labels
 
-    def __init__(self, *, kd_peak: float, kd_temperature: float, num_rounds: int, **kwargs):
-        super().__init__(**kwargs)
-        self.kd_peak, self.kd_temperature, self.num_rounds = kd_peak, kd_temperature, num_rounds
+    def __init__(self, params: FedNoRoParams, **base) -> None:
+        super().__init__(params, **base)
+        self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
 
     def noisy_config(self, server_round: int) -> dict[str, Any]:
         weight = kd_weight_rampup(server_round, self.warmup_rounds, self.num_rounds, self.kd_peak)

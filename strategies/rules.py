@@ -1,8 +1,9 @@
-"""Aggregation rules as Flower strategies: FedAvg's messaging, a pure function's aggregation.
+"""Aggregation rules, and the strategies that are FedAvg's messaging plus one rule.
 
 A rule turns the round's uploaded models (lists of numpy arrays, in the replies' fixed order),
 their sample counts and the global model they started from into the next global model. The
-mathematics is in strategies.aggregation; `RuleAggregation` only unpacks Flower's messages.
+mathematics is in strategies.aggregation; `RuleStrategy` (strategies.base) only unpacks
+Flower's messages.
 
 - `GeometricMedian`: MaskedOptim's and RFA's rule (spec §5.1).
 - `SampleWeightedMean`: FedAvg's rule, for strategies that differ from FedAvg only in the loss
@@ -13,14 +14,13 @@ mathematics is in strategies.aggregation; `RuleAggregation` only unpacks Flower'
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
-from flwr.serverapp.strategy import FedAvg
 
+from common.errors import ConfigError
 from strategies import aggregation
+from strategies.base import SeededStrategy, StrategyParams
 
 Models = list[list[np.ndarray]]
 
@@ -90,42 +90,107 @@ class FedExp:
         return aggregation.fedexp(current, models, examples, eps=self.eps)[0]
 
 
-class RuleAggregation(FedAvg):
-    """FedAvg's messaging; the next global model is `rule.combine(models, examples, current)`.
+class RuleStrategy(SeededStrategy):
+    """FedAvg's messaging; the next global model is `rule.combine(models, examples, current)`
+    with the rule that `make_rule` builds from the strategy's parameters."""
 
-    `local_loss` is sent to the clients with every `train` message (the loss they train with)."""
+    def __init__(self, params: StrategyParams, **base) -> None:
+        super().__init__(params, **base)
+        self.rule = self.make_rule(params)
 
-    def __init__(self, *, rule, local_loss: str, **flower_kwargs) -> None:
-        super().__init__(**flower_kwargs)
-        self.rule = rule
-        self.local_loss = local_loss
-        self._current: ArrayRecord | None = None
+    @staticmethod
+    def make_rule(params):
+        raise NotImplementedError
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid):
-        config["local-loss"] = self.local_loss
-        self._current = arrays  # the global model this round's clients start from
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def combine(
-        self, models: Models, examples: list[int], current: list[np.ndarray], replies: list
-    ) -> list[np.ndarray]:
-        """The next global model; strategies that weigh clients by who they are override this."""
+    def combine(self, models, examples, current, replies) -> list[np.ndarray]:
         return self.rule.combine(models, examples, current)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
-        contents = [message.content for message in valid]
-        keys = list(contents[0]["arrays"].keys())
-        models = [[content["arrays"][key].numpy() for key in keys] for content in contents]
-        examples = [int(content["metrics"]["num-examples"]) for content in contents]
-        current = [self._current[key].numpy() for key in keys] if self._current else []
-        combined = self.combine(models, examples, current, valid)
-        pairs = zip(keys, combined, strict=True)
-        # np.require keeps 0-d tensors 0-d (BatchNorm's num_batches_tracked);
-        # np.ascontiguousarray would make them shape (1,)
-        arrays = ArrayRecord(
-            array_dict={k: Array(np.require(a, requirements="C")) for k, a in pairs}
+
+@dataclass(frozen=True)
+class GeometricMedianParams(StrategyParams):
+    gm_scope: str
+    gm_weighted: bool
+    gm_max_iter: int
+    gm_eps: float
+
+    def median(self) -> GeometricMedian:
+        return GeometricMedian(
+            scope=self.gm_scope,
+            weighted=self.gm_weighted,
+            max_iter=self.gm_max_iter,
+            eps=self.gm_eps,
         )
-        return arrays, self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+
+class Rfa(RuleStrategy):
+    names = ("rfa",)
+    description = "plain CE + geometric median (RFA; MaskedOptim's aggregation without detection)"
+    Params = GeometricMedianParams
+    local_loss = "ce"
+    make_rule = staticmethod(GeometricMedianParams.median)
+
+
+class MedianTorch(RuleStrategy):
+    names = ("median-torch",)
+    description = "coordinate-wise median, the lower middle value for an even count (the authors')"
+    local_loss = "ce"
+    make_rule = staticmethod(lambda params: LowerMedian())
+
+
+@dataclass(frozen=True)
+class CompromisedRate(StrategyParams):
+    """f = int(clients-per-round x compromised-rate) assumed malicious, as FNBench sets it."""
+
+    compromised_rate: float
+
+    def malicious(self, sampled: int) -> int:
+        return int(sampled * self.compromised_rate)
+
+
+@dataclass(frozen=True)
+class TrimmedMeanParams(CompromisedRate):
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        f = self.malicious(sampled)
+        if sampled - 2 * f < 1:
+            raise ConfigError(
+                f"trimmedmean-fnbench keeps clients-per-round - 2f models with f = {f}; got "
+                f"{sampled} clients per round, which keeps none. Lower compromised-rate below 0.5"
+            )
+
+
+class TrimmedMeanFnbenchStrategy(RuleStrategy):
+    names = ("trimmedmean-fnbench",)
+    description = (
+        "the authors' TrimmedMean: mean of the m - 2f models with the most typical distance"
+    )
+    Params = TrimmedMeanParams
+    local_loss = "ce"
+    make_rule = staticmethod(lambda params: TrimmedMeanFnbench(params.compromised_rate))
+
+
+class KrumFnbenchStrategy(RuleStrategy):
+    names = ("krum-fnbench",)
+    description = "the authors' Krum: the model nearest all others (a medoid)"
+    local_loss = "ce"
+    make_rule = staticmethod(lambda params: KrumFnbench())
+
+
+class FedExpStrategy(RuleStrategy):
+    names = ("fedexp",)
+    description = "FedAvg's update extrapolated by FedExP's server step size"
+    local_loss = "ce"
+    make_rule = staticmethod(lambda params: FedExp())
+
+
+@dataclass(frozen=True)
+class SymmetricCeParams(StrategyParams):
+    sce_alpha: float
+    sce_beta: float
+
+
+class SymmetricCe(RuleStrategy):
+    names = ("symmetric-ce",)
+    description = "FedAvg with the symmetric cross-entropy loss (alpha CE + beta reverse CE)"
+    Params = SymmetricCeParams
+    local_loss = "symmetric-ce"
+    make_rule = staticmethod(lambda params: SampleWeightedMean())

@@ -8,9 +8,10 @@ clients in the same rounds.
 
 In deployment a SuperNode can die and come back. A restarted insecure SuperNode registers with a
 new node id, so at the start of every round the roster asks any node it does not know who it is
-and routes that partition to it (`SeededSampling.refresh_roster`). A node that is gone answers
-nothing; the SuperLink then replies for it with an error (after Flower's heartbeat patience), and
-that client is left out of the round instead of failing the run (`drop_lost_replies`).
+and routes that partition to it (`strategies.base.SeededStrategy.refresh_roster`). A node that
+is gone answers nothing; the SuperLink then replies for it with an error (after Flower's
+heartbeat patience), and that client is left out of the round instead of failing the run
+(`drop_lost_replies`).
 """
 
 from __future__ import annotations
@@ -19,13 +20,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.common import log
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common import seeding
-from strategies.aggregation import cast_back, is_finite_model
 
 WHOAMI_QUERY = "query.whoami"
 REJOIN_WAIT_SECONDS = 300.0  # how long a new node may take to say who it is
@@ -187,154 +186,7 @@ class SampledGrid:
         return getattr(self._grid, name)
 
 
-class SeededSampling:
-    """Mixin placed before a Flower strategy class (e.g. `class X(SeededSampling, FedAvg)`).
-
-    The parent is built with fraction 1.0 and minimum 1 node, so it takes exactly the nodes that
-    this mixin shows it. Replies are sorted by partition id before aggregation, so the sums run
-    in the same order every time (bit-reproducible aggregation).
-    """
-
-    def __init__(
-        self,
-        *,
-        roster: ClientRoster,
-        seed: int,
-        clients_per_round: int,
-        evaluate_clients: int,
-        **flower_kwargs,
-    ) -> None:
-        flower_kwargs.update(
-            fraction_train=1.0,
-            fraction_evaluate=1.0,
-            min_train_nodes=1,
-            min_evaluate_nodes=1,
-            min_available_nodes=1,
-        )
-        super().__init__(**flower_kwargs)
-        self.roster = roster
-        self.seed = seed
-        self.clients_per_round = clients_per_round
-        self.evaluate_clients = evaluate_clients
-        self.last_train_metrics: MetricRecord | None = None
-        self.last_evaluate_metrics: MetricRecord | None = None
-        self.last_sampled: list[int] = []
-        self.last_uploads = 0  # training replies of the last round
-        self.last_nonfinite: list[int] = []  # partitions whose upload held NaN or inf
-        self.ignored_nodes: set[int] = set()  # joined later and could not be placed
-
-    def sampled_partitions(self, server_round: int) -> list[int]:
-        return sample_partitions(
-            self.seed, server_round, self.roster.num_clients, self.clients_per_round
-        )
-
-    def refresh_roster(self, grid) -> None:
-        """Place nodes that joined since the last round (restarted SuperNodes). A node that
-        cannot be placed (its client fails, or does not fit the federation) is left out with a
-        warning: it should not stop a run that is going well."""
-        known = self.roster.partition_of_node.keys() | self.ignored_nodes
-        unknown = [n for n in grid.get_node_ids() if n not in known]
-        if not unknown:
-            return
-        answers, failures = ask_whoami(grid, unknown, REJOIN_WAIT_SECONDS)
-        for node, reason in failures.items():
-            log(WARNING, "node %d joined, but its client failed: %s; left out", node, reason)
-            self.ignored_nodes.add(node)
-        for node, answer in answers.items():
-            before = self.roster.node_of_partition.get(int(answer["partition-id"]))
-            try:
-                partition = self.roster.rejoin(node, answer)
-            except ValueError as err:
-                log(WARNING, "node %d joined, but %s; left out", node, err)
-                self.ignored_nodes.add(node)
-                continue
-            log(WARNING, "client %d is back on node %d (was node %s): a SuperNode restarted",
-                partition, node, before)  # fmt: skip
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
-    ) -> Iterable[Message]:
-        self.refresh_roster(grid)
-        self.last_sampled = self.sampled_partitions(server_round)
-        view = SampledGrid(grid, self.roster.node_ids(self.last_sampled))
-        return super().configure_train(server_round, arrays, config, view)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
-    ) -> Iterable[Message]:
-        # Its own stream, so that evaluation does not mirror the training sample.
-        partitions = sample_partitions(
-            self.seed,
-            server_round,
-            self.roster.num_clients,
-            self.evaluate_clients,
-            purpose=seeding.EVALUATE_SAMPLING,
-        )
-        if not partitions:
-            return []
-        view = SampledGrid(grid, self.roster.node_ids(partitions))
-        return super().configure_evaluate(server_round, arrays, config, view)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        """Aggregate the round's finite uploads in partition order. Uploads holding NaN or inf
-        (a client's training diverged) are dropped with a warning and counted
-        (`last_nonfinite`); with no finite upload the round returns no model, and Flower's loop
-        keeps the previous global model."""
-        ordered = _ordered_without_errors(replies, self.roster, f"round {server_round} training")
-        flags = [_finite_upload(reply) for reply in ordered]
-        finite = [reply for reply, ok in zip(ordered, flags, strict=True) if ok]
-        self.last_nonfinite = [
-            self.roster.partition_of(reply.metadata.src_node_id)
-            for reply, ok in zip(ordered, flags, strict=True)
-            if not ok
-        ]
-        self.last_uploads = len(ordered)
-        if self.last_nonfinite:
-            log(WARNING, "round %d: dropped %d of %d uploads holding NaN or inf (partitions %s)",
-                server_round, len(self.last_nonfinite), len(ordered),
-                self.last_nonfinite)  # fmt: skip
-        if not finite:
-            self.last_train_metrics = None
-            return None, None
-        # (Flower's FedMedian empties the replies' records: take the layout first)
-        layout = {k: (a.shape, a.dtype) for k, a in finite[0].content["arrays"].items()}
-        arrays, metrics = super().aggregate_train(server_round, finite)
-        self.last_train_metrics = metrics
-        if arrays is not None:
-            arrays = _with_layout(arrays, layout)
-        return arrays, metrics
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        ordered = _ordered_without_errors(
-            replies, self.roster, f"round {server_round} evaluation", allow_none=True
-        )
-        metrics = super().aggregate_evaluate(server_round, ordered)
-        self.last_evaluate_metrics = metrics
-        return metrics
-
-
-def _with_layout(arrays: ArrayRecord, layout: dict[str, tuple]) -> ArrayRecord:
-    """`arrays` with every tensor in the (shape, dtype) that `layout` gives for its key (as
-    the clients uploaded it).
-
-    Flower's FedAvg family returns float64 for integer buffers (BatchNorm's 0-d int64
-    `num_batches_tracked`); integers are truncated toward zero, as torch's load_state_dict
-    copy does."""
-    restored = {}
-    for key, array in arrays.items():
-        value = array.numpy()
-        shape, dtype = layout[key]
-        if value.dtype != np.dtype(dtype) or value.shape != tuple(shape):
-            value = cast_back(value.astype(np.float64).reshape(shape), np.dtype(dtype))
-        restored[key] = Array(np.require(value, requirements="C"))
-    return ArrayRecord(array_dict=restored)
-
-
-def _finite_upload(reply: Message) -> bool:
-    return is_finite_model([array.numpy() for array in reply.content["arrays"].values()])
-
-
-def _ordered_without_errors(
+def ordered_without_errors(
     replies: Iterable[Message], roster: ClientRoster, what: str, allow_none: bool = False
 ) -> list[Message]:
     """Replies sorted by partition id; a client that raised fails the run, loudly.

@@ -7,7 +7,6 @@ import pytest
 from common.config import (
     DEVICES,
     LOCAL_LOSSES,
-    STRATEGY_NAMES,
     ConfigError,
     RunConfig,
     app_defaults,
@@ -95,7 +94,6 @@ def test_data_settings_take_the_data_fields():
 @pytest.mark.parametrize(
     ("key", "bad", "allowed"),
     [
-        ("strategy", "fedsgd", STRATEGY_NAMES),
         ("dataset", "mnist", DATASET_NAMES),
         ("model", "vgg16", MODEL_NAMES),
         ("partition", "pathological", PARTITION_NAMES),
@@ -240,12 +238,21 @@ def test_too_many_clients_per_round_is_an_error():
 
 
 def test_strategy_specific_keys_name_real_keys_and_strategies():
-    from common.config import STRATEGY_SPECIFIC_KEYS, key_matters
+    from strategies.registry import STRATEGY_NAMES, key_matters, strategy_keys
 
     defaults = app_defaults()
-    for key, strategies in STRATEGY_SPECIFIC_KEYS.items():
+    for key, strategies in strategy_keys().items():
         assert key in defaults, key
         assert strategies <= set(STRATEGY_NAMES), key
     assert key_matters("lr", "fedavg") and key_matters("compromised-rate", "krum")
     assert not key_matters("compromised-rate", "fedavg")
     assert not key_matters("warmup-rounds", "fednoro") and key_matters("gmm-fits", "fednoro")
+
+
+def test_an_unknown_strategy_names_every_known_one():
+    from strategies.registry import STRATEGY_NAMES, check_strategy_settings
+
+    with pytest.raises(ConfigError) as info:
+        check_strategy_settings(config_with(strategy="fedsgd"), 10)
+    assert "strategy='fedsgd' is not known" in str(info.value)
+    assert all(name in str(info.value) for name in STRATEGY_NAMES)

@@ -55,7 +55,7 @@ def test_every_strategy_computes_the_recorded_numbers(strategy, tmp_path):
 
 
 def test_the_fixture_covers_every_strategy():
-    from common.config import STRATEGY_NAMES
+    from strategies.registry import STRATEGY_NAMES
 
     assert sorted(STRATEGIES) == sorted(STRATEGY_NAMES)
 
@@ -65,7 +65,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
     import tempfile
 
     sys.path.insert(0, str(ROOT))
-    from common.config import STRATEGY_NAMES
+    from strategies.registry import STRATEGY_NAMES
 
     recorded = {}
     for name in STRATEGY_NAMES:

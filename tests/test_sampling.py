@@ -17,13 +17,13 @@ from flwr.serverapp.strategy import (
 )
 
 from common import seeding
-from common.config import STRATEGY_NAMES, ConfigError, config_with
-from strategies.registry import build_strategy, check_strategy_settings
+from common.config import ConfigError, config_with
+from strategies.base import SeededStrategy
+from strategies.registry import STRATEGY_NAMES, build_strategy, check_strategy_settings
 from strategies.rules import FedExp, KrumFnbench, LowerMedian, TrimmedMeanFnbench
 from strategies.sampling import (
-    SeededSampling,
-    _ordered_without_errors,
     drop_lost_replies,
+    ordered_without_errors,
     roster_from_whoami,
     sample_partitions,
 )
@@ -254,7 +254,15 @@ def test_roster_rejects_no_answers():
 @pytest.mark.parametrize("name", STRATEGY_NAMES)
 def test_every_strategy_name_is_built_with_seeded_sampling(name):
     strategy = build_strategy(config_with(strategy=name, clients_per_round=10), ROSTER)
-    assert isinstance(strategy, SeededSampling) and isinstance(strategy, FedAvg)
+    assert isinstance(strategy, SeededStrategy) and isinstance(strategy, FedAvg)
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_every_strategy_declares_itself_once_with_single_inheritance(name):
+    cls = type(build_strategy(config_with(strategy=name, clients_per_round=10), ROSTER))
+    assert name in cls.names and cls.description
+    for klass in cls.__mro__[: cls.__mro__.index(SeededStrategy)]:
+        assert len(klass.__bases__) == 1, klass  # one parent all the way to the base
 
 
 @pytest.mark.parametrize(
@@ -282,7 +290,7 @@ def test_trimmedmean_fnbench_must_keep_a_model():
 def test_geometric_median_strategies_are_seeded_and_configured(name):
     config = config_with(strategy=name, clients_per_round=10, gm_scope="whole-model", gm_max_iter=7)
     strategy = build_strategy(config, ROSTER)
-    assert isinstance(strategy, SeededSampling) and isinstance(strategy, FedAvg)
+    assert isinstance(strategy, SeededStrategy) and isinstance(strategy, FedAvg)
     assert strategy.rule.scope == "whole-model" and strategy.rule.max_iter == 7
     assert strategy.local_loss == ("logit-adjusted" if name == "maskedoptim" else "ce")
     assert strategy.clients_per_round == 10
@@ -292,10 +300,7 @@ def test_geometric_median_strategies_are_seeded_and_configured(name):
 def test_build_strategy_gives_the_matching_flower_class(name):
     config = config_with(strategy=name, clients_per_round=10, compromised_rate=0.1)
     strategy = build_strategy(config, ROSTER)
-    assert isinstance(strategy, FLOWER_CLASS[name])
-    assert isinstance(strategy, SeededSampling)
-    # the class mixed in is exactly the named one (Krum is a MultiKrum subclass, not the reverse)
-    assert type(strategy).__mro__[2] is FLOWER_CLASS[name]
+    assert type(strategy.flower) is FLOWER_CLASS[name]  # Flower's own class does the round
     assert strategy.clients_per_round == config.clients_sampled(NUM_CLIENTS) == 10
     assert strategy.seed == config.seed
     assert strategy.roster is ROSTER
@@ -303,19 +308,19 @@ def test_build_strategy_gives_the_matching_flower_class(name):
 
 def test_build_strategy_passes_the_strategy_settings():
     prox = build_strategy(config_with(strategy="fedprox", proximal_mu=0.37), ROSTER)
-    assert prox.proximal_mu == 0.37
+    assert prox.flower.proximal_mu == 0.37
     trimmed = build_strategy(config_with(strategy="fedtrimmedavg", trimmed_beta=0.3), ROSTER)
-    assert trimmed.beta == 0.3
+    assert trimmed.flower.beta == 0.3
     # f = int(clients-per-round * compromised-rate) = int(12 * 0.2) = 2
     for name in ("krum", "multikrum", "bulyan"):
         robust = build_strategy(
             config_with(strategy=name, clients_per_round=12, compromised_rate=0.2), ROSTER
         )
-        assert robust.num_malicious_nodes == 2
+        assert robust.flower.num_malicious_nodes == 2
     multikrum = build_strategy(
         config_with(strategy="multikrum", clients_per_round=12, compromised_rate=0.2), ROSTER
     )
-    assert multikrum.num_nodes_to_select == 10
+    assert multikrum.flower.num_nodes_to_select == 10
 
 
 def test_build_strategy_ten_percent_when_clients_per_round_is_zero():
@@ -348,7 +353,9 @@ def test_bulyan_accepts_exactly_4f_plus_3():
 
 def test_krum_needs_enough_clients():
     config = config_with(strategy="krum", clients_per_round=4, compromised_rate=0.5)
-    with pytest.raises(ConfigError, match="krum needs clients-per-round >= 2\\*f \\+ 3"):
+    with pytest.raises(
+        ConfigError, match="krum and multikrum need clients-per-round >= 2\\*f \\+ 3"
+    ):
         check_strategy_settings(config, NUM_CLIENTS)
 
 
@@ -504,16 +511,16 @@ class StubMessage:
         return self._failed
 
 
-def test_ordered_without_errors_sorts_by_partition_id():
+def testordered_without_errors_sorts_by_partition_id():
     replies = [StubMessage(node_of(p)) for p in (4, 0, 9, 2)]
-    ordered = _ordered_without_errors(replies, ROSTER, "test")
+    ordered = ordered_without_errors(replies, ROSTER, "test")
     assert [ROSTER.partition_of(m.metadata.src_node_id) for m in ordered] == [0, 2, 4, 9]
 
 
-def test_ordered_without_errors_allows_none_for_evaluation():
-    assert _ordered_without_errors([], ROSTER, "evaluation", allow_none=True) == []
+def testordered_without_errors_allows_none_for_evaluation():
+    assert ordered_without_errors([], ROSTER, "evaluation", allow_none=True) == []
     with pytest.raises(RuntimeError, match="no client replied"):
-        _ordered_without_errors([], ROSTER, "training")
+        ordered_without_errors([], ROSTER, "training")
 
 
 def test_replies_the_superlink_made_for_offline_nodes_are_left_out():
@@ -521,11 +528,11 @@ def test_replies_the_superlink_made_for_offline_nodes_are_left_out():
     failed = StubMessage(node_of(6), "disk full")
     replies = [StubMessage(node_of(1)), lost, failed]
     assert drop_lost_replies(replies, "x") == [replies[0], failed]
-    ordered = _ordered_without_errors([replies[0], lost], ROSTER, "x")
+    ordered = ordered_without_errors([replies[0], lost], ROSTER, "x")
     assert [m.metadata.src_node_id for m in ordered] == [node_of(1)]
 
 
-def test_ordered_without_errors_names_failed_partitions():
+def testordered_without_errors_names_failed_partitions():
     replies = [StubMessage(node_of(1)), StubMessage(node_of(6), "disk full")]
     with pytest.raises(RuntimeError, match="1 client\\(s\\) failed in x: partition 6: disk full"):
-        _ordered_without_errors(replies, ROSTER, "x")
+        ordered_without_errors(replies, ROSTER, "x")

@@ -11,8 +11,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from common.config import STRATEGY_NAMES, config_with
-from strategies.registry import build_strategy
+from common.config import config_with
+from strategies.registry import STRATEGY_NAMES, build_strategy
 from strategies.sampling import roster_from_whoami
 
 NUM_CLIENTS = 10
