@@ -1,9 +1,9 @@
 """Benchmark: the paper's CIFAR-10 protocol on the CPU (LeNet, 100 clients, 120 rounds).
 
-Prepares CIFAR-10 in the official layout from ../shared/datasets when it is not there yet (the
-"CIFAR-10 (JPEG q75 copy)"), runs the preset through simulation.py and prints wall time, seconds
-per round and the last-10-round mean accuracy. The authors' code needs 27 min 45 s (13.9 s per
-round) for FedAvg on a 2-core machine and reaches 54.3 % (seed 1).
+Needs CIFAR-10 in the official layout under --data-dir (the team measures on its "CIFAR-10
+(JPEG q75 copy)", see docs/datasets.md), runs the preset through simulation.py and prints wall
+time, seconds per round and the last-10-round mean accuracy. The authors' code needs 27 min
+45 s (13.9 s per round) for FedAvg on a 2-core machine and reaches 54.3 % (seed 1).
 
     .venv/bin/python bench/paper_preset.py --strategy fedavg [--seed 1] [--rounds 120] \
         [--runtime inprocess]
@@ -18,16 +18,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "datasets"
 
 
 def ensure_cifar10(data_dir: Path) -> None:
-    if (data_dir / "cifar-10-batches-py" / "data_batch_1").is_file():
-        return
-    script = SHARED / "prepare_cifar10.py"
-    if not script.is_file():
-        raise SystemExit(f"no CIFAR-10 in {data_dir} and no {script} to build it")
-    subprocess.run([sys.executable, str(script), str(data_dir)], check=True)
+    if not (data_dir / "cifar-10-batches-py" / "data_batch_1").is_file():
+        raise SystemExit(
+            f"no CIFAR-10 in {data_dir}: give --data-dir, the folder that holds "
+            "cifar-10-batches-py/ (docs/datasets.md)"
+        )
 
 
 def main() -> None:

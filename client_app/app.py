@@ -283,7 +283,7 @@ def masked_settings(config: RunConfig, server_config) -> MaskedSettings:
 
 @app.train("masked")
 def train_masked(msg: Message, context: Context) -> Message:
-    """MaskedOptim's noisy-client training (spec §3) with label logits kept across rounds."""
+    """MaskedOptim's noisy-client training (fidelity §3) with label logits kept across rounds."""
     client = local_client(context)
     config = client.config
     server_config = msg.content["config"]

@@ -1,6 +1,6 @@
 """MaskedOptim's client core: masked label optimisation on a noisy client (torch only, no Flower).
 
-After the warm-up (spec §2), the server splits the clients into clean and noisy ones from their
+After the warm-up (fidelity §2), the server splits the clients into clean and noisy ones from their
 per-class loss vectors (§2.3, computed here by `per_class_loss`). A noisy client then trains
 with PENCIL-style end-to-end label correction (§3), as the authors'
 `LocalUpdateMaskedOptim.train_stage2`:
@@ -38,7 +38,7 @@ from client_app.training import LocalTraining, batch_indices, local_optimiser
 from data.client_data import ClientData
 from data.transforms import InputPipeline
 
-# Terms the small-loss mask can apply to (spec §11.2 row 6: the authors mask only "compat").
+# Terms the small-loss mask can apply to (fidelity §11.2 row 6: the authors mask only "compat").
 MASKABLE_TERMS = ("compat", "entropy", "class")
 
 
@@ -81,7 +81,7 @@ class MaskedSettings:
 def init_label_logits(
     observed_labels: torch.Tensor, num_classes: int, scale: float = 10.0
 ) -> torch.Tensor:
-    """float32 [n, C]: zeros with `scale` (K) at each observed label (spec §3.1).
+    """float32 [n, C]: zeros with `scale` (K) at each observed label (fidelity §3.1).
 
     On the labels' device. With K = 10 and C = 10, softmax gives 0.99959 at the label.
     """
@@ -122,8 +122,8 @@ def _loss_terms(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(total, L_c, L_o, L_e) as tensors: no device sync, for the training loop."""
     # Choice: the loss is computed in fp32 even when the forward ran under fp16 autocast (the
-    # authors take softmax of the fp16 logits, giving fp16 probabilities; spec §3.4). log_softmax
-    # instead of log(softmax) for stability; the value and gradients are the same as theirs.
+    # authors take softmax of the fp16 logits, giving fp16 probabilities; fidelity §3.4).
+    # log_softmax instead of log(softmax) for stability; the value and gradients are theirs.
     log_p = F.log_softmax(logits.float(), dim=1)
     p = log_p.exp()
     log_y = F.log_softmax(label_logits.float(), dim=1)
@@ -156,7 +156,7 @@ def masked_optim_loss(
     beta: float,
     masked_terms: str | Iterable[str] = "compat",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The noisy-client loss of spec §3.2: ``L_c / C + alpha * L_o + beta * L_e / C``.
+    """The noisy-client loss of fidelity §3.2: ``L_c / C + alpha * L_o + beta * L_e / C``.
 
     p = softmax(logits), y_d = softmax(label_logits);
     L_c = (1/B) sum_i KL(p_i || y_d,i), L_o = -(1/B) sum_i m_i log y_d,i[observed_i] (divided by B,
@@ -180,14 +180,14 @@ def masked_optim_loss(
 def merge_labels(
     label_logits: torch.Tensor, predictions: torch.Tensor, scale: float
 ) -> torch.Tensor:
-    """End-of-round label merge (spec §3.6): ``K * (softmax(Ytil) + P) / 2``, in [0, K]."""
+    """End-of-round label merge (fidelity §3.6): ``K * (softmax(Ytil) + P) / 2``, in [0, K]."""
     return (F.softmax(label_logits, dim=1) + predictions) / 2 * scale
 
 
 def premerge_state(
     local: dict[str, torch.Tensor], received: dict[str, torch.Tensor], local_weight: float
 ) -> dict[str, torch.Tensor]:
-    """``zeta * local + (1 - zeta) * received`` for every state entry (spec §3.7).
+    """``zeta * local + (1 - zeta) * received`` for every state entry (fidelity §3.7).
 
     Floating tensors keep their dtype. Integer tensors (BatchNorm's num_batches_tracked) are
     interpolated the way torch promotes ``python float * int64 tensor`` (to the default float
@@ -211,7 +211,7 @@ class MaskedRoundResult:
 
 
 def _autocast(enabled: bool, device: torch.device):
-    """fp16 autocast for the authors' stage-2 forward (spec §3.4, B5); only on CUDA."""
+    """fp16 autocast for the authors' stage-2 forward (fidelity §3.4, B5); only on CUDA."""
     if enabled and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     # Choice: on other devices the flag is ignored (fp16 autocast is a CUDA feature).
@@ -256,13 +256,13 @@ def masked_train_locally(
     label_logits: torch.Tensor,
     generator: torch.Generator,
 ) -> MaskedRoundResult:
-    """One stage-2 round of a noisy client (spec §3.5), starting from the received global model.
+    """One stage-2 round of a noisy client (fidelity §3.5), starting from the received global model.
 
     `model` must hold the received global weights on entry. Only settings.epochs, batch_size, lr,
     momentum and weight_decay are used (settings.loss and proximal_mu do not apply to noisy
     clients: the loss is §3.2's). `label_logits` ([n, C], the client's Ytil) is not modified in
     place; the merged logits for the next round come back in the result, on the same device.
-    The observed labels are never changed (spec §3.6): the mask and L_o always use them.
+    The observed labels are never changed (fidelity §3.6): the mask and L_o always use them.
 
     On return the model holds w_final, the locally trained weights AND buffers exactly as they
     were after the last SGD step (the soft-prediction pass's BatchNorm running-statistics updates
@@ -304,13 +304,13 @@ def masked_train_locally(
                 masked=masked_set,
             )
             optimiser.zero_grad(set_to_none=True)
-            # No GradScaler with autocast, as the authors (spec §3.4, B5: fidelity mode).
+            # No GradScaler with autocast, as the authors (fidelity §3.4, B5: fidelity mode).
             loss.backward()
             grad_buffer[idx] = rows.grad  # each sample at most once per epoch
             optimiser.step()
             loss_sum += loss.detach()  # stays on the device: no sync per step
             steps += 1
-        # Plain gradient descent on the label logits, once per epoch (spec §3.3).
+        # Plain gradient descent on the label logits, once per epoch (fidelity §3.3).
         ytil = ytil - masked.label_lr * grad_buffer
 
     final_state = _state_copy(model)  # w_final, taken BEFORE the soft-prediction pass (B6)
@@ -336,7 +336,7 @@ def per_class_loss(
     generator: torch.Generator,
     batch_size: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The client's per-class mean loss vector for noisy-client detection (spec §2.3).
+    """The client's per-class mean loss vector for noisy-client detection (fidelity §2.3).
 
     As the authors' GMM block, computed by the client (§11.2 row 2): model in eval mode, no grad,
     the TRAINING transform (augmentation on; its randomness from `generator`), plain per-sample

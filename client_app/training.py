@@ -2,7 +2,7 @@
 
 A client's data are tensors on the training device (data.client_data.ClientData); each batch is
 indexed from them and augmented on the device (data.transforms). The loop follows the authors'
-`train_stage1` / FedAvg client (spec §2.1, §5.2): a fresh SGD optimiser every round, E epochs,
+`train_stage1` / FedAvg client (fidelity §2.1, §5.2): a fresh SGD optimiser every round, E epochs,
 shuffled batches of B with the last partial batch dropped.
 """
 
@@ -52,7 +52,7 @@ class TrainStats:
 def logit_adjusted_cross_entropy(
     logits: torch.Tensor, targets: torch.Tensor, log_prior: torch.Tensor, tau: float = 1.0
 ) -> torch.Tensor:
-    """CE on logits shifted by tau * log(class prior) (Menon et al.; spec §2.1, tau = 1).
+    """CE on logits shifted by tau * log(class prior) (Menon et al.; fidelity §2.1, tau = 1).
 
     Classes absent from the client have prior 0 and log-prior -inf, as in the authors' code:
     their probability becomes 0, which is harmless because no target is an absent class.

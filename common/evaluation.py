@@ -1,4 +1,4 @@
-"""Evaluation of a model on stored inputs: the metrics the authors log (spec §9).
+"""Evaluation of a model on stored inputs: the metrics the authors log (fidelity §9).
 
 Used by the ServerApp (centralized evaluation on the test set) and the ClientApp (federated
 evaluation on local data); torch and scikit-learn only.

@@ -1,7 +1,7 @@
 """Label-correction metrics: how well corrected (or observed) labels match the clean labels.
 
 The released MaskedOptim code computes none; the paper reports precision / recall / F1, so we use
-sklearn-style macro averages plus accuracy (spec §3.8, an assumption). Counts are kept as a
+sklearn-style macro averages plus accuracy (fidelity §3.8, an assumption). Counts are kept as a
 confusion matrix so they can be summed over clients and rounds before the metrics are taken.
 `metrics_from_confusion` gives exactly what `sklearn.metrics.accuracy_score` and
 `precision_recall_fscore_support(average="macro", zero_division=0)` give on the same labels.

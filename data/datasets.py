@@ -10,7 +10,7 @@ Formats read (no third-party dataset library is needed at load time):
   (a ``torch.save`` dict of numpy arrays, in the CIFAR-10 training order).
 - ``agnews``: the Zhang et al. CSV layout ``train.csv``/``test.csv`` (class 1..4, title,
   description), tokenised like torchtext's ``basic_english`` with a vocabulary built on the
-  training split as ``torchtext.vocab.build_vocab_from_iterator`` does (spec §6.2).
+  training split as ``torchtext.vocab.build_vocab_from_iterator`` does (fidelity §6.2).
 - ``clothing1m``: the released layout (``images/``, ``*_label_kv.txt``, ``*_key_list.txt``); the
   images are decoded lazily (``ImageFiles``), because the 1M training images do not fit in memory.
 

@@ -2,7 +2,7 @@
 
 It is a pure, deterministic function of the data settings, the number of clients and the seed,
 so every process (server, each simulated or real client) computes the same one. Steps, as in the
-authors' code (spec §6.3-6.5): partition on the clean labels, then corrupt each client's labels
+authors' code (fidelity §6.3-6.5): partition on the clean labels, then corrupt each client's labels
 with its own noise kind and rate (or take the dataset's human labels). The clean labels and each
 client's realised noise rate are kept as diagnostics; the algorithms never read them.
 """

@@ -75,7 +75,7 @@ def partition_dirichlet(
     Departures from the authors' code:
 
     - randomness comes from ``rng``. The authors call ``np.random.seed(c)`` before each class, so
-      their partition ignores ``--seed`` (spec B7); here it depends on the generator's seed;
+      their partition ignores ``--seed`` (fidelity B7); here it depends on the generator's seed;
     - each attempt draws fresh numbers (theirs repeats the same draw, so it loops forever when the
       first attempt misses ``min_size``);
     - it always terminates: ``min_size * num_clients > len(labels)`` is rejected up front, and

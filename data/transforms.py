@@ -2,7 +2,7 @@
 
 Everything works on whole batches of tensors, with no per-sample PIL and no DataLoader, so that a
 client's local training can keep its data on the GPU. The image pipelines reproduce the authors'
-torchvision transforms (spec §6.1, §6.6):
+torchvision transforms (fidelity §6.1, §6.6):
 
 - CIFAR-10 / CIFAR-10-N train: RandomCrop(32, padding=4) (zero = black padding) ->
   RandomHorizontalFlip(0.5) -> ToTensor -> Normalize(ImageNet mean/std); eval: ToTensor ->

@@ -110,7 +110,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet18(Classifier):
-    """ResNet-18, CIFAR variant (spec §7): 3x3 stem, no max-pool, widths 64-512, 512-d features.
+    """ResNet-18, CIFAR variant (fidelity §7): 3x3 stem, no max-pool, widths 64-512, 512-d features.
 
     11,173,962 parameters for 10 classes, as in the authors' code.
     """
@@ -133,7 +133,7 @@ class CifarResNet18(Classifier):
 
 
 class FastText(Classifier):
-    """The authors' "FastText" for AG News (spec §7): embedding mean over non-padding tokens,
+    """The authors' "FastText" for AG News (fidelity §7): embedding mean over non-padding tokens,
     then Linear(256, 256) with no activation (the feature), then the class head.
 
     The authors return log-softmax; logits are equivalent for every softmax-based loss.

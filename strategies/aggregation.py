@@ -1,7 +1,7 @@
 """Model aggregation rules as plain numpy: the geometric median used by MaskedOptim and a mean.
 
 MaskedOptim aggregates every round (warm-up included) with the geometric median of the uploaded
-models, computed by the authors' `RFA` function (`fl_components/fed.py`, spec §5.1):
+models, computed by the authors' `RFA` function (`fl_components/fed.py`, fidelity §5.1):
 
 * plain Weiszfeld iterations started at the mean of the points, no smoothing parameter, only a
   distance floor ``eps`` that is also the convergence tolerance (default 1e-5, 10 iterations);
@@ -9,7 +9,7 @@ models, computed by the authors' `RFA` function (`fl_components/fed.py`, spec §
   included) gets its own median, with its own Weiszfeld weights;
 * **unweighted**: the clients' sample counts are ignored;
 * when the step becomes shorter than ``eps`` the loop stops and keeps the *previous* iterate, not
-  the new one (spec §11, B9).
+  the new one (fidelity §11.3 B9).
 
 `geometric_median_per_tensor` reproduces this. `geometric_median_whole_model` is the original RFA
 formulation (one median of the concatenated model vectors), and optional client weights are
@@ -163,7 +163,7 @@ def geometric_median_per_tensor(
     max_iter: int = DEFAULT_MAX_ITER,
     eps: float = DEFAULT_EPS,
 ) -> list[np.ndarray]:
-    """One geometric median per tensor index: the authors' `RFA` aggregation (spec §5.1).
+    """One geometric median per tensor index: the authors' `RFA` aggregation (fidelity §5.1).
 
     `models[k]` is client k's list of tensors, in the same order and shapes for every client (BN
     buffers included, as the authors aggregate the whole state_dict). Tensor j of the result is
@@ -239,12 +239,12 @@ def weighted_mean(
     return result
 
 
-# --- The authors' aggregation baselines (FNBench `fl_components/fed.py`, spec §5.2) -------------
+# --- The authors' aggregation baselines (FNBench `fl_components/fed.py`, fidelity §5.2) ------
 
 
 def coordinate_lower_median(models: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
     """Coordinate-wise median with torch.median's rule: for an even number of models, the lower
-    of the two middle values, not their mean (the authors' `Median`, spec §11.3 B11).
+    of the two middle values, not their mean (the authors' `Median`, fidelity §11.3 B11).
 
     Every output value is one of the inputs, so each tensor keeps its dtype exactly."""
     converted = _check_models(models)
@@ -284,7 +284,7 @@ def summed_squared_distances(models: Sequence[Sequence[np.ndarray]]) -> np.ndarr
 
 
 def krum_fnbench(models: Sequence[Sequence[np.ndarray]]) -> tuple[list[np.ndarray], int]:
-    """The authors' Krum variant (spec §5.2, B10): the model with the smallest sum of squared
+    """The authors' Krum variant (fidelity §5.2, B10): the model with the smallest sum of squared
     distances to *all* models (a medoid; the textbook Krum sums over the m - f - 2 nearest
     only). Returns a copy of that model and its index (ties: the lowest index).
 
@@ -298,9 +298,10 @@ def krum_fnbench(models: Sequence[Sequence[np.ndarray]]) -> tuple[list[np.ndarra
 def trimmed_mean_fnbench(
     models: Sequence[Sequence[np.ndarray]], num_trimmed: int
 ) -> tuple[list[np.ndarray], list[int]]:
-    """The authors' TrimmedMean variant (spec §5.2, B10): not coordinate-wise. Score each model by
-    s_i = sum_j ||x_i - x_j||^2, take the lower median of the scores, keep the m - 2f models whose
-    score is nearest to it, and return their uniform mean and their indices (sorted).
+    """The authors' TrimmedMean variant (fidelity §5.2, B10): not coordinate-wise. Score each
+    model by s_i = sum_j ||x_i - x_j||^2, take the lower median of the scores, keep the m - 2f
+    models whose score is nearest to it, and return their uniform mean and their indices
+    (sorted).
 
     `num_trimmed` is f = int(m * compromised-rate); m - 2f must be at least 1."""
     converted = _check_models(models)

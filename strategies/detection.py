@@ -1,11 +1,11 @@
 """Noisy-client detection after the warm-up: per-class losses, a 2-component GMM, a 9-seed vote.
 
-This is the authors' procedure (`main_fed_LNL.py`, GMM block; spec §2.3), on an [N, C] matrix of
+This is the authors' procedure (`main_fed_LNL.py`, GMM block; fidelity §2.3), on an [N, C] matrix of
 per-class mean losses of the global model (row = client, column = observed class, NaN where the
 client has no sample of the class):
 
 1. NaN entries become the minimum of their column; every column is min-max normalised to [0, 1]
-   (a constant column becomes 0: the authors divide 0 by 0 there, spec §11 B8);
+   (a constant column becomes 0: the authors divide 0 by 0 there, fidelity §11.3 B8);
 2. nine ``GaussianMixture(n_components=2, random_state=s)`` fits, s = 0..8, all other arguments at
    sklearn's defaults; in each fit the noisy component is the one with the larger summed mean, and
    its members form that fit's noisy set;
@@ -100,7 +100,8 @@ def _fit_noisy_set(matrix: np.ndarray, seed: int) -> tuple[int, ...]:
 
 
 def split_noisy_clients(losses: np.ndarray, *, num_fits: int = DEFAULT_NUM_FITS) -> NoisySplit:
-    """Split clients into noisy and clean as the authors do (spec §2.3); never raises on edge cases.
+    """Split clients into noisy and clean as the authors do (fidelity §2.3); never raises on
+    edge cases.
 
     `losses` is the [N, C] per-class mean loss matrix (NaN where a client lacks a class). The matrix
     is normalised by `normalise_loss_matrix`, `num_fits` GMMs with seeds 0..num_fits-1 each vote for

@@ -1,4 +1,4 @@
-"""MaskedOptim's server side (spec §1, §2, §5.1), the RFA baseline, and the two noisy-label
+"""MaskedOptim's server side (fidelity §1, §2, §5.1), the RFA baseline, and the two noisy-label
 baselines that share its detection (FedELC, FedNoRo), as Flower strategies.
 
 - `NoisyClientRouting`: rounds 1..T_w warm up (every sampled client trains with logit-adjusted
@@ -45,7 +45,7 @@ class LabelCorrection:
 
     Confusion matrices (rows = clean label, columns = label) summed over the flagged clients:
     the observed labels, and the current corrected labels (argmax of the label logits; the
-    observed label for a flagged client not trained with masking yet), spec §3.8.
+    observed label for a flagged client not trained with masking yet), fidelity §3.8.
     """
 
     observed: dict[int, np.ndarray] = field(default_factory=dict)

@@ -5,11 +5,11 @@ their sample counts and the global model they started from into the next global 
 mathematics is in strategies.aggregation; `RuleStrategy` (strategies.base) only unpacks
 Flower's messages.
 
-- `GeometricMedian`: MaskedOptim's and RFA's rule (spec §5.1).
+- `GeometricMedian`: MaskedOptim's and RFA's rule (fidelity §5.1).
 - `SampleWeightedMean`: FedAvg's rule, for strategies that differ from FedAvg only in the loss
   their clients train with (symmetric-ce).
 - `LowerMedian`, `KrumFnbench`, `TrimmedMeanFnbench`, `FedExp`: the authors' baselines as
-  FNBench implements them (spec §5.2), beside Flower's own FedMedian, Krum and FedTrimmedAvg.
+  FNBench implements them (fidelity §5.2), beside Flower's own FedMedian, Krum and FedTrimmedAvg.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ Models = list[list[np.ndarray]]
 
 @dataclass(frozen=True)
 class GeometricMedian:
-    """How the uploaded models are combined (spec §5.1, §11.2 row 10)."""
+    """How the uploaded models are combined (fidelity §5.1, §11.2 row 10)."""
 
     scope: str = "per-tensor"  # or "whole-model" (RFA's original, one median of flat vectors)
     weighted: bool = False  # the authors ignore sample counts

@@ -22,7 +22,7 @@ def _points(seed: int, n: int = 9, shape: tuple[int, ...] = (3, 4)) -> list[np.n
 
 
 def _reference_rfa(points: list[np.ndarray], max_iter: int = 10, eps: float = 1e-5) -> np.ndarray:
-    """Literal transcription of the authors' loop (spec §5.1), unweighted."""
+    """Literal transcription of the authors' loop (fidelity §5.1), unweighted."""
     xs = [p.astype(np.float64) for p in points]
     z = sum(xs) / len(xs)
     for _ in range(max_iter):
@@ -230,7 +230,7 @@ def test_weighted_mean_matches_numpy_average():
     np.testing.assert_allclose(uniform[1], np.mean([m[1] for m in models], axis=0), atol=1e-12)
 
 
-# --- the authors' baselines (FNBench variants, spec §5.2) ---------------------------------------
+# --- the authors' baselines (FNBench variants, fidelity §5.2) -------------------------------
 
 
 def _models(seed: int, m: int) -> list[list[np.ndarray]]:

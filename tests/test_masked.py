@@ -1,8 +1,8 @@
 """Tests for client_app/masked.py: MaskedOptim's noisy-client loss, label updates and round.
 
 Tiny linear models on float feature vectors with the identity pipeline, on the CPU. With lr = 0
-the model's predictions are fixed, so the label updates of spec §3.3 and the merge of §3.6 can be
-computed by hand.
+the model's predictions are fixed, so the label updates of fidelity §3.3 and the merge of §3.6
+can be computed by hand.
 """
 
 from __future__ import annotations

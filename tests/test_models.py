@@ -38,7 +38,7 @@ def test_every_model_name_is_covered():
     assert set(CASES) == set(MODEL_NAMES)
 
 
-# --- parameter counts (spec §7) ----------------------------------------------------------------
+# --- parameter counts (fidelity §7) -----------------------------------------------------------
 
 
 def test_resnet18_parameter_count():
