@@ -66,7 +66,7 @@ class ProximalParams(StrategyParams):
 
 class SeededFedProx(FlowerStrategy):
     names = ("fedprox",)
-    description = "Flower's FedProx: FedAvg with the proximal term mu/2 ||w - w_global||^2"
+    description = "Flower's FedProx: FedAvg with the proximal term (mu/2) ‖w − w_global‖²"
     Params = ProximalParams
     flower_class = FedProx
 

@@ -256,3 +256,13 @@ def test_an_unknown_strategy_names_every_known_one():
         check_strategy_settings(config_with(strategy="fedsgd"), 10)
     assert "strategy='fedsgd' is not known" in str(info.value)
     assert all(name in str(info.value) for name in STRATEGY_NAMES)
+
+
+def test_the_docs_strategy_table_is_the_registrys():
+    from pathlib import Path
+
+    from strategies.registry import strategy_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    table = text.split("<!-- strategies table: begin -->\n")[1].split("<!-- strategies")[0]
+    assert table == strategy_table(), "run python -m strategies.registry and paste its table"
