@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client_app.training import LocalTraining, train_locally  # noqa: E402
+from client_app.training import train_locally
+from common.protocol import LocalTraining  # noqa: E402
 from data.client_data import ClientData  # noqa: E402
 from data.transforms import pipeline_for  # noqa: E402
 from models import build_model  # noqa: E402
@@ -54,7 +55,7 @@ def bare_loop(model, data: ClientData, settings: LocalTraining, generator) -> in
         weight_decay=settings.weight_decay,
     )  # fmt: skip
     n, b = len(data), settings.batch_size
-    for _ in range(settings.epochs):
+    for _ in range(settings.local_epochs):
         order = torch.randperm(n, generator=generator).to(data.inputs.device)
         for start in range(0, n - b + 1, b):
             idx = order[start : start + b]
@@ -64,7 +65,7 @@ def bare_loop(model, data: ClientData, settings: LocalTraining, generator) -> in
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    return settings.epochs * (n // b) * b
+    return settings.local_epochs * (n // b) * b
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:

@@ -42,17 +42,24 @@ from client_app.fedcorr import (
     relabel,
 )
 from client_app.masked import (
-    MaskedSettings,
     init_label_logits,
     masked_train_locally,
     per_class_loss,
 )
 from client_app.state import ClientStateStore
-from client_app.training import LocalTraining, train_locally
+from client_app.training import train_locally
 from common import seeding
 from common.config import RunConfig
 from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
+from common.protocol import (
+    SERVER_ROUND,
+    ClassLossQuery,
+    CorrSettings,
+    LocalTraining,
+    MaskedSettings,
+    RelabelQuery,
+)
 from data.client_data import ClientData
 from data.datasets import load_own_training_data
 from data.federation import DataSettings, Federation, cached_federation, own_data_federation
@@ -212,25 +219,6 @@ def local_client(context: Context) -> LocalClient:
         )
 
 
-def local_training(config: RunConfig, server_config) -> LocalTraining:
-    """This round's local SGD settings; the server may choose the loss and FedProx's mu."""
-    return LocalTraining(
-        epochs=config.local_epochs,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        momentum=config.momentum,
-        weight_decay=config.weight_decay,
-        loss=str(server_config.get("local-loss", config.local_loss)),
-        proximal_mu=float(server_config.get("proximal-mu", 0.0)),
-        sce_alpha=config.sce_alpha,
-        sce_beta=config.sce_beta,
-        kd_weight=float(server_config.get("kd-weight", 0.0)),
-        kd_temperature=float(server_config.get("kd-temperature", config.fednoro_temperature)),
-        mixup_alpha=float(server_config.get("mixup-alpha", 0.0)),
-        proximal_norm=float(server_config.get("proximal-norm", 0.0)),
-    )
-
-
 def train_metrics(client: LocalClient, mean_loss: float, seconds: float) -> MetricRecord:
     """The same keys for every kind of training reply (Flower checks that they agree)."""
     return MetricRecord(
@@ -255,8 +243,8 @@ def train(msg: Message, context: Context) -> Message:
     client = local_client(context)
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
-    settings = local_training(client.config, server_config)
-    generator = shuffle_generator(client, int(server_config["server-round"]))
+    settings = LocalTraining.from_config(server_config)
+    generator = shuffle_generator(client, int(server_config[SERVER_ROUND]))
     started = time.perf_counter()
     stats = train_locally(model, client.data, client.pipeline, settings, generator)
     metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
@@ -264,44 +252,26 @@ def train(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
-def masked_settings(config: RunConfig, server_config) -> MaskedSettings:
-    """The run config's label-learning settings; the strategy may override the three in which
-    FedELC differs from MaskedOptim (no mask, its entropy weight, no pre-merge)."""
-    return MaskedSettings(
-        keep_ratio=float(server_config.get("mask-keep", config.mask_keep)),
-        alpha=config.compat_weight,
-        beta=float(server_config.get("entropy-weight", config.entropy_weight)),
-        label_lr=config.label_lr,
-        label_scale=config.label_scale,
-        local_weight=float(
-            server_config.get("premerge-local-weight", config.premerge_local_weight)
-        ),
-        fp16_autocast=config.masked_fp16,
-        masked_terms=config.masked_terms,
-    )
-
-
 @app.train("masked")
 def train_masked(msg: Message, context: Context) -> Message:
     """MaskedOptim's noisy-client training (fidelity §3) with label logits kept across rounds."""
     client = local_client(context)
-    config = client.config
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
-    masked = masked_settings(config, server_config)
+    masked = MaskedSettings.from_config(server_config)
     labels = LabelStore(context, client.data.partition_id)
     label_logits = labels.load(client.data.inputs.device)
     if label_logits is None:  # first time this client is noisy: K * onehot(observed)
         label_logits = init_label_logits(
             client.data.observed_labels, client.data.num_classes, masked.label_scale
         )
-    generator = shuffle_generator(client, int(server_config["server-round"]))
+    generator = shuffle_generator(client, int(server_config[SERVER_ROUND]))
     started = time.perf_counter()
     result = masked_train_locally(
         model,
         client.data,
         client.pipeline,
-        local_training(config, server_config),
+        LocalTraining.from_config(server_config),
         masked,
         label_logits,
         generator,
@@ -368,16 +338,17 @@ def train_corr(msg: Message, context: Context) -> Message:
     model = client.load(msg.content["arrays"])
     store = CorrectedLabels(context, client.data.observed_labels, client.data.partition_id)
     data = dataclasses.replace(client.data, observed_labels=store.labels())
-    generator = shuffle_generator(client, int(server_config["server-round"]))
+    corr = CorrSettings.from_config(server_config)
+    generator = shuffle_generator(client, int(server_config[SERVER_ROUND]))
     started = time.perf_counter()
     stats = train_locally(
-        model, data, client.pipeline, local_training(client.config, server_config), generator
+        model, data, client.pipeline, LocalTraining.from_config(server_config), generator
     )
     arrays = ArrayRecord(model.state_dict())  # before the eval passes (they change nothing)
     lid = 0.0
-    if int(server_config.get("report-lid", 0)):
+    if corr.report_lid:
         outputs = softmax_outputs(client, model)
-        lid = float(lid_per_sample(outputs, int(server_config["lid-k"])).mean())
+        lid = float(lid_per_sample(outputs, corr.fedcorr_lid_k).mean())
         store.save(losses=double_softmax_losses(outputs, data.observed_labels))
     metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
     metrics["lid"] = lid
@@ -390,12 +361,12 @@ def relabel_query(msg: Message, context: Context) -> Message:
     estimate the noise level from the kept losses and relabel the confident high-loss samples;
     after fine-tuning (`everything`), relabel every confident sample."""
     client = local_client(context)
-    config = msg.content["config"]
+    query = RelabelQuery.from_config(msg.content["config"])
     model = client.load(msg.content["arrays"])
     store = CorrectedLabels(context, client.data.observed_labels, client.data.partition_id)
     before = store.labels()
     losses = store.losses()
-    everything = bool(int(config["everything"]))
+    everything = query.everything
     fraction = 0.0
     if not everything and losses is not None:
         fraction = estimated_noise_fraction(losses, client.config.seed)[1]
@@ -404,8 +375,8 @@ def relabel_query(msg: Message, context: Context) -> Message:
         torch.as_tensor(losses if losses is not None else np.zeros(len(before))).to(before.device),
         softmax_outputs(client, model),
         fraction,
-        ratio=float(config["relabel-ratio"]),
-        confidence=float(config["confidence"]),
+        ratio=query.fedcorr_relabel_ratio,
+        confidence=query.fedcorr_confidence,
         only_high_loss=not everything,
     )
     store.save(labels=after)
@@ -413,7 +384,6 @@ def relabel_query(msg: Message, context: Context) -> Message:
         {
             "noise-fraction": fraction,
             "relabelled": int((after != before).sum()),
-            "partition-id": client.data.partition_id,
         }
     )
     diagnostics = ConfigRecord(
@@ -431,19 +401,18 @@ def class_loss(msg: Message, context: Context) -> Message:
     """Per-class mean loss of the received model on local data, for noisy-client detection."""
     client = local_client(context)
     model = client.load(msg.content["arrays"])
-    server_round = int(msg.content["config"]["server-round"])
+    query = ClassLossQuery.from_config(msg.content["config"])
     losses, present = per_class_loss(
         model,
         client.data,
         client.pipeline,
-        shuffle_generator(client, server_round, seeding.CLASS_LOSS),
-        client.config.class_loss_batch_size,
+        shuffle_generator(client, query.server_round, seeding.CLASS_LOSS),
+        query.class_loss_batch_size,
     )
     metrics = MetricRecord(
         {
             "class-loss": [float(v) if p else 0.0 for v, p in zip(losses, present, strict=True)],
             "class-present": [int(p) for p in present],
-            "partition-id": client.data.partition_id,
         }
     )
     observed = client.data.observed_labels.cpu().numpy()
@@ -479,7 +448,6 @@ def whoami(msg: Message, context: Context) -> Message:
             "num-partitions": int(context.node_config["num-partitions"]),
             "num-examples": len(client.data),
             "true-noise-rate": client.noise_rate,
-            "cuda": int(client.data.inputs.is_cuda),
         }
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

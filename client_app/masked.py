@@ -26,7 +26,6 @@ are commented where they are made (search for "Departure" / "Choice").
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -34,48 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client_app.training import LocalTraining, batch_indices, local_optimiser
+from client_app.training import batch_indices, local_optimiser
+from common.protocol import LocalTraining, MaskedSettings, parse_masked_terms
 from data.client_data import ClientData
 from data.transforms import InputPipeline
-
-# Terms the small-loss mask can apply to (fidelity §11.2 row 6: the authors mask only "compat").
-MASKABLE_TERMS = ("compat", "entropy", "class")
-
-
-@functools.lru_cache(maxsize=32)
-def parse_masked_terms(masked_terms: str) -> frozenset[str]:
-    """Parse a comma list such as "compat" or "compat,entropy"; "" or "none" masks nothing."""
-    names = [t.strip() for t in masked_terms.split(",") if t.strip()]
-    if names == ["none"]:
-        return frozenset()
-    unknown = [t for t in names if t not in MASKABLE_TERMS]
-    if unknown:
-        raise ValueError(
-            f"masked-terms {masked_terms!r} names unknown terms {unknown}; "
-            f"allowed: a comma list of {', '.join(MASKABLE_TERMS)} (or 'none')"
-        )
-    return frozenset(names)
-
-
-@dataclass(frozen=True)
-class MaskedSettings:
-    """MaskedOptim's stage-2 hyperparameters for a noisy client (defaults: the authors', §8)."""
-
-    keep_ratio: float = 0.8  # tau: fraction of each batch KEPT (smallest CE) for the compat term
-    alpha: float = 0.5  # compatibility weight
-    beta: float = 0.1  # entropy weight
-    label_lr: float = 1000.0  # eta: label step, once per epoch
-    label_scale: float = 10.0  # K: init K*onehot and rescale after the merge
-    local_weight: float = 0.8  # zeta: uploaded model = zeta*local + (1-zeta)*received global
-    fp16_autocast: bool = False  # the authors' fp16 autocast (no GradScaler); CUDA only
-    masked_terms: str = "compat"  # "compat" (authors) or a comma list of compat,entropy,class
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.keep_ratio <= 1.0:
-            raise ValueError(f"keep_ratio must lie in [0, 1], got {self.keep_ratio}")
-        if not 0.0 <= self.local_weight <= 1.0:
-            raise ValueError(f"local_weight must lie in [0, 1], got {self.local_weight}")
-        parse_masked_terms(self.masked_terms)  # raises on unknown names
 
 
 def init_label_logits(
@@ -256,12 +217,13 @@ def masked_train_locally(
     label_logits: torch.Tensor,
     generator: torch.Generator,
 ) -> MaskedRoundResult:
-    """One stage-2 round of a noisy client (fidelity §3.5), starting from the received global model.
+    """One stage-2 round of a noisy client (fidelity §3.5), from the received global model.
 
-    `model` must hold the received global weights on entry. Only settings.epochs, batch_size, lr,
-    momentum and weight_decay are used (settings.loss and proximal_mu do not apply to noisy
-    clients: the loss is §3.2's). `label_logits` ([n, C], the client's Ytil) is not modified in
-    place; the merged logits for the next round come back in the result, on the same device.
+    `model` must hold the received global weights on entry. Only settings.local_epochs,
+    batch_size, lr, momentum and weight_decay are used (local_loss and proximal_mu do not apply
+    to noisy clients: the loss is §3.2's). `label_logits` ([n, C], the client's Ytil) is not
+    modified in place; the merged logits for the next round come back in the result, on the
+    same device.
     The observed labels are never changed (fidelity §3.6): the mask and L_o always use them.
 
     On return the model holds w_final, the locally trained weights AND buffers exactly as they
@@ -284,23 +246,23 @@ def masked_train_locally(
     optimiser = local_optimiser(model, settings)
     loss_sum = torch.zeros((), device=device)
     steps = 0
-    for _ in range(settings.epochs):
+    for _ in range(settings.local_epochs):
         grad_buffer = torch.zeros_like(ytil)  # G: rows not visited this epoch stay 0
         for idx in batch_indices(n, settings.batch_size, generator, device):
             inputs = pipeline.train_batch(data.inputs[idx], generator)
             observed = data.observed_labels[idx]
-            with _autocast(masked.fp16_autocast, device):
+            with _autocast(masked.masked_fp16, device):
                 logits = model(inputs)
             # All batches of an epoch read the epoch-start Ytil (the step comes after the epoch).
             rows = ytil[idx].detach().clone().requires_grad_(True)
-            mask = small_loss_mask(logits, observed, masked.keep_ratio)
+            mask = small_loss_mask(logits, observed, masked.mask_keep)
             loss, _, _, _ = _loss_terms(
                 logits,
                 rows,
                 observed,
                 mask,
-                alpha=masked.alpha,
-                beta=masked.beta,
+                alpha=masked.compat_weight,
+                beta=masked.entropy_weight,
                 masked=masked_set,
             )
             optimiser.zero_grad(set_to_none=True)
@@ -319,7 +281,7 @@ def masked_train_locally(
     # Choice: undo the pass's BatchNorm running-stat updates so the model is exactly w_final.
     model.load_state_dict(final_state)
     merged = merge_labels(ytil, predictions, masked.label_scale)
-    upload = premerge_state(final_state, received, masked.local_weight)
+    upload = premerge_state(final_state, received, masked.premerge_local_weight)
     return MaskedRoundResult(
         mean_loss=float(loss_sum) / max(steps, 1),
         num_steps=steps,

@@ -16,28 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.protocol import LocalTraining
 from data.client_data import ClientData
 from data.transforms import InputPipeline
-
-
-@dataclass(frozen=True)
-class LocalTraining:
-    """How a client trains in one round."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    loss: str = "ce"  # one of LOSSES
-    proximal_mu: float = 0.0  # FedProx's mu; 0 turns the proximal term off
-    sce_alpha: float = 0.1  # symmetric-ce: weight of CE (Wang et al.'s CIFAR-10 value)
-    sce_beta: float = 1.0  # symmetric-ce: weight of reverse CE
-    kd_weight: float = 0.0  # la-distill (FedNoRo's noisy clients): weight of the KD term
-    kd_temperature: float = 0.8  # la-distill: the teacher's softmax temperature
-    mixup_alpha: float = 0.0  # FedCorr's mixup (Beta(a, a) mixing of each batch); 0: off
-    proximal_norm: float = 0.0  # FedCorr's coefficient of the *unsquared* ||w - w_global||
-
 
 # "la-distill" is FedNoRo's noisy-client loss; the others are run-config `local-loss` values.
 LOSSES = ("ce", "logit-adjusted", "symmetric-ce", "la-distill")
@@ -125,17 +106,18 @@ def train_locally(
     settings: LocalTraining,
     generator: torch.Generator,
 ) -> TrainStats:
-    """Train `model` in place on the client's observed labels for `settings.epochs` epochs."""
-    if settings.loss not in LOSSES:
-        raise ValueError(f"unknown local loss {settings.loss!r}; allowed: {', '.join(LOSSES)}")
-    if settings.mixup_alpha > 0 and settings.loss != "ce":
-        raise ValueError(f"mixup goes with the 'ce' loss, not {settings.loss!r}")
+    """Train `model` in place on the client's observed labels for `settings.local_epochs` epochs."""
+    if settings.local_loss not in LOSSES:
+        allowed = ", ".join(LOSSES)
+        raise ValueError(f"unknown local loss {settings.local_loss!r}; allowed: {allowed}")
+    if settings.mixup_alpha > 0 and settings.local_loss != "ce":
+        raise ValueError(f"mixup goes with the 'ce' loss, not {settings.local_loss!r}")
     teacher = None
-    if settings.loss == "la-distill":  # the received global model, frozen
+    if settings.local_loss == "la-distill":  # the received global model, frozen
         teacher = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
     optimiser = local_optimiser(model, settings)
-    adjusted = settings.loss in ("logit-adjusted", "la-distill")
+    adjusted = settings.local_loss in ("logit-adjusted", "la-distill")
     log_prior = torch.log(data.class_prior()) if adjusted else None
     proximal = settings.proximal_mu > 0 or settings.proximal_norm > 0
     anchor = [p.detach().clone() for p in model.parameters()] if proximal else None
@@ -145,7 +127,7 @@ def train_locally(
     device = data.inputs.device
     loss_sum = torch.zeros((), device=device)
     steps = 0
-    for _ in range(settings.epochs):
+    for _ in range(settings.local_epochs):
         for step, idx in enumerate(
             batch_indices(len(data), settings.batch_size, generator, device)
         ):
@@ -174,11 +156,11 @@ def train_locally(
 
 
 def _batch_loss(settings, logits, targets, log_prior, teacher, inputs) -> torch.Tensor:
-    if settings.loss == "ce":
+    if settings.local_loss == "ce":
         return F.cross_entropy(logits, targets)
-    if settings.loss == "logit-adjusted":
+    if settings.local_loss == "logit-adjusted":
         return logit_adjusted_cross_entropy(logits, targets, log_prior)
-    if settings.loss == "symmetric-ce":
+    if settings.local_loss == "symmetric-ce":
         return symmetric_cross_entropy(logits, targets, settings.sce_alpha, settings.sce_beta)
     with torch.no_grad():
         teacher_logits = teacher(inputs)

@@ -34,6 +34,7 @@ from flwr.common import log
 from flwr.serverapp.strategy import FedAvg
 
 from common import seeding
+from common.protocol import LocalTraining
 from strategies.aggregation import cast_back, is_finite_model
 from strategies.sampling import (
     REJOIN_WAIT_SECONDS,
@@ -91,6 +92,7 @@ class SeededStrategy(FedAvg):
         clients_per_round: int,
         evaluate_clients: int,
         num_rounds: int,
+        training: LocalTraining,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -105,6 +107,7 @@ class SeededStrategy(FedAvg):
         self.clients_per_round = clients_per_round
         self.evaluate_clients = evaluate_clients
         self.num_rounds = num_rounds
+        self.training = training  # the run's local-training settings (common keys)
         self.last_train_metrics: MetricRecord | None = None
         self.last_evaluate_metrics: MetricRecord | None = None
         self.last_sampled: list[int] = []
@@ -116,12 +119,19 @@ class SeededStrategy(FedAvg):
 
     # --- hooks a strategy overrides ------------------------------------------------------------
 
+    def round_training(self, server_round: int) -> LocalTraining:
+        """The complete local-training settings sent with this round's `train` messages: the
+        run's, with the strategy's own loss."""
+        if self.local_loss is None:
+            return self.training
+        return dataclasses.replace(self.training, local_loss=self.local_loss)
+
     def configure_sampled(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, view: SampledGrid
     ) -> Iterable[Message]:
-        """The round's `train` messages to the sampled nodes (`view` shows only them)."""
-        if self.local_loss is not None:
-            config["local-loss"] = self.local_loss
+        """The round's `train` messages to the sampled nodes (`view` shows only them), with the
+        round's complete local-training settings in their config."""
+        config.update(self.round_training(server_round).to_config())
         return FedAvg.configure_train(self, server_round, arrays, config, view)
 
     def combine(

@@ -18,6 +18,7 @@ and client_app.fedcorr.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -29,13 +30,11 @@ from flwr.common import log
 
 from common import seeding
 from common.errors import ConfigError
+from common.protocol import CORR_TRAIN, RELABEL_QUERY, CorrSettings, RelabelQuery
 from strategies.base import StrategyParams
 from strategies.detection import detection_quality, split_by_lid
 from strategies.maskedoptim import DetectingStrategy, confusion_from
 from strategies.rules import SampleWeightedMean
-
-CORR_TRAIN = "train.corr"
-RELABEL_QUERY = "query.relabel"
 
 
 @dataclass(frozen=True)
@@ -162,13 +161,16 @@ class FedCorr(DetectingStrategy):
         messages = []
         for message in super().configure_sampled(server_round, arrays, config, view):
             partition = self.roster.partition_of(message.metadata.dst_node_id)
-            extras = {
-                "mixup-alpha": self.mixup_alpha,
-                "report-lid": int(preprocessing),
-                "lid-k": self.lid_k,
-                "proximal-norm": self.prox_beta * self.noise_level[partition]
+            training = dataclasses.replace(
+                self.round_training(server_round),
+                mixup_alpha=self.mixup_alpha,
+                proximal_norm=self.prox_beta * self.noise_level[partition]
                 if preprocessing
                 else 0.0,
+            )
+            extras = {
+                **training.to_config(),
+                **CorrSettings(report_lid=preprocessing, fedcorr_lid_k=self.lid_k).to_config(),
             }
             content = RecordDict(
                 {
@@ -223,12 +225,12 @@ class FedCorr(DetectingStrategy):
     def relabel(self, server_round: int, arrays: ArrayRecord, partitions, everything: bool):
         """Ask `partitions` to relabel with the global model `arrays`; answers by partition."""
         config = ConfigRecord(
-            {
-                "server-round": server_round,
-                "everything": int(everything),
-                "relabel-ratio": self.relabel_ratio,
-                "confidence": self.confidence,
-            }
+            RelabelQuery(
+                server_round=server_round,
+                everything=everything,
+                fedcorr_relabel_ratio=self.relabel_ratio,
+                fedcorr_confidence=self.confidence,
+            ).to_config()
         )
         queries = [
             Message(

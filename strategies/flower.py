@@ -48,6 +48,7 @@ class FlowerStrategy(SeededStrategy):
         return {}
 
     def configure_sampled(self, server_round, arrays, config, view):
+        config.update(self.round_training(server_round).to_config())
         return self.flower.configure_train(server_round, arrays, config, view)
 
     def aggregate_models(self, server_round, replies):

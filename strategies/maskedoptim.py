@@ -19,6 +19,7 @@ messages and keeps the diagnostics (which no decision ever reads).
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -30,13 +31,17 @@ from flwr.common import log
 
 from common.errors import ConfigError
 from common.label_metrics import metrics_from_confusion
+from common.protocol import (
+    CLASS_LOSS_QUERY,
+    MASKED_TRAIN,
+    TRAIN,
+    ClassLossQuery,
+    MaskedSettings,
+)
 from strategies.aggregation import distance_aware_weights, weighted_mean
 from strategies.base import SeededStrategy, StrategyParams
 from strategies.detection import detection_quality, split_noisy_clients
 from strategies.rules import GeometricMedianParams
-
-MASKED_TRAIN = "train.masked"
-CLASS_LOSS_QUERY = "query.class_loss"
 
 
 @dataclass
@@ -152,6 +157,7 @@ class NoisyClientRouting(DetectingStrategy):
         self.warmup_rounds = params.warmup[1]
         self.gmm_fits = params.gmm_fits
         self.noisy_threshold = params.noisy_threshold
+        self.class_loss_batch_size = params.class_loss_batch_size
         self.masked_sent: Counter = Counter()
         self.masked_received: Counter = Counter()
 
@@ -162,8 +168,9 @@ class NoisyClientRouting(DetectingStrategy):
         return [self._route(message, server_round) for message in messages]
 
     def noisy_config(self, server_round: int) -> dict[str, Any]:
-        """Config entries that noisy clients get on top of the round's config."""
-        return {}
+        """Config entries that noisy clients get on top of the round's config: the complete
+        settings of their training (common.protocol)."""
+        raise NotImplementedError
 
     def _route(self, message: Message, server_round: int) -> Message:
         node = message.metadata.dst_node_id
@@ -172,10 +179,9 @@ class NoisyClientRouting(DetectingStrategy):
             return message
         self.masked_sent[partition] += 1
         content = message.content
-        extras = self.noisy_config(server_round)
-        if extras:  # a new record: the round's config is shared by all its messages
-            config = ConfigRecord({**dict(content["config"]), **extras})
-            content = RecordDict({"arrays": content["arrays"], "config": config})
+        # a new record: the round's config is shared by all its messages
+        config = ConfigRecord({**dict(content["config"]), **self.noisy_config(server_round)})
+        content = RecordDict({"arrays": content["arrays"], "config": config})
         return Message(content=content, dst_node_id=node, message_type=self.noisy_message_type)
 
     def after_round(self, server_round: int, replies: list[Message], arrays: ArrayRecord) -> None:
@@ -201,7 +207,12 @@ class NoisyClientRouting(DetectingStrategy):
         queries = [
             Message(
                 RecordDict(
-                    {"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}
+                    {
+                        "arrays": arrays,
+                        "config": ConfigRecord(
+                            ClassLossQuery(server_round, self.class_loss_batch_size).to_config()
+                        ),
+                    }
                 ),
                 dst_node_id=node,
                 message_type=CLASS_LOSS_QUERY,
@@ -299,6 +310,19 @@ class MaskedOptim(NoisyClientRouting):
     def __init__(self, params: MaskedOptimParams, **base) -> None:
         super().__init__(params, **base)
         self.rule = params.median()
+        self.masked = MaskedSettings(
+            mask_keep=params.mask_keep,
+            compat_weight=params.compat_weight,
+            entropy_weight=params.entropy_weight,
+            label_lr=params.label_lr,
+            label_scale=params.label_scale,
+            premerge_local_weight=params.premerge_local_weight,
+            masked_fp16=params.masked_fp16,
+            masked_terms=params.masked_terms,
+        )
+
+    def noisy_config(self, server_round: int) -> dict[str, Any]:
+        return self.masked.to_config()
 
 
 class DistanceAwareRouting(NoisyClientRouting):
@@ -342,14 +366,18 @@ class FedElc(DistanceAwareRouting):
 
     def __init__(self, params: FedElcParams, **base) -> None:
         super().__init__(params, **base)
-        self.entropy_weight = params.fedelc_entropy_weight
+        self.masked = MaskedSettings(
+            mask_keep=1.0,  # every sample in the compatibility term: no mask
+            compat_weight=params.compat_weight,
+            entropy_weight=params.fedelc_entropy_weight,
+            label_lr=params.label_lr,
+            label_scale=params.label_scale,
+            premerge_local_weight=1.0,  # upload the local model as it is: no pre-merge
+            masked_fp16=params.masked_fp16,
+        )
 
     def noisy_config(self, server_round: int) -> dict[str, Any]:
-        return {
-            "mask-keep": 1.0,  # every sample in the compatibility term
-            "entropy-weight": self.entropy_weight,
-            "premerge-local-weight": 1.0,  # upload the local model as it is
-        }
+        return self.masked.to_config()
 
 
 def kd_weight_rampup(
@@ -379,7 +407,7 @@ class FedNoRo(DistanceAwareRouting):
         "clients; distance-aware aggregation"
     )
     Params = FedNoRoParams
-    noisy_message_type = "train"
+    noisy_message_type = TRAIN
     corrects_labels = False  # FedNoRo keeps the observed labels
 
     def __init__(self, params: FedNoRoParams, **base) -> None:
@@ -388,8 +416,10 @@ class FedNoRo(DistanceAwareRouting):
 
     def noisy_config(self, server_round: int) -> dict[str, Any]:
         weight = kd_weight_rampup(server_round, self.warmup_rounds, self.num_rounds, self.kd_peak)
-        return {
-            "local-loss": "la-distill",
-            "kd-weight": weight,
-            "kd-temperature": self.kd_temperature,
-        }
+        training = dataclasses.replace(
+            self.round_training(server_round),
+            local_loss="la-distill",
+            kd_weight=weight,
+            kd_temperature=self.kd_temperature,
+        )
+        return training.to_config()

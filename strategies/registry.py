@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.protocol import LocalTraining
 from strategies.base import SeededStrategy
 from strategies.fedcorr import FedCorr
 from strategies.flower import (
@@ -84,6 +85,14 @@ def build_strategy(config: RunConfig, roster: ClientRoster) -> SeededStrategy:
         clients_per_round=config.clients_sampled(roster.num_clients),
         evaluate_clients=round(config.fraction_evaluate * roster.num_clients),
         num_rounds=config.num_rounds,
+        training=LocalTraining(
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+            local_loss=config.local_loss,
+        ),
     )
 
 

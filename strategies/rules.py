@@ -14,11 +14,13 @@ Flower's messages.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from common.errors import ConfigError
+from common.protocol import LocalTraining
 from strategies import aggregation
 from strategies.base import SeededStrategy, StrategyParams
 
@@ -194,3 +196,9 @@ class SymmetricCe(RuleStrategy):
     Params = SymmetricCeParams
     local_loss = "symmetric-ce"
     make_rule = staticmethod(lambda params: SampleWeightedMean())
+
+    def round_training(self, server_round: int) -> LocalTraining:
+        training = super().round_training(server_round)
+        return dataclasses.replace(
+            training, sce_alpha=self.params.sce_alpha, sce_beta=self.params.sce_beta
+        )

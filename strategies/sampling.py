@@ -25,8 +25,8 @@ from flwr.common import log
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common import seeding
+from common.protocol import WHOAMI_QUERY
 
-WHOAMI_QUERY = "query.whoami"
 REJOIN_WAIT_SECONDS = 300.0  # how long a new node may take to say who it is
 
 

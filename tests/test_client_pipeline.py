@@ -11,9 +11,10 @@ import pytest
 import torch
 from test_datasets import AGNEWS_TEST, AGNEWS_TRAIN, write_csv, write_fake_cifar, write_fake_human
 
-from client_app.training import LocalTraining, train_locally
+from client_app.training import train_locally
 from common.config import ConfigError, config_with
 from common.evaluation import evaluate_model
+from common.protocol import LocalTraining
 from data.client_data import ClientData
 from data.datasets import load_dataset
 from data.federation import DataSettings, build_federation
@@ -33,7 +34,7 @@ def one_round(config, num_clients: int = 2):
         pad_index=dataset.pad_index,
     )
     pipeline = pipeline_for(config.dataset)
-    settings = LocalTraining(1, config.batch_size, 0.01, 0.9, 5e-4, loss="logit-adjusted")
+    settings = LocalTraining(1, config.batch_size, 0.01, 0.9, 5e-4, local_loss="logit-adjusted")
     stats = train_locally(model, data, pipeline, settings, torch.Generator().manual_seed(0))
     test = evaluate_model(
         model,

@@ -16,16 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from client_app.masked import (
-    MaskedSettings,
     init_label_logits,
     masked_optim_loss,
     masked_train_locally,
     merge_labels,
-    parse_masked_terms,
     per_class_loss,
     small_loss_mask,
 )
-from client_app.training import LocalTraining, batch_indices
+from client_app.training import batch_indices
+from common.protocol import LocalTraining, MaskedSettings, parse_masked_terms
 from data.client_data import ClientData
 from data.transforms import InputPipeline
 
@@ -64,7 +63,7 @@ def bn_model(seed: int = 0) -> torch.nn.Module:
 
 
 def training(**changes) -> LocalTraining:
-    base = dict(epochs=1, batch_size=64, lr=0.0, momentum=0.9, weight_decay=5e-4)
+    base = dict(local_epochs=1, batch_size=64, lr=0.0, momentum=0.9, weight_decay=5e-4)
     base.update(changes)
     return LocalTraining(**base)
 
@@ -138,7 +137,7 @@ def test_parse_masked_terms():
     with pytest.raises(ValueError):
         MaskedSettings(masked_terms="bogus")
     with pytest.raises(ValueError):
-        MaskedSettings(keep_ratio=1.5)
+        MaskedSettings(mask_keep=1.5)
 
 
 # --- the loss ----------------------------------------------------------------------------------
@@ -270,7 +269,7 @@ def test_label_gradients_are_gathered_and_applied_once_per_epoch():
         visited = step.abs().sum(1) > 0
         assert int(visited.sum()) == 32  # the 5 dropped samples got no step this epoch
         ytil = ytil + step
-    result = run(copy.deepcopy(model), data, training(epochs=2, batch_size=batch), seed=seed)
+    result = run(copy.deepcopy(model), data, training(local_epochs=2, batch_size=batch), seed=seed)
     assert result.num_steps == 4
     torch.testing.assert_close(unmerge(result.label_logits, preds), F.softmax(ytil, dim=1))
     assert torch.equal(result.before_merge_labels, ytil.argmax(1))
@@ -281,7 +280,7 @@ def test_label_merge_is_k_times_the_mean_of_label_and_prediction():
     model = linear_model(seed=2)
     preds = predictions(model, data)
     masked = MaskedSettings(label_scale=7.0)
-    result = run(copy.deepcopy(model), data, training(epochs=2, batch_size=8), masked=masked)
+    result = run(copy.deepcopy(model), data, training(local_epochs=2, batch_size=8), masked=masked)
     # merged == K (softmax(Y) + P) / 2 for the Y with the recorded argmax; all within [0, K]
     assert result.label_logits.min() >= 0 and result.label_logits.max() <= 7.0
     torch.testing.assert_close(result.label_logits.sum(1), torch.full((40,), 7.0))
@@ -314,7 +313,7 @@ def test_lr_zero_upload_equals_the_received_model():
     data = make_data(n=64)
     model = linear_model()
     w0 = copy.deepcopy(model.state_dict())
-    result = run(model, data, training(epochs=2, batch_size=16))
+    result = run(model, data, training(local_epochs=2, batch_size=16))
     for name, value in w0.items():
         torch.testing.assert_close(result.upload_state[name], value)
 
@@ -323,9 +322,11 @@ def test_upload_is_premerged_and_model_holds_w_final():
     data = make_data(n=48, seed=4)
     start = bn_model(seed=4)
     w0 = copy.deepcopy(start.state_dict())
-    settings = training(epochs=1, batch_size=16, lr=0.1)
+    settings = training(local_epochs=1, batch_size=16, lr=0.1)
     local_only = copy.deepcopy(start)
-    final = run(local_only, data, settings, masked=MaskedSettings(local_weight=1.0), seed=3)
+    final = run(
+        local_only, data, settings, masked=MaskedSettings(premerge_local_weight=1.0), seed=3
+    )
     w_final = final.upload_state  # zeta = 1: the upload is w_final itself
     model = copy.deepcopy(start)
     result = run(model, data, settings, seed=3)
@@ -349,7 +350,7 @@ def test_upload_is_premerged_and_model_holds_w_final():
 def test_same_seed_gives_identical_results():
     data = make_data(n=50, seed=5)
     start = bn_model(seed=5)
-    settings = training(epochs=2, batch_size=16, lr=0.05)
+    settings = training(local_epochs=2, batch_size=16, lr=0.05)
     a = run(copy.deepcopy(start), data, settings, seed=11)
     b = run(copy.deepcopy(start), data, settings, seed=11)
     c = run(copy.deepcopy(start), data, settings, seed=12)

@@ -217,7 +217,9 @@ def test_fedelc_and_fednoro_route_noisy_clients_and_aggregate_by_distance(name):
         assert {m.metadata.message_type for m in noisy} == {"train"}
         assert all(m.content["config"]["local-loss"] == "la-distill" for m in noisy)
         assert all(0 < m.content["config"]["kd-weight"] < 0.8 for m in noisy)
-        assert "kd-weight" not in clean[0].content["config"]  # the shared record is untouched
+        # clean clients keep the round's settings: the shared record is untouched
+        assert all(m.content["config"]["kd-weight"] == 0.0 for m in clean)
+        assert all(m.content["config"]["local-loss"] == "logit-adjusted" for m in clean)
     replies.sort(key=lambda r: ROSTER.partition_of(r.metadata.src_node_id))
     models = [[a.numpy() for a in r.content["arrays"].values()] for r in replies]
     flags = [ROSTER.partition_of(r.metadata.src_node_id) in NOISY for r in replies]

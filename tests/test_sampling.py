@@ -415,7 +415,7 @@ def test_fedprox_sends_proximal_mu():
     _, messages = train_messages("fedprox", 1, proximal_mu=0.25)
     assert all(m.content["config"]["proximal-mu"] == 0.25 for m in messages)
     _, plain = train_messages("fedavg", 1)
-    assert all("proximal-mu" not in m.content["config"] for m in plain)
+    assert all(m.content["config"]["proximal-mu"] == 0.0 for m in plain)  # complete settings
 
 
 @pytest.mark.usefixtures("flower_task")

@@ -53,7 +53,7 @@ def fresh_model(seed: int = 0) -> torch.nn.Module:
 
 
 def settings(**changes) -> LocalTraining:
-    base = dict(epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    base = dict(local_epochs=2, batch_size=16, lr=0.05, momentum=0.9, weight_decay=5e-4)
     base.update(changes)
     return LocalTraining(**base)
 
@@ -116,7 +116,11 @@ def test_train_locally_logit_adjusted_with_absent_classes_stays_finite():
     assert (data.class_prior()[4:] == 0).all()
     model = fresh_model()
     stats = train_locally(
-        model, data, PIPELINE, settings(loss="logit-adjusted"), torch.Generator().manual_seed(0)
+        model,
+        data,
+        PIPELINE,
+        settings(local_loss="logit-adjusted"),
+        torch.Generator().manual_seed(0),
     )
     assert math.isfinite(stats.mean_loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -160,7 +164,7 @@ def test_number_of_steps_drops_the_last_partial_batch(n, batch_size, epochs):
         fresh_model(),
         data,
         PIPELINE,
-        settings(epochs=epochs, batch_size=batch_size),
+        settings(local_epochs=epochs, batch_size=batch_size),
         torch.Generator().manual_seed(0),
     )
     assert stats.num_steps == epochs * (n // batch_size)
@@ -201,7 +205,7 @@ def test_training_reduces_the_loss_on_a_separable_problem():
     model = fresh_model()
     before = dataset_loss(model, data)
     stats = train_locally(
-        model, data, PIPELINE, settings(epochs=5), torch.Generator().manual_seed(0)
+        model, data, PIPELINE, settings(local_epochs=5), torch.Generator().manual_seed(0)
     )
     after = dataset_loss(model, data)
     assert stats.num_steps == 20
@@ -223,7 +227,9 @@ def test_training_uses_observed_not_clean_labels():
         num_classes=10,
     )
     model = fresh_model()
-    train_locally(model, flipped, PIPELINE, settings(epochs=5), torch.Generator().manual_seed(0))
+    train_locally(
+        model, flipped, PIPELINE, settings(local_epochs=5), torch.Generator().manual_seed(0)
+    )
     model.eval()
     with torch.no_grad():
         predicted = model(PIPELINE.eval_batch(data.inputs)).argmax(1)
@@ -312,14 +318,18 @@ def test_the_baseline_losses_train(loss):
     before = dataset_loss(model, data)
     changes = {"kd_weight": 0.3} if loss == "la-distill" else {}
     train_locally(
-        model, data, PIPELINE, settings(epochs=5, loss=loss, **changes), torch.Generator()
+        model,
+        data,
+        PIPELINE,
+        settings(local_epochs=5, local_loss=loss, **changes),
+        torch.Generator(),
     )
     assert dataset_loss(model, data) < 0.7 * before
 
 
 def test_an_unknown_loss_is_refused_before_training():
     with pytest.raises(ValueError, match="'focal'"):
-        train_locally(fresh_model(), separable_data(), PIPELINE, settings(loss="focal"), None)
+        train_locally(fresh_model(), separable_data(), PIPELINE, settings(local_loss="focal"), None)
 
 
 def test_mixup_training_is_seeded_and_learns():
@@ -328,7 +338,7 @@ def test_mixup_training_is_seeded_and_learns():
     for _ in range(2):
         model = fresh_model()
         train_locally(
-            model, data, PIPELINE, settings(epochs=5, mixup_alpha=1.0),
+            model, data, PIPELINE, settings(local_epochs=5, mixup_alpha=1.0),
             torch.Generator().manual_seed(3),
         )  # fmt: skip
         runs.append(weights(model))
@@ -336,16 +346,18 @@ def test_mixup_training_is_seeded_and_learns():
         assert torch.equal(a, b)
     assert dataset_loss(model, data) < 0.7 * dataset_loss(fresh_model(), data)
     with pytest.raises(ValueError, match="mixup goes with the 'ce' loss"):
-        train_locally(model, data, PIPELINE, settings(mixup_alpha=1.0, loss="symmetric-ce"), None)
+        train_locally(
+            model, data, PIPELINE, settings(mixup_alpha=1.0, local_loss="symmetric-ce"), None
+        )
 
 
 def test_fedcorr_proximal_norm_keeps_the_model_closer_to_its_start():
     data = separable_data(n=64)
     free, held = fresh_model(), fresh_model()
     start = weights(free)
-    train_locally(free, data, PIPELINE, settings(epochs=3), torch.Generator().manual_seed(0))
+    train_locally(free, data, PIPELINE, settings(local_epochs=3), torch.Generator().manual_seed(0))
     train_locally(
-        held, data, PIPELINE, settings(epochs=3, proximal_norm=2.0),
+        held, data, PIPELINE, settings(local_epochs=3, proximal_norm=2.0),
         torch.Generator().manual_seed(0),
     )  # fmt: skip
     assert all(torch.isfinite(p).all() for p in held.parameters())  # no NaN from sqrt at 0

@@ -1,0 +1,164 @@
+"""The client-server protocol: every message type, record key and settings object, in one place.
+
+The server (strategies/) and the client (client_app/) both import this module and nothing of
+each other. A strategy sends the complete settings of the round in the message's `config`
+record (`Settings.to_config`); the client decodes them (`Settings.from_config`) and never falls
+back to its own run config for an algorithm's knob. A settings field has the name of its
+run-config key (`-` written `_`) where the knob has one.
+
+Messages (type: what the server sends -> what the client replies):
+
+- `train`: arrays; config: LocalTraining + `server-round` -> arrays; metrics: `num-examples`,
+  `train-loss`, `train-seconds`.
+- `train.masked`: arrays; config: LocalTraining + MaskedSettings + `server-round` -> the same,
+  plus labels: `corrected-confusion`, `masked-rounds`.
+- `train.corr`: arrays; config: LocalTraining + CorrSettings + `server-round` -> the same
+  metrics plus `lid`.
+- `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
+  `class-present`; labels: `observed-confusion`.
+- `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
+  labels: `observed-confusion`, `corrected-confusion`.
+- `query.whoami`: nothing -> metrics: `partition-id`, `num-partitions`, `num-examples`,
+  `true-noise-rate`.
+- `evaluate`: arrays -> metrics: `num-examples`, `local-accuracy`, ... .
+
+The `labels` records and `true-noise-rate` are simulation diagnostics (the clean labels are
+known there); no algorithm reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Message types
+TRAIN = "train"
+MASKED_TRAIN = "train.masked"
+CORR_TRAIN = "train.corr"
+CLASS_LOSS_QUERY = "query.class_loss"
+RELABEL_QUERY = "query.relabel"
+WHOAMI_QUERY = "query.whoami"
+
+# Record keys of a message's content
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+LABELS = "labels"
+
+SERVER_ROUND = "server-round"
+
+
+class Settings:
+    """A frozen dataclass that encodes itself into a message's config record and back."""
+
+    def to_config(self) -> dict[str, Any]:
+        """The fields as config entries, keys in kebab-case."""
+        return {
+            field.name.replace("_", "-"): getattr(self, field.name)
+            for field in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]):
+        """The settings from a received config record. Raises ValueError naming a key the
+        sender left out (a client never guesses a knob the server did not send)."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            key = field.name.replace("_", "-")
+            if key not in config:
+                raise ValueError(f"the server's message has no '{key}' ({cls.__name__})")
+            kind = {"int": int, "float": float, "bool": bool, "str": str}[str(field.type)]
+            values[field.name] = kind(config[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class LocalTraining(Settings):
+    """How a client trains in one round (client_app.training)."""
+
+    local_epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    local_loss: str = "ce"  # one of client_app.training.LOSSES
+    proximal_mu: float = 0.0  # FedProx's mu; 0 turns the proximal term off
+    sce_alpha: float = 0.1  # symmetric-ce: weight of CE (Wang et al.'s CIFAR-10 value)
+    sce_beta: float = 1.0  # symmetric-ce: weight of reverse CE
+    kd_weight: float = 0.0  # la-distill (FedNoRo's noisy clients): this round's KD weight
+    kd_temperature: float = 0.8  # la-distill: the teacher's temperature (fednoro-temperature)
+    mixup_alpha: float = 0.0  # FedCorr's mixup (Beta(a, a) mixing of each batch); 0: off
+    proximal_norm: float = 0.0  # FedCorr's coefficient of the *unsquared* ||w - w_global||
+
+
+# Terms the small-loss mask can apply to (fidelity §11.2 row 6: the authors mask only "compat").
+MASKABLE_TERMS = ("compat", "entropy", "class")
+
+
+@functools.lru_cache(maxsize=32)
+def parse_masked_terms(masked_terms: str) -> frozenset[str]:
+    """Parse a comma list such as "compat" or "compat,entropy"; "" or "none" masks nothing.
+    Raises ValueError naming unknown terms. (The one validator of `masked-terms`.)"""
+    names = [t.strip() for t in masked_terms.split(",") if t.strip()]
+    if names == ["none"]:
+        return frozenset()
+    unknown = [t for t in names if t not in MASKABLE_TERMS]
+    if unknown:
+        raise ValueError(
+            f"masked-terms {masked_terms!r} names unknown terms {unknown}; "
+            f"allowed: a comma list of {', '.join(MASKABLE_TERMS)} (or 'none')"
+        )
+    return frozenset(names)
+
+
+@dataclass(frozen=True)
+class MaskedSettings(Settings):
+    """MaskedOptim's stage-2 settings for a noisy client (defaults: the authors', fidelity §8);
+    FedELC sends mask-keep 1 and premerge-local-weight 1 (no mask, no pre-merge)."""
+
+    mask_keep: float = 0.8  # tau: fraction of each batch KEPT (smallest CE) for the compat term
+    compat_weight: float = 0.5  # alpha
+    entropy_weight: float = 0.1  # beta
+    label_lr: float = 1000.0  # eta: label step, once per epoch
+    label_scale: float = 10.0  # K: init K*onehot and rescale after the merge
+    premerge_local_weight: float = 0.8  # zeta: upload zeta*local + (1-zeta)*received global
+    masked_fp16: bool = False  # the authors' fp16 autocast (no GradScaler); CUDA only
+    masked_terms: str = "compat"  # "compat" (authors) or a comma list of compat,entropy,class
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_keep <= 1.0:
+            raise ValueError(f"mask-keep must lie in [0, 1], got {self.mask_keep}")
+        if not 0.0 <= self.premerge_local_weight <= 1.0:
+            raise ValueError(
+                f"premerge-local-weight must lie in [0, 1], got {self.premerge_local_weight}"
+            )
+        parse_masked_terms(self.masked_terms)  # raises on unknown names
+
+
+@dataclass(frozen=True)
+class CorrSettings(Settings):
+    """FedCorr's extra settings of a `train.corr` round."""
+
+    report_lid: bool  # pre-processing: report the LID and keep the per-sample losses
+    fedcorr_lid_k: int
+
+
+@dataclass(frozen=True)
+class ClassLossQuery(Settings):
+    """Detection's query: the per-class mean loss of the sent model."""
+
+    server_round: int
+    class_loss_batch_size: int
+
+
+@dataclass(frozen=True)
+class RelabelQuery(Settings):
+    """FedCorr's relabelling with the sent global model."""
+
+    server_round: int
+    everything: bool  # after fine-tuning: every confident sample, not only high-loss ones
+    fedcorr_relabel_ratio: float
+    fedcorr_confidence: float
