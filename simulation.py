@@ -47,6 +47,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
+def check_local_resources(federation: dict, cpus: int, gpus: int) -> None:
+    """ConfigError when Ray's own cluster on this machine could not run one client: it would
+    wait for a GPU forever, or fail after start-up with an empty actor pool."""
+    from common.errors import ConfigError
+
+    cpus = min(cpus, federation.get("init-args-num-cpus", cpus))
+    gpus = min(gpus, federation.get("init-args-num-gpus", gpus))
+    given = any(key.startswith("client-resources-") for key in federation)
+    num_cpus = federation.get("client-resources-num-cpus", 1.0 if given else 2.0)
+    gpu_share = federation.get("client-resources-num-gpus", 0)
+    if gpu_share > 0 and gpus == 0:
+        raise ConfigError(
+            f"--federation-config client-resources-num-gpus={gpu_share:g}, but this machine has "
+            "no GPU (give --ray-address for a cluster that has them)"
+        )
+    if num_cpus > cpus:
+        raise ConfigError(
+            f"--federation-config client-resources-num-cpus={num_cpus:g} is more than the "
+            f"{cpus} CPUs Ray has here: no client could run (use at most {cpus}, or "
+            "--ray-address for a cluster)"
+        )
+
+
 def comma_list(text: str, kind: type = str) -> list:
     items = [item.strip() for item in text.split(",") if item.strip()]
     try:
@@ -183,12 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 run_in_this_process, client_threads=threads, concurrent_clients=at_once
             )
         else:
-            gpu_share = federation.get("client-resources-num-gpus", 0)
-            if gpu_share > 0 and not args.ray_address and available_gpus() == 0:
-                raise ConfigError(  # Ray would wait for a GPU forever
-                    f"--federation-config client-resources-num-gpus={gpu_share:g}, but this "
-                    "machine has no GPU (give --ray-address for a cluster that has them)"
-                )
+            if not args.ray_address:  # a client Ray cannot place would stop the run
+                check_local_resources(federation, available_cpus(), available_gpus())
             runner = functools.partial(
                 run_simulation,
                 federation_config=federation_text(federation),
@@ -207,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_comparison(plans, strategies, out, args.num_clients, runner, title)
         return runner(mapping, args.num_clients, stream=not args.quiet)
     except KeyboardInterrupt:
-        stopped = "the SuperLink and its processes were" if args.runtime == "flower" else "run"
-        print(f"\ninterrupted: the {stopped} stopped", file=sys.stderr)
+        stopped = "the SuperLink and its processes were" if args.runtime == "flower" else "the run"
+        print(f"\ninterrupted: {stopped} stopped", file=sys.stderr)
         return 130
 
 

@@ -220,6 +220,11 @@ class RunConfig:
                 raise ConfigError(f"{key}={value} is outside [0, 1]")
         if not 0.0 <= self.trimmed_beta < 0.5:
             raise ConfigError(f"trimmed-beta={self.trimmed_beta} must be in [0, 0.5)")
+        if self.run_name in (".", "..") or any(c in self.run_name for c in "/\\"):
+            raise ConfigError(
+                f"run-name={self.run_name!r} is not allowed: it names one folder inside out-dir "
+                "(no / or \\, not . or ..)"
+            )
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed} is not allowed: it must be 0 or more")
         try:

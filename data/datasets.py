@@ -234,7 +234,7 @@ def check_data_files(
     root = _data_dir(name, data_dir)
     if name in ("cifar10", "cifar10n"):
         if not download:
-            hint = "Pass download=True to fetch the CIFAR-10 pickles with torchvision"
+            hint = "Set download=true to fetch the CIFAR-10 pickles with torchvision"
             _not_found(name, root, _cifar_missing(root), hint)
         if name == "cifar10n":
             candidates = _cifar10n_candidates(root)

@@ -72,7 +72,10 @@ def read_preset(item: str) -> dict[str, Any]:
         hint = ""
         if Path(f"{path}.toml").is_file():
             hint = f"; did you mean {item}.toml?"
-        raise ConfigError(f"--run-config {item!r}: no such preset file{hint}")
+        raise ConfigError(
+            f"--run-config {item!r}: no such preset file{hint} (a setting is key=value, "
+            "e.g. num-rounds=3)"
+        )
     try:
         with open(path, "rb") as handle:
             values = tomllib.load(handle)

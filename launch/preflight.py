@@ -50,6 +50,18 @@ def preflight(mapping: dict[str, Any], num_clients: int) -> None:
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
     check_client_sizes([len(indices) for indices in federation.client_indices], config.batch_size)
     check_writable(Path(config.out_dir), "out-dir")
+    check_device(config.device)
+
+
+def check_device(name: str) -> None:
+    """ConfigError when the `device` key asks for a GPU this machine does not have."""
+    from common.config import ConfigError
+    from common.evaluation import resolve_device
+
+    try:
+        resolve_device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"{err}; use device='auto' or 'cpu'") from None
 
 
 def check_writable(folder: Path, key: str) -> None:

@@ -38,12 +38,16 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
         report = json.loads(detection_path.read_text())
         detection = report.get("detection") or {}
         quality = detection.get("quality", {})
-        print(f"  {'flagged noisy clients':<28} {detection.get('flagged_noisy')}")
-        print(
-            f"  {'detection precision/recall':<28} {quality.get('precision', float('nan')):.2f}"
-            f" / {quality.get('recall', float('nan')):.2f} (truly noisy: true rate > "
-            f"{detection.get('noisy_threshold')})"
-        )
+        if not detection:
+            print(f"  {'noisy-client detection':<28} did not run")
+        else:
+            precision, recall = (quality.get(k) for k in ("precision", "recall"))
+            shown = " / ".join("n/a" if v is None else f"{v:.2f}" for v in (precision, recall))
+            print(f"  {'flagged noisy clients':<28} {detection.get('flagged_noisy')}")
+            print(
+                f"  {'detection precision/recall':<28} {shown} (truly noisy: true rate > "
+                f"{detection.get('noisy_threshold')})"
+            )
         labels = report.get("label_correction") or {}
         if labels:
             print(

@@ -213,7 +213,10 @@ def main(grid: Grid, context: Context) -> None:
                 results.write_json("detection.json", report)
         except Exception as report_error:
             log(WARNING, "detection.json not written: %s", report_error)
-        reason = str(err) if status == "diverged" else traceback.format_exception_only(err)
+        reason = {
+            "diverged": str(err),
+            "interrupted": "interrupted (Ctrl-C or SIGTERM)",
+        }.get(status) or traceback.format_exception_only(err)
         try:
             results.finish(status, error="".join(reason).strip() or type(err).__name__)
         except OSError as write_error:  # e.g. the disk is full: the launcher marks it

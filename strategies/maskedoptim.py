@@ -139,8 +139,8 @@ class DetectionParams(StrategyParams):
             raise ConfigError(
                 f"this strategy detects noisy clients with the model of its warm-up, so "
                 f"{key} must be at least 1 and below num-rounds={num_rounds}; got "
-                f"{key}={rounds} (detection would never run). For the warm-up alone use "
-                "strategy='fedavg' (or 'rfa', MaskedOptim's aggregation)"
+                f"{key}={rounds} (detection would never run). For training without detection "
+                "use strategy='fedavg' or 'rfa'"
             )
 
 

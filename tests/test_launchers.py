@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import deploy_local
 import simulation
@@ -79,6 +80,14 @@ def write_cifar(root: Path, per_batch: int, seed: int = 0) -> Path:
         (["--federation-config", "num-supernodes=4"], "num-supernodes is set by --num-clients"),
         (["--runtime", "inprocess", "--federation-config", "verbose=true"], "Ray's runtime"),
         (["--federation-config", "client-resources-num-gpus=0.5"], "this machine has no GPU"),
+        (["--federation-config", "client-resources-num-cpus=64"], "no client could run"),
+        pytest.param(
+            ["--set", "device=cuda"],
+            "device='cuda' was asked for",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+        (["--set", "run-name=../elsewhere"], "it names one folder inside out-dir"),
+        (["--run-config", "num-rounds"], "(a setting is key=value, e.g. num-rounds=3)"),
     ],
 )
 def test_a_bad_argument_exits_2_naming_it(capsys, tmp_path, argv, message):
@@ -284,7 +293,9 @@ def test_every_documented_command_passes_the_preflight(
     if module is deploy_local:
         extra += ["--workdir", str(tmp_path / "deploy")]
     code, out, err = run_main(capsys, *replaced, *extra, "--check", module=module)
-    if "client-resources-num-gpus=0.25" in command and "this machine has no GPU" in err:
+    no_gpu = ("this machine has no GPU", "torch sees no CUDA GPU")
+    if "client-resources-num-gpus=0.25" in command and any(text in err for text in no_gpu):
+        assert code == 2
         pytest.skip("a GPU command on a machine without GPU (refused with exit 2, as it should)")
     assert code == 0, f"{where}: {command}\n{err}"
     assert "check passed" in out
