@@ -7,7 +7,7 @@ from flwr.app import Context, RecordDict
 
 from client_app.app import local_client
 from common.config import app_defaults
-from tests.test_datasets import write_own_cifar
+from fakedata import write_own_cifar
 
 
 def context(node_config: dict, **run_config) -> Context:

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_datasets import AGNEWS_TEST, AGNEWS_TRAIN, write_csv, write_fake_cifar, write_fake_human
 
 from client_app.training import train_locally
 from common.config import ConfigError, config_with
@@ -19,6 +18,7 @@ from data.client_data import ClientData
 from data.datasets import load_dataset
 from data.federation import DataSettings, build_federation
 from data.transforms import pipeline_for
+from fakedata import AGNEWS_TEST, AGNEWS_TRAIN, write_csv, write_fake_cifar, write_fake_human
 from models import build_model, check_model_fits
 
 

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import csv
 import json
-import pickle
 import re
 import shlex
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import deploy_local
 import simulation
+from fakedata import write_fake_cifar
 from launch.overrides import parse_set_items
 from launch.preflight import resolve_run_config
 from launch.superlink import flower_environment
@@ -39,24 +38,6 @@ def run_main(capsys, *argv: str, module=simulation) -> tuple[int, str, str]:
     code = module.main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def write_cifar(root: Path, per_batch: int, seed: int = 0) -> Path:
-    """CIFAR-10's official python layout with random images; returns the data-dir."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        count = per_batch if name != "test_batch" else 100
-        entry = {
-            b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
-            b"labels": (np.arange(count) % 10).tolist(),
-        }
-        (folder / name).write_bytes(pickle.dumps(entry))
-    meta = {b"label_names": [f"class{i}".encode() for i in range(10)]}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta))
-    return root
 
 
 # --- 1. nothing the user typed is dropped ------------------------------------------------------
@@ -149,7 +130,8 @@ def test_clients_that_cannot_take_a_step_are_named_before_any_work(capsys, tmp_p
 
 
 def test_a_truncated_data_file_is_named(capsys, tmp_path):
-    data = write_cifar(tmp_path / "cifar", per_batch=200)
+    data = tmp_path / "cifar"
+    write_fake_cifar(data, per_batch=200)
     batch = data / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[: len(batch.read_bytes()) // 2])
     code, _, err = run_main(
@@ -269,7 +251,9 @@ def test_the_docs_show_the_commands_this_test_runs():
 def cifar_like(tmp_path_factory) -> Path:
     """25,000 random training images in CIFAR-10's layout: room for the paper preset's 100
     Dirichlet clients of at least 100 (one folder, so the process loads it once)."""
-    return write_cifar(tmp_path_factory.mktemp("cifar10"), per_batch=5000)
+    data = tmp_path_factory.mktemp("cifar10")
+    write_fake_cifar(data, per_batch=5000)
+    return data
 
 
 @pytest.mark.parametrize(("where", "command"), documented_commands())
