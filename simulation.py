@@ -13,7 +13,7 @@ the same seeded client sampling for a seed), with a table and a plot:
                          [--out results/cmp-paper]
 
 It writes `<out>/<strategy>-seed<seed>/` per run (with the run's log, `flower.log`) and, as runs
-finish, `comparison.csv`, `comparison.md`, `runs.csv` and `accuracy.png` (common.comparison).
+finish, `comparison.csv`, `comparison.md`, `runs.csv` and `accuracy.png` (launch.comparison).
 Running it again skips the runs that are complete, so an interrupted sweep resumes; a folder
 holding a run made with other settings stops it before anything runs. A failed run stops the sweep
 (exit 1) and shows the end of its log.

@@ -1,7 +1,7 @@
 """Summarise finished runs per strategy: mean ± std over seeds of the headline figures.
 
 Reads the run folders given (or every run folder under a results root) and prints the
-comparison table of common.comparison (the one `simulation.py --strategies ...` writes):
+comparison table of launch.comparison (the one `simulation.py --strategies ...` writes):
 
     .venv/bin/python bench/summarise.py results/bench/paper-lenet-*-r120
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.comparison import load_run, markdown_table, strategy_rows  # noqa: E402
+from launch.comparison import load_run, markdown_table, strategy_rows  # noqa: E402
 
 
 def main() -> None:

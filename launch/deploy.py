@@ -16,6 +16,7 @@ from typing import Any
 
 from launch.processes import free_port, processes_with_environment, stop_marked_processes
 from launch.superlink import ROOT, run_status, wait_for_run
+from server_app.results import code_version
 
 START_SECONDS = 60.0
 
@@ -115,6 +116,7 @@ class LocalDeployment:
         env.update(
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             MASKEDOPTIM_RUN_TOKEN=self.token,
+            MASKEDOPTIM_CODE_VERSION=code_version(),
             FLWR_HOME=str(flwr_home),
             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
             FLWR_TELEMETRY_ENABLED="0",

@@ -4,19 +4,19 @@ and one exit code for both runtimes (0 completed, 1 not).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from server_app.results import read_detection, read_summary
+
 
 def print_summary(results_dir: Path) -> dict[str, Any] | None:
-    summary_path = results_dir / "summary.json"
     print(f"\nResults: {results_dir}")
-    if not summary_path.is_file():
+    summary = read_summary(results_dir)
+    if summary is None:
         print("  (no summary.json was written)")
         return None
-    summary = json.loads(summary_path.read_text())
     labels = {
         "status": "status",
         "rounds_completed": "rounds",
@@ -33,9 +33,8 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
             value = summary[key]
             shown = f"{value:.2f}" if isinstance(value, float) else value
             print(f"  {label:<28} {shown}")
-    detection_path = results_dir / "detection.json"
-    if detection_path.is_file():
-        report = json.loads(detection_path.read_text())
+    report = read_detection(results_dir)
+    if report is not None:
         detection = report.get("detection") or {}
         quality = detection.get("quality", {})
         if not detection:
@@ -87,13 +86,6 @@ def conclude(results_dir: Path, problem: str, log_file: Path | None, verbose: bo
     where = f"; log in {log_file}" if log_file else ""
     print(f"\nerror: the run did not complete (status {status}: {reason}){where}", file=sys.stderr)
     return 1
-
-
-def read_summary(results_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((results_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def format_duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from launch.processes import free_port, stop_marked_processes
 from launch.report import conclude
+from server_app.results import code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FLWR_HOME = ROOT / ".flwr"
@@ -29,6 +30,7 @@ def flower_environment(port: int, flwr_home: Path) -> dict[str, str]:
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         MASKEDOPTIM_RUN_TOKEN=uuid.uuid4().hex,  # marks every process this run starts
+        MASKEDOPTIM_CODE_VERSION=code_version(),  # the installed app copy has no .git
         FLWR_HOME=str(flwr_home),
         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port),
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",

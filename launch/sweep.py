@@ -1,10 +1,9 @@
 """The comparison sweep: every (strategy, seed) run one after another, resumable, with progress
-lines and the comparison files (common.comparison) rewritten as runs finish.
+lines and the comparison files (launch.comparison) rewritten as runs finish.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -12,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from launch.preflight import preflight, resolve_run_config
-from launch.report import format_duration, read_summary
+from launch.report import format_duration
+from server_app.results import read_json, read_summary
 
 
 def rounds_done(results_dir: Path) -> tuple[int, float]:
@@ -67,13 +67,12 @@ class SweepProgress:
 
 def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_clients: int):
     """The run-config keys (and client count) in which a stored run differs from `mapping`;
-    keys that the run's strategy does not read are not compared (common.config)."""
+    keys that the run's strategy does not read are not compared (strategies.registry)."""
     from common.config import RunConfig
     from strategies.registry import key_matters
 
-    try:
-        stored = json.loads((results_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    stored = read_json(results_dir, "config.json")
+    if stored is None:
         return []  # nothing usable there: the run will be redone
     wanted = RunConfig.from_mapping(mapping).to_mapping()
     ignored = {"out-dir", "run-name", "data-dir"}  # where things live, not what is computed
@@ -94,8 +93,8 @@ def plan_comparison(
 ) -> list[dict[str, Any]]:
     """Every (seed, strategy) run's validated config, seed by seed (so an interrupted sweep has
     whole seeds to compare); raises ConfigError/DatasetNotFoundError before anything runs."""
-    from common.comparison import run_folder_name
     from common.config import ConfigError
+    from launch.comparison import run_folder_name
 
     plans = []
     for seed in seeds:
@@ -133,7 +132,7 @@ def run_comparison(
     comparison files after each; stop at the first failed run (exit 1, its log shown)."""
     import shutil
 
-    from common.comparison import is_complete, load_run, write_comparison
+    from launch.comparison import is_complete, load_run, write_comparison
 
     num_rounds = int(plans[0]["num-rounds"])
     progress = SweepProgress(num_rounds)

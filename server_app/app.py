@@ -9,6 +9,7 @@ import traceback
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord
@@ -21,7 +22,7 @@ from common.evaluation import evaluate_model, resolve_device
 from data.federation import cached_dataset
 from data.transforms import pipeline_for
 from models import build_model, check_model_fits
-from server_app.results import RunResults, default_run_name, library_versions
+from server_app.results import RunResults, code_version, default_run_name, library_versions
 from strategies.aggregation import is_finite_model
 from strategies.registry import build_strategy
 from strategies.sampling import ClientRoster, ask_whoami, roster_from_whoami
@@ -94,6 +95,27 @@ def initial_model(config: RunConfig, dataset):
         )
 
 
+class StrategyView(Protocol):
+    """What the ServerApp reads from a strategy (strategies.base.SeededStrategy provides it;
+    Flower's `start` runs the rounds)."""
+
+    clients_per_round: int
+    last_sampled: list[int]  # partitions trained in the last round
+    last_uploads: int  # their replies
+    last_nonfinite: list[int]  # partitions whose upload held NaN or inf (dropped)
+    last_train_metrics: MetricRecord | None  # Flower's average of the train replies' metrics
+
+    def start(self, *, grid, initial_arrays, num_rounds, evaluate_fn): ...
+
+    def round_diagnostics(self) -> dict[str, Any]:
+        """The strategy's own metrics.csv columns for the round just evaluated."""
+        ...
+
+    def final_report(self) -> dict[str, Any] | None:
+        """detection.json's content, or None for a strategy that detects nothing."""
+        ...
+
+
 class RunDiverged(RuntimeError):
     """The global model became non-finite, or every upload of a round did (on-divergence)."""
 
@@ -131,7 +153,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
     roster = discover_clients(grid)
-    strategy = build_strategy(config, roster)
+    strategy: StrategyView = build_strategy(config, roster)
     log(INFO, "%s: %d clients per round (clients-per-round=%s, %d clients)", config.strategy,
         strategy.clients_per_round, config.clients_per_round, roster.num_clients)  # fmt: skip
 
@@ -144,6 +166,7 @@ def main(grid: Grid, context: Context) -> None:
             "run_name": run_name,
             "seed": config.seed,
             "versions": library_versions(),
+            "code_version": code_version(),
             "server_device": str(device),
             "num_clients": roster.num_clients,
             "clients_per_round": strategy.clients_per_round,

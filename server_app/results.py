@@ -62,6 +62,32 @@ def default_run_name(strategy: str, dataset: str, seed: int) -> str:
     return f"{strategy}-{dataset}-seed{seed}-{stamp}"
 
 
+CODE_VERSION_VARIABLE = "MASKEDOPTIM_CODE_VERSION"
+
+
+APP_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_version(checkout: Path = APP_ROOT) -> str:
+    """The code a run was made with: the git commit of `checkout` ("+changes" when files
+    differ from it), else what the launcher put in MASKEDOPTIM_CODE_VERSION (Flower's runtime
+    runs an installed copy of the app without .git), else "unknown"."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(checkout), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        changed = subprocess.run(
+            ["git", "-C", str(checkout), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        return commit + ("+changes" if changed else "")
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get(CODE_VERSION_VARIABLE) or "unknown"
+
+
 def library_versions() -> dict[str, str]:
     import flwr
     import numpy
@@ -251,6 +277,31 @@ class RunResults:
         if self.rows:
             plot_accuracy(self.rows, self.directory / "accuracy.png", self.title)
         return summary
+
+
+def read_json(directory: Path, name: str) -> dict[str, Any] | None:
+    """A results file of a run folder as written above (summary.json, detection.json,
+    config.json), or None when it is missing or unreadable: the one reader of the schema."""
+    try:
+        return json.loads((directory / name).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_summary(directory: Path) -> dict[str, Any] | None:
+    """summary.json: `status`, `rounds_completed`, `wall_seconds`, `rate_unit`, and once a
+    round is done `final_accuracy`, `best_accuracy`, `best_round`, `last10_mean_accuracy`,
+    `last10_mean_macro_f1`, `last_rounds_averaged`, `final_macro_f1`, `seconds_per_round`
+    (rates in %); `error`, `diverged`, `nonfinite_uploads`, `nonfinite_values` when they apply;
+    the label-correction and detection rates of a detecting strategy."""
+    return read_json(directory, "summary.json")
+
+
+def read_detection(directory: Path) -> dict[str, Any] | None:
+    """detection.json of a detecting strategy: `detection` (round, flagged_noisy, quality
+    with precision/recall as fractions, ...), `label_correction`, `label_correction_per_client`
+    and the strategy's message counts."""
+    return read_json(directory, "detection.json")
 
 
 def _cell(value: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The comparison table and plot (common.comparison) and the sweep's helpers in simulation.py."""
+"""The comparison table and plot (launch.comparison) and the sweep's helpers in simulation.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from common.comparison import (
+from common.config import ConfigError, app_defaults
+from launch.comparison import (
     is_complete,
     load_run,
     markdown_table,
@@ -17,7 +18,6 @@ from common.comparison import (
     strategy_rows,
     write_comparison,
 )
-from common.config import ConfigError, app_defaults
 from launch.overrides import parse_set_items as parse_set_options
 from launch.sweep import SweepProgress, rounds_done, stored_config_differences
 from server_app.results import RunResults

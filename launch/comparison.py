@@ -16,13 +16,14 @@ Nothing here knows about Flower or torch: it reads the run folders' JSON and CSV
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from server_app.results import read_detection, read_json, read_summary
 
 # (column, label in comparison.md, scale applied for display) for the per-run figures.
 FIGURES = (
@@ -79,10 +80,8 @@ def _percent(fraction: Any) -> float | None:
 
 def load_run(directory: Path) -> RunRecord | None:
     """The run in `directory`, or None when its config or summary is missing or unreadable."""
-    try:
-        config = json.loads((directory / "config.json").read_text())
-        summary = json.loads((directory / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    config, summary = read_json(directory, "config.json"), read_summary(directory)
+    if config is None or summary is None:
         return None
     figures: dict[str, float | None] = {
         "last10_accuracy": _number(summary.get("last10_mean_accuracy")),
@@ -92,9 +91,8 @@ def load_run(directory: Path) -> RunRecord | None:
         "wall_minutes": _number(summary.get("wall_seconds", 0.0)) / 60,
         "seconds_per_round": _number(summary.get("seconds_per_round")),
     }
-    detection_file = directory / "detection.json"
-    if detection_file.is_file():
-        report = json.loads(detection_file.read_text())
+    report = read_detection(directory)
+    if report is not None:
         quality = (report.get("detection") or {}).get("quality") or {}
         labels = report.get("label_correction") or {}
         figures.update(
