@@ -1,9 +1,12 @@
-"""The run configuration: every `[tool.flwr.app.config]` key, parsed and validated in one place.
+"""The run configuration: every `[tool.flwr.app.config]` key, typed.
 
 Flower hands both apps a flat `run_config` mapping (pyproject defaults merged with `--run-config`
-overrides). `RunConfig.from_mapping` turns it into a typed, frozen object and rejects bad values
-with a message that names the key, the value and what is allowed, before any work starts. The
-defaults live only in `pyproject.toml` (`app_defaults()` reads them), so there is one source.
+overrides). `RunConfig.from_mapping` turns it into a typed, frozen object and rejects what is
+common to all keys (types, ranges, finiteness, the choices this module owns) with a message
+that names the key, the value and what is allowed. The names that other parts own (dataset,
+partition, noise, model, strategy) are checked by their owners, all at once by
+server_app.checks.check_run_config. The defaults live only in `pyproject.toml`
+(`app_defaults()` reads them), so there is one source. Nothing of the project is imported here.
 """
 
 from __future__ import annotations
@@ -16,19 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.errors import ConfigError  # noqa: F401  (one error type for every check)
-from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
-from data.noise import NOISE_TYPES, parse_noise_groups, parse_rate_range
-from data.partition import PARTITION_NAMES
-from models import MODEL_NAMES
+from common.errors import ConfigError
+from common.protocol import parse_masked_terms
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 GM_SCOPES = ("per-tensor", "whole-model")
-MASKABLE_TERMS = ("compat", "entropy", "class")
 LOCAL_LOSSES = ("ce", "logit-adjusted", "symmetric-ce")
 DEVICES = ("auto", "cpu", "cuda")
-DATASETS_WITHOUT_FILES = ("digits",)
 
 
 @dataclass(frozen=True)
@@ -114,10 +112,6 @@ class RunConfig:
         """The run config as Flower spells it (kebab-case keys)."""
         return {k.replace("_", "-"): v for k, v in dataclasses.asdict(self).items()}
 
-    @property
-    def noise_range(self) -> tuple[float, float]:
-        return parse_rate_range(self.noise_rate)
-
     def clients_sampled(self, num_clients: int) -> int:
         """Clients per round. An integer is a count (0: 10 % of the clients, at least 1, as the
         paper samples with frac = 0.1); a number with a decimal point in (0, 1] is a fraction of
@@ -136,12 +130,7 @@ class RunConfig:
         return wanted
 
     def validate(self) -> None:
-        _choice("dataset", self.dataset, DATASET_NAMES)
-        _choice("cifar10n-labels", self.cifar10n_labels, tuple(CIFAR10N_LABEL_KEYS))
-        _choice("model", self.model, MODEL_NAMES)
         _choice("local-loss", self.local_loss, LOCAL_LOSSES)
-        _choice("partition", self.partition, PARTITION_NAMES)
-        _choice("noise-type", self.noise_type, NOISE_TYPES)
         _choice("device", self.device, DEVICES)
         _choice("gm-scope", self.gm_scope, GM_SCOPES)
         _choice("on-divergence", self.on_divergence, ("stop", "continue"))
@@ -150,8 +139,10 @@ class RunConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 key = field.name.replace("_", "-")
                 raise ConfigError(f"{key}={value} is not allowed: it must be a finite number")
-        for term in self.masked_terms.split(","):
-            _choice("masked-terms", term.strip(), MASKABLE_TERMS)
+        try:
+            parse_masked_terms(self.masked_terms)  # the protocol's one validator
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         for key, value in (
             ("num-rounds", self.num_rounds),
             ("local-epochs", self.local_epochs),
@@ -227,26 +218,6 @@ class RunConfig:
             )
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed} is not allowed: it must be 0 or more")
-        try:
-            self.noise_range  # noqa: B018  (parsing is the check)
-        except ValueError as err:
-            raise ConfigError(f"noise-rate: {err}") from err
-        try:
-            parse_noise_groups(self.noise_groups, None, self.noise_range)
-        except ValueError as err:
-            raise ConfigError(f"noise-groups='{self.noise_groups}': {err}") from err
-        human = ("cifar10n", "clothing1m")
-        if (self.noise_type == "human") != (self.dataset in human):
-            raise ConfigError(
-                "noise-type='human' goes with the datasets whose labels are human-noisy "
-                f"({', '.join(human)}), and only with them; got noise-type='{self.noise_type}' "
-                f"with dataset='{self.dataset}'"
-            )
-        if self.dataset not in DATASETS_WITHOUT_FILES and not self.data_dir:
-            raise ConfigError(
-                f"dataset='{self.dataset}' reads files: set data-dir to the folder that holds "
-                "them (see docs/datasets.md)"
-            )
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -7,6 +7,7 @@ evaluation on local data); torch and scikit-learn only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
-from data.transforms import InputPipeline
+if TYPE_CHECKING:  # annotations only: common imports nothing of the project
+    from data.transforms import InputPipeline
 
 
 @dataclass(frozen=True)

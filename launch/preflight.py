@@ -13,6 +13,7 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     """Defaults + overrides, validated; paths made absolute; a run name chosen if none."""
     from common.config import ConfigError, RunConfig, app_defaults
     from launch.overrides import unknown_key_message
+    from server_app.checks import check_run_config
     from server_app.results import default_run_name
 
     defaults = app_defaults()
@@ -24,6 +25,7 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
         if isinstance(mapping[key], str) and mapping[key]:
             mapping[key] = str(Path(mapping[key]).expanduser().resolve())
     config = RunConfig.from_mapping(mapping)
+    check_run_config(config)  # each owner's names: data, model, strategy
     if not config.run_name:
         mapping["run-name"] = default_run_name(config.strategy, config.dataset, config.seed)
     return mapping

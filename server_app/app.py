@@ -22,6 +22,7 @@ from common.evaluation import evaluate_model, resolve_device
 from data.federation import cached_dataset
 from data.transforms import pipeline_for
 from models import build_model, check_model_fits
+from server_app.checks import check_run_config
 from server_app.results import RunResults, code_version, default_run_name, library_versions
 from strategies.aggregation import is_finite_model
 from strategies.registry import build_strategy
@@ -146,6 +147,7 @@ def divergence(
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = RunConfig.from_mapping(context.run_config)  # bad values stop here, before any work
+    check_run_config(config)
     grid = PromptGrid(grid)
     device = resolve_device(config.device)
     dataset = cached_dataset(

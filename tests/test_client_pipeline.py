@@ -17,6 +17,7 @@ from common.protocol import LocalTraining
 from data.client_data import ClientData
 from data.datasets import load_dataset
 from data.federation import DataSettings, build_federation
+from data.settings import check_data_settings
 from data.transforms import pipeline_for
 from fakedata import AGNEWS_TEST, AGNEWS_TRAIN, write_csv, write_fake_cifar, write_fake_human
 from models import build_model, check_model_fits
@@ -89,5 +90,6 @@ def test_agnews_with_fasttext(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["cifar10n", "clothing1m"])
 def test_human_label_datasets_require_human_noise(tmp_path, dataset):
+    config = config_with(dataset=dataset, data_dir=str(tmp_path), noise_type="symmetric")
     with pytest.raises(ConfigError, match="noise-type='human'"):
-        config_with(dataset=dataset, data_dir=str(tmp_path), noise_type="symmetric")
+        check_data_settings(config)

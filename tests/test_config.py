@@ -14,9 +14,10 @@ from common.config import (
 )
 from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
 from data.federation import DataSettings
-from data.noise import NOISE_TYPES, SYNTHETIC_KINDS
+from data.noise import NOISE_TYPES, SYNTHETIC_KINDS, parse_rate_range
 from data.partition import PARTITION_NAMES
 from models import MODEL_NAMES
+from server_app.checks import check_run_config
 
 
 def mapping_with(**overrides):
@@ -28,8 +29,9 @@ def mapping_with(**overrides):
 
 
 def error_of(**overrides) -> str:
+    """The message of the first check (common.config's or an owner's) that refuses them."""
     with pytest.raises(ConfigError) as info:
-        config_with(**overrides)
+        check_run_config(config_with(**overrides))
     return str(info.value)
 
 
@@ -43,7 +45,7 @@ def test_pyproject_defaults_are_valid():
     assert config.dataset == "digits"
     assert config.model == "digitsnet"
     assert config.num_rounds == defaults["num-rounds"]
-    low, high = config.noise_range
+    low, high = parse_rate_range(config.noise_rate)
     assert 0.0 <= low < high <= 1.0  # the demo has clean and noisy clients
     # every run-config key of pyproject is a field, and every field has a default
     assert set(defaults) == set(config.to_mapping())

@@ -1,0 +1,50 @@
+"""The data owner's check of its run-config settings: dataset and its label file choice, the
+partition, the label noise (kind, rate range, groups) and whether data-dir is needed.
+
+Called once before a run by the ServerApp and the launchers (server_app.checks); the loaders
+and the noise and partition functions raise their own errors when used directly.
+"""
+
+from __future__ import annotations
+
+from common.errors import ConfigError
+from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
+from data.noise import NOISE_TYPES, parse_noise_groups, parse_rate_range
+from data.partition import PARTITION_NAMES
+
+DATASETS_WITHOUT_FILES = ("digits",)
+HUMAN_LABELLED = ("cifar10n", "clothing1m")
+
+
+def choice(key: str, value: str, allowed) -> None:
+    """ConfigError naming `key`, `value` and the allowed values when `value` is not one."""
+    if value not in allowed:
+        raise ConfigError(f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
+
+
+def check_data_settings(config) -> None:
+    """Raise ConfigError for a data setting of `config` (a common.config.RunConfig) that is not
+    allowed, naming the key, the value and what is allowed."""
+    choice("dataset", config.dataset, DATASET_NAMES)
+    choice("cifar10n-labels", config.cifar10n_labels, tuple(CIFAR10N_LABEL_KEYS))
+    choice("partition", config.partition, PARTITION_NAMES)
+    choice("noise-type", config.noise_type, NOISE_TYPES)
+    try:
+        rates = parse_rate_range(config.noise_rate)
+    except ValueError as err:
+        raise ConfigError(f"noise-rate: {err}") from err
+    try:
+        parse_noise_groups(config.noise_groups, None, rates)
+    except ValueError as err:
+        raise ConfigError(f"noise-groups='{config.noise_groups}': {err}") from err
+    if (config.noise_type == "human") != (config.dataset in HUMAN_LABELLED):
+        raise ConfigError(
+            "noise-type='human' goes with the datasets whose labels are human-noisy "
+            f"({', '.join(HUMAN_LABELLED)}), and only with them; got "
+            f"noise-type='{config.noise_type}' with dataset='{config.dataset}'"
+        )
+    if config.dataset not in DATASETS_WITHOUT_FILES and not config.data_dir:
+        raise ConfigError(
+            f"dataset='{config.dataset}' reads files: set data-dir to the folder that holds "
+            "them (see docs/datasets.md)"
+        )
