@@ -42,6 +42,7 @@ from strategies.sampling import (
     SampledGrid,
     ask_whoami,
     ordered_without_errors,
+    query_clients,
     sample_partitions,
 )
 
@@ -194,12 +195,9 @@ class SeededStrategy(FedAvg):
                 partition, node, before)  # fmt: skip
 
     def query(self, messages: list[Message], timeout: float) -> list[Message]:
-        """Send queries to clients after an aggregation and return their replies, without the
-        errors the SuperLink made for nodes that went offline (they are left out)."""
-        from strategies.sampling import drop_lost_replies
-
-        replies = self._grid.send_and_receive(messages, timeout=timeout)
-        return drop_lost_replies(replies, messages[0].metadata.message_type if messages else "")
+        """Send queries to clients after an aggregation (strategies.sampling.query_clients on
+        this round's grid)."""
+        return query_clients(self._grid, messages, timeout)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid

@@ -108,13 +108,21 @@ def ask_whoami(
     ]
     answers: dict[int, dict[str, float]] = {}
     failures: dict[int, str] = {}
-    for reply in drop_lost_replies(grid.send_and_receive(queries, timeout=timeout), "whoami"):
+    for reply in query_clients(grid, queries, timeout):
         node = reply.metadata.src_node_id
         if reply.has_error():
             failures[node] = reply.error.reason
         else:
             answers[node] = dict(reply.content["metrics"])
     return answers, failures
+
+
+def query_clients(grid, messages: list[Message], timeout: float) -> list[Message]:
+    """Send `messages` (queries: whoami, detection's class losses, FedCorr's relabelling) and
+    return the replies, without the errors the SuperLink made for nodes that went offline
+    (those clients are left out, with a warning). The one query loop of the server."""
+    what = messages[0].metadata.message_type if messages else "query"
+    return drop_lost_replies(grid.send_and_receive(messages, timeout=timeout), what)
 
 
 def drop_lost_replies(replies: Iterable[Message], what: str) -> list[Message]:
