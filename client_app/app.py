@@ -82,7 +82,9 @@ class LocalClient:
     def load(self, arrays: ArrayRecord) -> Classifier:
         """This thread's cached model holding the received weights (all of them, BN buffers too)."""
         model = self.models.get()
-        model.load_state_dict(arrays.to_torch_state_dict())
+        with _deserializing:
+            state = arrays.to_torch_state_dict()
+        model.load_state_dict(state)
         return model
 
     def label_confusion(self, labels: np.ndarray) -> list[int]:
@@ -175,6 +177,11 @@ def _process_shared(
 
 # The in-process runtime's threads must not load the same federation twice at once.
 _start_up = threading.Lock()
+# Nor parse received arrays at once: np.load reads each array's header with ast.literal_eval,
+# and CPython 3.11's AST construction is not safe across threads (a garbage collection inside
+# it can switch threads; CPython issue 106905): two clients deserialising together failed with
+# "SystemError: AST constructor recursion depth mismatch" in 2 of 5 runs of test_numbers.py.
+_deserializing = threading.Lock()
 
 
 # A Ray actor serves many partitions in turn: keep each one's tensors (about 1.5 MB for a

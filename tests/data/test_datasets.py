@@ -29,7 +29,7 @@ from fakedata import (
     write_own_cifar,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = Path(__file__).resolve().parents[3] / "shared"
 REAL_CIFAR10N = SHARED / "datasets" / "cifar10n" / "CIFAR-10_human.pt"
 
 # --- fixtures ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-DOCKER = Path(__file__).resolve().parents[1] / "docker"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 PYPROJECT = DOCKER.parent / "pyproject.toml"
 
 

@@ -23,7 +23,7 @@ from launch.overrides import parse_set_items
 from launch.preflight import resolve_run_config
 from launch.superlink import flower_environment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

@@ -265,6 +265,6 @@ def test_the_docs_strategy_table_is_the_registrys():
 
     from strategies.registry import strategy_table
 
-    text = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     table = text.split("<!-- strategies table: begin -->\n")[1].split("<!-- strategies")[0]
     assert table == strategy_table(), "run python -m strategies.registry and paste its table"
