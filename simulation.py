@@ -47,29 +47,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 
-def check_local_resources(federation: dict, cpus: int, gpus: int) -> None:
-    """ConfigError when Ray's own cluster on this machine could not run one client: it would
-    wait for a GPU forever, or fail after start-up with an empty actor pool."""
-    from common.errors import ConfigError
-
-    cpus = min(cpus, federation.get("init-args-num-cpus", cpus))
-    gpus = min(gpus, federation.get("init-args-num-gpus", gpus))
-    given = any(key.startswith("client-resources-") for key in federation)
-    num_cpus = federation.get("client-resources-num-cpus", 1.0 if given else 2.0)
-    gpu_share = federation.get("client-resources-num-gpus", 0)
-    if gpu_share > 0 and gpus == 0:
-        raise ConfigError(
-            f"--federation-config client-resources-num-gpus={gpu_share:g}, but this machine has "
-            "no GPU (give --ray-address for a cluster that has them)"
-        )
-    if num_cpus > cpus:
-        raise ConfigError(
-            f"--federation-config client-resources-num-cpus={num_cpus:g} is more than the "
-            f"{cpus} CPUs Ray has here: no client could run (use at most {cpus}, or "
-            "--ray-address for a cluster)"
-        )
-
-
 def comma_list(text: str, kind: type = str) -> list:
     items = [item.strip() for item in text.split(",") if item.strip()]
     try:
@@ -173,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from launch.preflight import preflight, resolve_run_config
     from launch.processes import available_cpus, available_gpus
-    from launch.superlink import run_simulation
+    from launch.superlink import check_local_resources, run_simulation
     from launch.sweep import plan_comparison, run_comparison
 
     if args.runtime == "inprocess" and args.ray_address:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.errors import ConfigError
 from launch.processes import free_port, stop_marked_processes
 from launch.report import conclude
 from server_app.results import code_version
@@ -200,3 +201,24 @@ def run_simulation(
     if returncode != 0 or status != "finished:completed":
         problem = f"flwr run exit {returncode}, run {run_id or '?'} status {status}"
     return conclude(results_dir, problem, log_file or flwr_home / "logs", verbose)
+
+
+def check_local_resources(federation: dict, cpus: int, gpus: int) -> None:
+    """ConfigError when Ray's own cluster on this machine could not run one client: it would
+    wait for a GPU forever, or fail after start-up with an empty actor pool."""
+    cpus = min(cpus, federation.get("init-args-num-cpus", cpus))
+    gpus = min(gpus, federation.get("init-args-num-gpus", gpus))
+    given = any(key.startswith("client-resources-") for key in federation)
+    num_cpus = federation.get("client-resources-num-cpus", 1.0 if given else 2.0)
+    gpu_share = federation.get("client-resources-num-gpus", 0)
+    if gpu_share > 0 and gpus == 0:
+        raise ConfigError(
+            f"--federation-config client-resources-num-gpus={gpu_share:g}, but this machine has "
+            "no GPU (give --ray-address for a cluster that has them)"
+        )
+    if num_cpus > cpus:
+        raise ConfigError(
+            f"--federation-config client-resources-num-cpus={num_cpus:g} is more than the "
+            f"{cpus} CPUs Ray has here: no client could run (use at most {cpus}, or "
+            "--ray-address for a cluster)"
+        )
