@@ -268,3 +268,12 @@ def test_the_docs_strategy_table_is_the_registrys():
     text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     table = text.split("<!-- strategies table: begin -->\n")[1].split("<!-- strategies")[0]
     assert table == strategy_table(), "run python -m strategies.registry and paste its table"
+
+
+def test_every_run_config_key_has_a_row_in_the_docs():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    keys_part = text.split("## Strategies")[0]
+    missing = [key for key in app_defaults() if f"`{key}`" not in keys_part]
+    assert missing == [], "describe these keys in docs/configuration.md"
