@@ -247,8 +247,9 @@ def main(grid: Grid, context: Context) -> None:
         except OSError as write_error:  # e.g. the disk is full: the launcher marks it
             log(WARNING, "summary.json not updated: %s", write_error)
         raise
-    if strategy.final_report() is not None:
-        results.write_json("detection.json", strategy.final_report())
+    report = strategy.final_report()
+    if report is not None:
+        results.write_json("detection.json", report)
     extra = {"diverged": watch.first} if watch.first else {}
     summary = results.finish("completed", **extra)
     log(INFO, "%s: finished: %s", config.strategy, summary)
