@@ -10,6 +10,7 @@ Messages it answers:
   (client_app.fedcorr), with the corrected labels kept in `context.state`.
 - `query.class_loss`: the per-class mean loss of the received model, for noisy-client detection.
 - `evaluate`: the received model on the client's local data (observed and clean labels).
+- `query.labels`: write the corrected-labels CSV on the client (client_app.label_export).
 - `query.whoami`: the partition id and size, so the server maps node ids to clients, plus the
   true noise rate (a simulation-only diagnostic that no algorithm reads).
 
@@ -41,6 +42,11 @@ from client_app.fedcorr import (
     lid_per_sample,
     relabel,
 )
+from client_app.label_export import (
+    change_summary,
+    corrected_labels_path,
+    write_corrected_labels,
+)
 from client_app.masked import (
     init_label_logits,
     masked_train_locally,
@@ -56,6 +62,7 @@ from common.protocol import (
     SERVER_ROUND,
     ClassLossQuery,
     CorrSettings,
+    LabelsQuery,
     LocalTraining,
     MaskedSettings,
     RelabelQuery,
@@ -63,7 +70,7 @@ from common.protocol import (
 from data.client_data import ClientData
 from data.datasets import load_own_training_data
 from data.federation import DataSettings, Federation, cached_federation, own_data_federation
-from data.transforms import InputPipeline, pipeline_for
+from data.transforms import InputPipeline, config_pipeline
 from models import Classifier, build_model
 
 app = ClientApp()
@@ -78,6 +85,7 @@ class LocalClient:
     pipeline: InputPipeline
     models: ThreadModels
     noise_rate: float
+    class_names: tuple[str, ...]
 
     def load(self, arrays: ArrayRecord) -> Classifier:
         """This thread's cached model holding the received weights (all of them, BN buffers too)."""
@@ -87,10 +95,20 @@ class LocalClient:
         model.load_state_dict(state)
         return model
 
-    def label_confusion(self, labels: np.ndarray) -> list[int]:
-        """Flattened confusion of `labels` against the clean labels (a simulation diagnostic)."""
+    def truth_diagnostic(self, key: str, labels: np.ndarray) -> dict[str, list[int]]:
+        """{key: flattened confusion of `labels` against the clean labels} (a simulation
+        diagnostic), or {} when the clean labels are unknown (a user's own labels)."""
+        if not self.data.truth_known:
+            return {}
         clean = self.data.clean_labels.cpu().numpy()
-        return label_confusion(clean, labels, self.data.num_classes).ravel().tolist()
+        return {key: label_confusion(clean, labels, self.data.num_classes).ravel().tolist()}
+
+    def label_changes(self, corrected: np.ndarray, confidence: np.ndarray) -> dict[str, float]:
+        """How many labels differ from the observed ones, and their mean confidence."""
+        observed = self.data.observed_labels.cpu().numpy()
+        summary = change_summary(observed, corrected, confidence)
+        del summary["samples"]
+        return summary
 
 
 class LabelStore:
@@ -160,7 +178,7 @@ def _process_shared(
     else:
         data_dir, partition_id = own_data
         own = load_own_training_data(
-            config.dataset, data_dir, cifar10n_labels=config.cifar10n_labels
+            config.dataset, data_dir, cifar10n_labels=config.cifar10n_labels, own=settings.own
         )
         federation = own_data_federation(settings, num_partitions, partition_id, own)
     dataset = federation.dataset
@@ -201,9 +219,10 @@ def _local_client(
     return LocalClient(
         config=shared.config,
         data=data,
-        pipeline=pipeline_for(shared.config.dataset),
+        pipeline=config_pipeline(shared.config),
         models=shared.models,
         noise_rate=float(shared.federation.noise_rates[partition_id]),
+        class_names=shared.federation.dataset.class_names,
     )
 
 
@@ -285,10 +304,12 @@ def train_masked(msg: Message, context: Context) -> Message:
     )
     seconds = time.perf_counter() - started
     rounds = labels.save(result.label_logits)
-    corrected = result.label_logits.argmax(1).cpu().numpy()
+    confidence, corrected = torch.softmax(result.label_logits.float(), dim=1).max(dim=1)
+    corrected, confidence = corrected.cpu().numpy(), confidence.cpu().numpy()
     diagnostics = ConfigRecord(
         {
-            "corrected-confusion": client.label_confusion(corrected),
+            **client.truth_diagnostic("corrected-confusion", corrected),
+            **client.label_changes(corrected, confidence),
             "masked-rounds": rounds,
         }
     )
@@ -304,7 +325,8 @@ def train_masked(msg: Message, context: Context) -> Message:
 
 class CorrectedLabels:
     """FedCorr's per-client state (client_app.state): the corrected labels (the observed ones
-    until the first relabelling) and the per-sample losses of the last pre-processing round."""
+    until the first relabelling), the global model's probability of each label at the last
+    relabelling, and the per-sample losses of the last pre-processing round."""
 
     def __init__(self, context: Context, observed: torch.Tensor, partition_id: int) -> None:
         self.store = ClientStateStore(context, "fedcorr", partition_id)
@@ -319,9 +341,18 @@ class CorrectedLabels:
     def losses(self) -> np.ndarray | None:
         return (self.store.load() or {}).get("losses")
 
-    def save(self, *, labels: torch.Tensor | None = None, losses: torch.Tensor | None = None):
+    def confidence(self) -> np.ndarray | None:
+        return (self.store.load() or {}).get("confidence")
+
+    def save(
+        self,
+        *,
+        labels: torch.Tensor | None = None,
+        losses: torch.Tensor | None = None,
+        confidence: torch.Tensor | None = None,
+    ):
         arrays = self.store.load() or {}
-        for name, value in (("labels", labels), ("losses", losses)):
+        for name, value in (("labels", labels), ("losses", losses), ("confidence", confidence)):
             if value is not None:
                 arrays[name] = value.detach().cpu().numpy()
         self.store.save(arrays)
@@ -377,16 +408,18 @@ def relabel_query(msg: Message, context: Context) -> Message:
     fraction = 0.0
     if not everything and losses is not None:
         fraction = estimated_noise_fraction(losses, client.config.seed)[1]
+    outputs = softmax_outputs(client, model)
     after = relabel(
         before,
         torch.as_tensor(losses if losses is not None else np.zeros(len(before))).to(before.device),
-        softmax_outputs(client, model),
+        outputs,
         fraction,
         ratio=query.fedcorr_relabel_ratio,
         confidence=query.fedcorr_confidence,
         only_high_loss=not everything,
     )
-    store.save(labels=after)
+    confidence = outputs.gather(1, after.view(-1, 1)).view(-1)
+    store.save(labels=after, confidence=confidence)
     metrics = MetricRecord(
         {
             "noise-fraction": fraction,
@@ -395,8 +428,11 @@ def relabel_query(msg: Message, context: Context) -> Message:
     )
     diagnostics = ConfigRecord(
         {
-            "observed-confusion": client.label_confusion(client.data.observed_labels.cpu().numpy()),
-            "corrected-confusion": client.label_confusion(after.cpu().numpy()),
+            **client.truth_diagnostic(
+                "observed-confusion", client.data.observed_labels.cpu().numpy()
+            ),
+            **client.truth_diagnostic("corrected-confusion", after.cpu().numpy()),
+            **client.label_changes(after.cpu().numpy(), confidence.cpu().numpy()),
         }
     )
     content = RecordDict({"metrics": metrics, "labels": diagnostics})
@@ -423,7 +459,7 @@ def class_loss(msg: Message, context: Context) -> Message:
         }
     )
     observed = client.data.observed_labels.cpu().numpy()
-    diagnostics = ConfigRecord({"observed-confusion": client.label_confusion(observed)})
+    diagnostics = ConfigRecord(client.truth_diagnostic("observed-confusion", observed))
     content = RecordDict({"metrics": metrics, "labels": diagnostics})
     return Message(content=content, reply_to=msg)
 
@@ -444,6 +480,55 @@ def evaluate(msg: Message, context: Context) -> Message:
         )
         metrics["local-clean-accuracy"] = clean.accuracy
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+def held_labels(context: Context, client: LocalClient) -> tuple[np.ndarray, np.ndarray] | None:
+    """(corrected labels, their confidence) of a client whose method learned or corrected
+    labels (MaskedOptim / FedELC: argmax and max of softmax(label logits); FedCorr: its
+    corrected labels and the global model's probability of them), or None."""
+    partition = client.data.partition_id
+    logits = LabelStore(context, partition).load(torch.device("cpu"))
+    if logits is not None:
+        confidence, corrected = torch.softmax(logits.float(), dim=1).max(dim=1)
+        return corrected.numpy(), confidence.numpy()
+    store = CorrectedLabels(context, client.data.observed_labels, partition)
+    confidence = store.confidence()
+    if confidence is None:
+        return None
+    return store.labels().cpu().numpy(), confidence
+
+
+@app.query("labels")
+def labels_query(msg: Message, context: Context) -> Message:
+    """Write this client's corrected-labels CSV (client_app.label_export) and reply with counts
+    only: the file, the labels and the sample ids stay on the client."""
+    client = local_client(context)
+    query = LabelsQuery.from_config(msg.content["config"])
+    held = held_labels(context, client)
+    if held is None:
+        content = RecordDict({"metrics": MetricRecord({"has-labels": 0})})
+        return Message(content=content, reply_to=msg)
+    corrected, confidence = held
+    observed = client.data.observed_labels.cpu().numpy()
+    path = corrected_labels_path(
+        str(context.node_config.get("state-dir", "") or ""),
+        context.run_id,
+        client.data.partition_id,
+        query.results_dir,
+    )
+    ids = client.data.sample_ids
+    if ids is None:
+        ids = client.data.indices.astype(str)
+    write_corrected_labels(path, ids, observed, corrected, confidence, client.class_names)
+    metrics = MetricRecord({"has-labels": 1, **change_summary(observed, corrected, confidence)})
+    labels = ConfigRecord(
+        {
+            "file": str(path),
+            **client.truth_diagnostic("observed-confusion", observed),
+            **client.truth_diagnostic("corrected-confusion", corrected),
+        }
+    )
+    return Message(content=RecordDict({"metrics": metrics, "labels": labels}), reply_to=msg)
 
 
 @app.query("whoami")

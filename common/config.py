@@ -64,6 +64,16 @@ class RunConfig:
     out_dir: str
     run_name: str
     on_divergence: str
+    test_dir: str
+    classes: str
+    classes_file: str
+    image_size: int
+    image_channels: int
+    image_augment: str
+    text_column: str
+    label_column: str
+    vocab_file: str
+    labels_every: int
     warmup_rounds: int
     gmm_fits: int
     noisy_threshold: float
@@ -153,6 +163,7 @@ class RunConfig:
             ("class-loss-batch-size", self.class_loss_batch_size),
             ("gm-max-iter", self.gm_max_iter),
             ("fedcorr-lid-k", self.fedcorr_lid_k),
+            ("image-size", self.image_size),
         ):
             if value < 1:
                 raise ConfigError(f"{key}={value} is not allowed: it must be at least 1")
@@ -168,6 +179,7 @@ class RunConfig:
             ("baseline-warmup-rounds", self.baseline_warmup_rounds),
             ("fedcorr-iterations", self.fedcorr_iterations),
             ("fedcorr-finetune-rounds", self.fedcorr_finetune_rounds),
+            ("labels-every", self.labels_every),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")

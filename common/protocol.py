@@ -19,11 +19,17 @@ Messages (type: what the server sends -> what the client replies):
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
   labels: `observed-confusion`, `corrected-confusion`.
 - `query.whoami`: nothing -> metrics: `partition-id`, `num-partitions`, `num-examples`,
-  `true-noise-rate`.
+  `true-noise-rate` (NaN: the client's clean labels are unknown).
+- `query.labels`: config: LabelsQuery -> the client writes its corrected-labels CSV (where, see
+  client_app.label_export) and replies metrics: `has-labels`, `samples`, `labels-changed`,
+  `changed-confidence` (only when a label changed); labels: `file`, and the confusions when
+  the clean labels are known.
 - `evaluate`: arrays -> metrics: `num-examples`, `local-accuracy`, ... .
 
-The `labels` records and `true-noise-rate` are simulation diagnostics (the clean labels are
-known there); no algorithm reads them.
+The `labels` records' confusions (`observed-confusion`, `corrected-confusion`) and
+`true-noise-rate` are simulation diagnostics, sent only where the clean labels are known; no
+algorithm reads them. `labels-changed` and `changed-confidence` (the masked and relabel replies'
+`labels` records too) need no clean labels.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ CORR_TRAIN = "train.corr"
 CLASS_LOSS_QUERY = "query.class_loss"
 RELABEL_QUERY = "query.relabel"
 WHOAMI_QUERY = "query.whoami"
+LABELS_QUERY = "query.labels"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
@@ -162,3 +169,12 @@ class RelabelQuery(Settings):
     everything: bool  # after fine-tuning: every confident sample, not only high-loss ones
     fedcorr_relabel_ratio: float
     fedcorr_confidence: float
+
+
+@dataclass(frozen=True)
+class LabelsQuery(Settings):
+    """Write the corrected-labels CSV now; `results_dir` is where a client without a state-dir
+    writes it (the run's results folder: the simulation's clients share the server's disk)."""
+
+    server_round: int
+    results_dir: str

@@ -24,6 +24,13 @@ class ClientData:
     observed_labels: torch.Tensor  # int64, what the client trains on
     clean_labels: torch.Tensor  # int64, -1 where unknown; diagnostics only
     num_classes: int
+    # str [n]: what a user calls each sample (data.datasets.Dataset); None: the indices
+    sample_ids: np.ndarray | None = None
+
+    @property
+    def truth_known(self) -> bool:
+        """Whether every sample's clean label is known (a simulation diagnostic)."""
+        return bool((self.clean_labels >= 0).all())
 
     def __len__(self) -> int:
         return int(self.observed_labels.shape[0])
@@ -48,6 +55,11 @@ class ClientData:
             indices=indices,
             inputs=torch.as_tensor(np.asarray(dataset.train_inputs[indices])).to(device),
             observed_labels=torch.as_tensor(federation.observed_labels[indices]).to(device),
-            clean_labels=torch.as_tensor(dataset.train_clean_labels[indices]).to(device),
+            clean_labels=torch.as_tensor(federation.clean_labels[indices]).to(device),
             num_classes=dataset.num_classes,
+            sample_ids=(
+                dataset.train_sample_ids[indices]
+                if dataset.train_sample_ids is not None
+                else indices.astype(str)
+            ),
         )

@@ -13,6 +13,8 @@ Formats read (no third-party dataset library is needed at load time):
   training split as ``torchtext.vocab.build_vocab_from_iterator`` does (fidelity §6.2).
 - ``clothing1m``: the released layout (``images/``, ``*_label_kv.txt``, ``*_key_list.txt``); the
   images are decoded lazily (``ImageFiles``), because the 1M training images do not fit in memory.
+- ``imagefolder``, ``csv-text``: a user's own data (``data.own_data``): `data-dir` is the training
+  folder or CSV file, `test-dir` the server's test folder or file (optional).
 
 The md5 sums of the CIFAR-10 pickles are deliberately NOT checked: the copy available to this
 project is a faithful rebuild of the official layout (same order, labels and metadata) whose
@@ -33,7 +35,18 @@ from pathlib import Path
 
 import numpy as np
 
-DATASET_NAMES = ("digits", "cifar10", "cifar10n", "agnews", "clothing1m")
+from data.own_data import (
+    OWN_FORMATS,
+    OwnDataError,
+    OwnDataSpec,
+    label_indices,
+    list_image_folder,
+    load_images,
+    read_text_csv,
+    read_vocab_file,
+)
+
+DATASET_NAMES = ("digits", "cifar10", "cifar10n", "agnews", "clothing1m", *OWN_FORMATS)
 CIFAR10N_LABEL_KEYS = {
     "aggre": "aggre_label",
     "worse": "worse_label",
@@ -125,6 +138,8 @@ class Dataset:
     dataset has them; Clothing1M: its noisy labels). ``train_clean_labels`` holds the clean label
     or -1 where unknown. ``train_human_labels`` holds real noisy labels that replace synthetic
     noise (CIFAR-10-N: the chosen key; Clothing1M: the noisy labels), else None.
+    ``train_sample_ids`` names each training sample for a user (own data: the image's path
+    relative to data-dir, or the CSV row); None: its position in the training split.
     """
 
     name: str
@@ -140,6 +155,7 @@ class Dataset:
     test_labels: np.ndarray
     vocab_size: int = 0
     pad_index: int = 1
+    train_sample_ids: np.ndarray | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,7 +233,12 @@ def _not_found(name: str, data_dir: Path, missing: Iterable[Path], note: str = "
 
 
 def check_data_files(
-    name: str, data_dir, *, download: bool = False, cifar10n_labels: str = "worse"
+    name: str,
+    data_dir,
+    *,
+    download: bool = False,
+    cifar10n_labels: str = "worse",
+    own: OwnDataSpec | None = None,
 ) -> None:
     """Check cheaply that a dataset's files are present, before anything is loaded.
 
@@ -230,6 +251,9 @@ def check_data_files(
     if name == "cifar10n":
         _check_cifar10n_key(cifar10n_labels)
     if name == "digits":
+        return
+    if name in OWN_FORMATS:
+        _check_own_files(name, data_dir, own or OwnDataSpec())
         return
     root = _data_dir(name, data_dir)
     if name in ("cifar10", "cifar10n"):
@@ -268,16 +292,23 @@ def load_dataset(
     *,
     download: bool = False,
     cifar10n_labels: str = "worse",
+    own: OwnDataSpec | None = None,
 ) -> Dataset:
-    """Load dataset ``name`` from ``data_dir`` (ignored for ``digits``).
+    """Load dataset ``name`` from ``data_dir`` (ignored for ``digits``; for the own-data formats
+    described by ``own``, it may be empty: then the training split is empty, as on a deployed
+    server whose clients hold the data).
 
     ``cifar10n_labels`` picks the CIFAR-10-N label set (a key of CIFAR10N_LABEL_KEYS; the
     authors' script uses "worse", 40.21 % noisy). ``download=True`` lets torchvision fetch
     missing CIFAR-10 pickles.
     """
-    check_data_files(name, data_dir, download=download, cifar10n_labels=cifar10n_labels)
+    check_data_files(name, data_dir, download=download, cifar10n_labels=cifar10n_labels, own=own)
     if name == "digits":
         return _load_digits()
+    if name == "imagefolder":
+        return load_image_folder_dataset(data_dir or None, own or OwnDataSpec())
+    if name == "csv-text":
+        return load_csv_text_dataset(data_dir or None, own or OwnDataSpec())
     root = _data_dir(name, data_dir)
     if name == "cifar10":
         return _load_cifar10(root, download=download)
@@ -416,10 +447,12 @@ def _read_cifar10n_labels(path: Path, y_train: np.ndarray, key: str, images: Pat
 
 # --- One client's own data (a SuperNode with a data-dir) ---------------------------------------
 
-OWN_DATA_DATASETS = ("cifar10", "cifar10n")
+OWN_DATA_DATASETS = ("cifar10", "cifar10n", *OWN_FORMATS)
 
 
-def load_own_training_data(name: str, data_dir, *, cifar10n_labels: str = "worse") -> Dataset:
+def load_own_training_data(
+    name: str, data_dir, *, cifar10n_labels: str = "worse", own: OwnDataSpec | None = None
+) -> Dataset:
     """One client's own training data, for a SuperNode whose node-config has a `data-dir`.
 
     The folder holds that client's images in the dataset's official layout: the CIFAR-10 python
@@ -428,8 +461,24 @@ def load_own_training_data(name: str, data_dir, *, cifar10n_labels: str = "worse
     cifar10n also `CIFAR-10_human.pt` with the labels of exactly those images, in that order.
     The test split of the returned Dataset is empty. `digits` is embedded and `agnews` builds its
     vocabulary from the whole training split, so neither can be split into own folders.
+    `imagefolder` and `csv-text` (data.own_data, described by `own`) read the client's folder or
+    CSV file with the federation's class list, which must then be given, and csv-text the shared
+    `vocab-file`.
     """
     _check_name(name)
+    if name in OWN_FORMATS:
+        own = own or OwnDataSpec()
+        _classes_or_refuse(own, f"a client with its own {name} data")
+        if name == "csv-text" and not own.vocab_file:
+            raise OwnDataError(
+                "a client with its own csv-text data needs vocab-file, the vocabulary every "
+                "node shares (python -m data.own_data vocab ...)"
+            )
+        check_data_files(name, data_dir, own=own)
+        blind = dataclasses.replace(own, test_dir="")  # the server evaluates, not the client
+        if name == "imagefolder":
+            return load_image_folder_dataset(data_dir, blind)
+        return load_csv_text_dataset(data_dir, blind)
     if name not in OWN_DATA_DATASETS:
         raise ValueError(
             f"dataset {name!r} cannot be read from a client's own data-dir (node-config); "
@@ -620,4 +669,132 @@ def _load_clothing1m(root: Path) -> Dataset:
         train_human_labels=y_train.copy(),
         test_inputs=ImageFiles(root, test_keys, size=size),
         test_labels=y_test,
+    )
+
+
+# --- Users' own data (data.own_data) -----------------------------------------------------------
+
+
+def _csv_path(path: str | os.PathLike, default_name: str) -> Path:
+    """A CSV file, or a folder holding `default_name`."""
+    path = Path(path).expanduser()
+    return path / default_name if path.is_dir() else path
+
+
+def _check_own_files(name: str, data_dir, own: OwnDataSpec) -> None:
+    """The own-data keys are consistent and the named files exist (OwnDataError otherwise)."""
+    own.class_list()  # a bad classes / classes-file value
+    for key, value, default_name in (
+        ("data-dir", data_dir, "train.csv"),
+        ("test-dir", own.test_dir, "test.csv"),
+    ):
+        if not value:
+            continue
+        path = Path(str(value)).expanduser()
+        if name == "imagefolder" and not path.is_dir():
+            raise DatasetNotFoundError(
+                f"{key}='{path}' is not a folder: dataset 'imagefolder' reads root/<class>/<image>"
+            )
+        if name == "csv-text" and not _csv_path(path, default_name).is_file():
+            raise DatasetNotFoundError(
+                f"{key}='{path}': no CSV file there (give a .csv file, or a folder holding "
+                f"{default_name})"
+            )
+    if name == "csv-text" and not data_dir and not own.vocab_file:
+        raise OwnDataError(
+            "dataset 'csv-text' without a data-dir (clients bring their own CSV files) needs "
+            "vocab-file: the vocabulary every node shares (python -m data.own_data vocab ...)"
+        )
+    if own.vocab_file:
+        read_vocab_file(own.vocab_file)
+
+
+def _classes_or_refuse(own: OwnDataSpec, what: str) -> tuple[str, ...]:
+    classes = own.class_list()
+    if not classes:
+        raise OwnDataError(
+            f"{what} needs the federation's class list: set classes (e.g. classes='cat,dog') or "
+            "classes-file, so that every client numbers the classes the same way"
+        )
+    return classes
+
+
+def load_image_folder_dataset(train_root, own: OwnDataSpec) -> Dataset:
+    """An `imagefolder` Dataset: training images from `train_root` (None: none, e.g. a deployed
+    server), test images from `own.test_dir` (empty: none). The labels are taken as given; as
+    the clean reference they are what synthetic noise (if any) corrupts."""
+    classes = own.class_list()
+    if train_root is None:
+        classes = _classes_or_refuse(own, "a server without a training folder (data-dir)")
+        paths, labels = [], np.zeros(0, dtype=np.int64)
+    else:
+        classes, paths, labels = list_image_folder(train_root, classes)
+    size, channels = own.image_size, own.image_channels
+    train = (
+        load_images(train_root, paths, size, channels)
+        if paths
+        else np.zeros((0, channels, size, size), dtype=np.uint8)
+    )
+    if own.test_dir:
+        _, test_paths, test_labels = list_image_folder(own.test_dir, classes)
+        test = load_images(own.test_dir, test_paths, size, channels)
+    else:
+        test, test_labels = np.zeros((0, channels, size, size), np.uint8), np.zeros(0, np.int64)
+    return Dataset(
+        name="imagefolder",
+        num_classes=len(classes),
+        class_names=tuple(classes),
+        input_kind="image",
+        input_shape=(channels, size, size),
+        train_inputs=train,
+        train_labels=labels,
+        train_clean_labels=labels.copy(),
+        train_human_labels=None,
+        test_inputs=test,
+        test_labels=test_labels,
+        train_sample_ids=np.asarray(paths, dtype=str),
+    )
+
+
+def load_csv_text_dataset(train_path, own: OwnDataSpec) -> Dataset:
+    """A `csv-text` Dataset: training rows from `train_path` (a CSV file or a folder with
+    train.csv; None: none), test rows from `own.test_dir` (a CSV or a folder with test.csv).
+    The vocabulary is `own.vocab_file`, else built from the training text as for AG News."""
+    from_classes = own.class_list()
+    texts, names, ids = [], [], []
+    if train_path is not None:
+        path = _csv_path(train_path, "train.csv")
+        texts, names, ids = read_text_csv(path, own.text_column, own.label_column)
+    elif not from_classes:
+        _classes_or_refuse(own, "a server without a training CSV (data-dir)")
+    classes = from_classes or tuple(sorted(set(names)))
+    if len(classes) < 2:
+        raise OwnDataError(f"'{train_path}': at least 2 classes are needed, found {classes}")
+    labels = label_indices(names, classes, f"CSV file '{train_path}'")
+    tokens = [basic_english_tokenize(text) for text in texts]
+    vocab = read_vocab_file(own.vocab_file) if own.vocab_file else build_vocab(tokens)
+    pad = vocab["<pad>"]
+    if own.test_dir:
+        test_path = _csv_path(own.test_dir, "test.csv")
+        test_texts, test_names, _ = read_text_csv(test_path, own.text_column, own.label_column)
+        test_labels = label_indices(test_names, classes, f"CSV file '{test_path}'")
+        test = _encode([basic_english_tokenize(t) for t in test_texts], vocab, pad)
+    else:
+        test, test_labels = np.full((0, 1), pad, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    train = _encode(tokens, vocab, pad) if tokens else np.full((0, 1), pad, dtype=np.int64)
+    return Dataset(
+        name="csv-text",
+        num_classes=len(classes),
+        class_names=tuple(classes),
+        input_kind="text",
+        input_shape=None,
+        train_inputs=train,
+        train_labels=labels,
+        train_clean_labels=labels.copy(),
+        train_human_labels=None,
+        test_inputs=test,
+        test_labels=test_labels,
+        vocab_size=len(vocab),
+        pad_index=pad,
+        train_sample_ids=np.asarray(ids, dtype=str),
     )

@@ -18,6 +18,7 @@ import numpy as np
 from common import seeding
 from data.datasets import Dataset, check_data_files, load_dataset
 from data.noise import client_noise_plan, corrupt_labels, parse_rate_range, realised_noise_rate
+from data.own_data import OWN_FORMATS, OwnDataSpec
 from data.partition import make_partition
 
 
@@ -37,11 +38,21 @@ class DataSettings:
     noise_rate: str
     noise_groups: str
     seed: int
+    own: OwnDataSpec = OwnDataSpec()
 
     @classmethod
     def from_config(cls, config) -> DataSettings:
         """Take the fields of a common.config.RunConfig that decide the data."""
-        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+        names = [name for name in cls.__dataclass_fields__ if name != "own"]
+        return cls(
+            **{name: getattr(config, name) for name in names}, own=OwnDataSpec.from_config(config)
+        )
+
+    @property
+    def truth_known(self) -> bool:
+        """Whether the labels the data come with count as the truth: not for a user's own
+        data without synthetic noise (its labels are what the run is meant to question)."""
+        return not (self.dataset in OWN_FORMATS and self.noise_type == "none")
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +62,7 @@ class Federation:
     observed_labels: np.ndarray  # int64 [N]: the labels clients train on (noisy)
     noise_kinds: tuple[str, ...]  # per client: clean, symmetric, pairflip or human
     noise_rates: np.ndarray  # per client: realised fraction of observed != clean (diagnostic)
+    clean_labels: np.ndarray  # int64 [N]: the truth as far as known, -1 where unknown
 
     @property
     def num_clients(self) -> int:
@@ -61,6 +73,12 @@ def build_federation(settings: DataSettings, num_clients: int, dataset: Dataset)
     """Partition `dataset` over `num_clients` and apply the label noise (deterministic).
 
     Raises ValueError naming the run-config keys when the partition is impossible."""
+    if len(dataset.train_labels) == 0:
+        raise ValueError(
+            f"dataset '{settings.dataset}' has no training samples to split over {num_clients} "
+            "clients: set data-dir to the training data (or, in deployment, give each "
+            "SuperNode its own data-dir)"
+        )
     try:
         partition = make_partition(
             settings.partition,
@@ -90,17 +108,26 @@ def build_federation(settings: DataSettings, num_clients: int, dataset: Dataset)
         settings.noise_groups,
     )
     observed = dataset.train_labels.copy()
+    clean = known_truth(settings, dataset)
     rates = np.zeros(num_clients)
     for client, (indices, (kind, rate)) in enumerate(zip(partition, plan, strict=True)):
         observed[indices] = observed_labels(dataset, indices, kind, rate, settings.seed, client)
-        rates[client] = realised_noise_rate(observed[indices], dataset.train_clean_labels[indices])
+        rates[client] = realised_noise_rate(observed[indices], clean[indices])
     return Federation(
         dataset=dataset,
         client_indices=tuple(partition),
+        clean_labels=clean,
         observed_labels=observed,
         noise_kinds=tuple(kind for kind, _ in plan),
         noise_rates=rates,
     )
+
+
+def known_truth(settings: DataSettings, dataset: Dataset) -> np.ndarray:
+    """The clean labels as far as the run may know them (-1: unknown), see `truth_known`."""
+    if settings.truth_known:
+        return dataset.train_clean_labels
+    return np.full(len(dataset.train_labels), -1, dtype=np.int64)
 
 
 def check_client_sizes(sizes: Sequence[int], batch_size: int) -> None:
@@ -147,14 +174,16 @@ def own_data_federation(
     )[client]
     indices = np.arange(len(own.train_labels), dtype=np.int64)
     observed = observed_labels(own, indices, kind, rate, settings.seed, client)
+    clean = known_truth(settings, own)
     empty = np.zeros(0, dtype=np.int64)
     rates = np.zeros(num_clients)
-    rates[client] = realised_noise_rate(observed, own.train_clean_labels)
+    rates[client] = realised_noise_rate(observed, clean)
     kinds = ["elsewhere"] * num_clients
     kinds[client] = kind
     return Federation(
         dataset=own,
         client_indices=tuple(indices if c == client else empty for c in range(num_clients)),
+        clean_labels=clean,
         observed_labels=observed,
         noise_kinds=tuple(kinds),
         noise_rates=rates,
@@ -162,16 +191,30 @@ def own_data_federation(
 
 
 @functools.lru_cache(maxsize=2)
-def cached_dataset(name: str, data_dir: str, download: bool, cifar10n_labels: str) -> Dataset:
+def cached_dataset(
+    name: str,
+    data_dir: str,
+    download: bool,
+    cifar10n_labels: str,
+    own: OwnDataSpec = OwnDataSpec(),  # noqa: B008 (frozen, hashable)
+) -> Dataset:
     """Load a dataset once per process (every ClientApp call in a process reuses it)."""
-    check_data_files(name, data_dir or None, download=download)
-    return load_dataset(name, data_dir or None, download=download, cifar10n_labels=cifar10n_labels)
+    check_data_files(
+        name, data_dir or None, download=download, cifar10n_labels=cifar10n_labels, own=own
+    )
+    return load_dataset(
+        name, data_dir or None, download=download, cifar10n_labels=cifar10n_labels, own=own
+    )
 
 
 @functools.lru_cache(maxsize=2)
 def cached_federation(settings: DataSettings, num_clients: int) -> Federation:
     """Build the federation once per process and configuration."""
     dataset = cached_dataset(
-        settings.dataset, settings.data_dir, settings.download, settings.cifar10n_labels
+        settings.dataset,
+        settings.data_dir,
+        settings.download,
+        settings.cifar10n_labels,
+        settings.own,
     )
     return build_federation(settings, num_clients, dataset)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from common.errors import ConfigError
 from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
 from data.noise import NOISE_TYPES, parse_noise_groups, parse_rate_range
+from data.own_data import IMAGE_AUGMENTS, IMAGE_CHANNELS, OWN_FORMATS, OwnDataError, OwnDataSpec
 from data.partition import PARTITION_NAMES
 
 DATASETS_WITHOUT_FILES = ("digits",)
@@ -43,6 +44,18 @@ def check_data_settings(config) -> None:
             f"({', '.join(HUMAN_LABELLED)}), and only with them; got "
             f"noise-type='{config.noise_type}' with dataset='{config.dataset}'"
         )
+    choice("image-augment", config.image_augment, IMAGE_AUGMENTS)
+    if config.image_channels not in IMAGE_CHANNELS:
+        raise ConfigError(
+            f"image-channels={config.image_channels} is not allowed; allowed: 1 (grayscale), "
+            "3 (RGB)"
+        )
+    if config.dataset in OWN_FORMATS:
+        try:
+            OwnDataSpec.from_config(config).class_list()
+        except OwnDataError as err:
+            raise ConfigError(str(err)) from None
+        return  # data-dir may be empty: deployed clients bring their own (data.own_data)
     if config.dataset not in DATASETS_WITHOUT_FILES and not config.data_dir:
         raise ConfigError(
             f"dataset='{config.dataset}' reads files: set data-dir to the folder that holds "

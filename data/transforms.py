@@ -11,7 +11,8 @@ torchvision transforms (fidelity §6.1, §6.6):
 - digits: x / 16 (values 0..16), no augmentation.
 - Clothing1M: ToTensor -> Normalize(ImageNet), no augmentation (the 224x224 resize is done when
   the files are decoded, see ``data.datasets.ImageFiles``).
-- AG News: token ids with the all-padding trailing columns removed.
+- AG News and a user's CSV text: token ids with the all-padding trailing columns removed.
+- A user's image folder: see ``pipeline_for``.
 """
 
 from __future__ import annotations
@@ -137,8 +138,20 @@ class TokenPipeline(InputPipeline):
         return self._trim(x)
 
 
-def pipeline_for(dataset_name: str) -> InputPipeline:
-    """The input pipeline of a dataset (see the module docstring)."""
+def pipeline_for(
+    dataset_name: str, *, image_channels: int = 3, image_size: int = 32, augment: str = "none"
+) -> InputPipeline:
+    """The input pipeline of a dataset (see the module docstring). For a user's own images
+    (`imagefolder`): x / 255, the ImageNet normalisation (its channel means for grayscale), and
+    with augment="crop-flip" CIFAR's random crop (padding image_size / 8) and flip."""
+    if dataset_name == "imagefolder":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        if image_channels == 1:
+            mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+        padding = max(1, image_size // 8) if augment == "crop-flip" else None
+        return ImagePipeline(255.0, mean, std, crop_padding=padding)
+    if dataset_name == "csv-text":
+        return TokenPipeline(pad_index=1)
     if dataset_name in ("cifar10", "cifar10n"):
         return ImagePipeline(255.0, IMAGENET_MEAN, IMAGENET_STD, crop_padding=4)
     if dataset_name == "digits":
@@ -148,3 +161,13 @@ def pipeline_for(dataset_name: str) -> InputPipeline:
     if dataset_name == "agnews":
         return TokenPipeline(pad_index=1)
     raise ValueError(f"unknown dataset {dataset_name!r}; allowed: {', '.join(DATASET_NAMES)}")
+
+
+def config_pipeline(config) -> InputPipeline:
+    """The pipeline a run config (common.config.RunConfig) asks for."""
+    return pipeline_for(
+        config.dataset,
+        image_channels=config.image_channels,
+        image_size=config.image_size,
+        augment=config.image_augment,
+    )

@@ -21,7 +21,7 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(unknown_key_message(unknown, defaults, "run-config key"))
     mapping = {**defaults, **overrides}
-    for key in ("out-dir", "data-dir"):
+    for key in ("out-dir", "data-dir", "test-dir", "classes-file", "vocab-file"):
         if isinstance(mapping[key], str) and mapping[key]:
             mapping[key] = str(Path(mapping[key]).expanduser().resolve())
     config = RunConfig.from_mapping(mapping)
@@ -46,8 +46,11 @@ def preflight(mapping: dict[str, Any], num_clients: int) -> None:
 
     config = RunConfig.from_mapping(mapping)
     check_strategy_settings(config, num_clients)
-    check_data_files(config.dataset, config.data_dir or None, download=config.download)
-    federation = cached_federation(DataSettings.from_config(config), num_clients)
+    settings = DataSettings.from_config(config)
+    check_data_files(
+        config.dataset, config.data_dir or None, download=config.download, own=settings.own
+    )
+    federation = cached_federation(settings, num_clients)
     dataset = federation.dataset
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
     check_client_sizes([len(indices) for indices in federation.client_indices], config.batch_size)

@@ -25,6 +25,9 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
         "best_round": "best round",
         "last10_mean_accuracy": f"mean of last {summary.get('last_rounds_averaged', 10)} rounds",
         "final_macro_f1": "final macro-F1 (%)",
+        "central_evaluation": "central evaluation",
+        "final_local_accuracy": "final local accuracy (%)",
+        "last10_mean_local_accuracy": "local accuracy, last rounds",
         "wall_seconds": "wall time (s)",
         "seconds_per_round": "seconds per round",
     }
@@ -40,15 +43,26 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
         if not detection:
             print(f"  {'noisy-client detection':<28} did not run")
         else:
-            precision, recall = (quality.get(k) for k in ("precision", "recall"))
-            shown = " / ".join("n/a" if v is None else f"{v:.2f}" for v in (precision, recall))
             print(f"  {'flagged noisy clients':<28} {detection.get('flagged_noisy')}")
-            print(
-                f"  {'detection precision/recall':<28} {shown} (truly noisy: true rate > "
-                f"{detection.get('noisy_threshold')})"
-            )
+            if quality.get("available", True):
+                precision, recall = (quality.get(k) for k in ("precision", "recall"))
+                shown = " / ".join("n/a" if v is None else f"{v:.2f}" for v in (precision, recall))
+                print(
+                    f"  {'detection precision/recall':<28} {shown} (truly noisy: true rate > "
+                    f"{detection.get('noisy_threshold')})"
+                )
+            else:
+                print(f"  {'detection precision/recall':<28} unavailable: {quality['reason']}")
         labels = report.get("label_correction") or {}
-        if labels:
+        if "labels_changed" in labels:
+            confidence = labels.get("label_confidence")
+            mean = f", mean confidence {confidence:.2f}" if confidence is not None else ""
+            print(f"  {'labels changed, flagged':<28} {int(labels['labels_changed'])}{mean}")
+        files = report.get("corrected_labels_files") or {}
+        if files:
+            print(f"  {'corrected labels (CSV)':<28} written by {len(files)} client(s), e.g.")
+            print(f"    {next(iter(files.values()))['file']}")
+        if "label_acc_observed" in labels:
             print(
                 f"  {'label accuracy, flagged (%)':<28} {100 * labels['label_acc_observed']:.2f}"
                 f" observed -> {100 * labels['label_acc_corrected']:.2f} corrected "

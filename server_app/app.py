@@ -20,16 +20,22 @@ from common import seeding
 from common.config import RunConfig
 from common.evaluation import evaluate_model, resolve_device
 from data.federation import cached_dataset
-from data.transforms import pipeline_for
+from data.own_data import OwnDataSpec
+from data.transforms import config_pipeline
 from models import build_model, check_model_fits
 from server_app.checks import check_run_config
 from server_app.results import RunResults, code_version, default_run_name, library_versions
 from strategies.aggregation import is_finite_model
+from strategies.maskedoptim import UNKNOWN_TRUTH, LabelExport, truth_known
 from strategies.registry import build_strategy
 from strategies.sampling import ClientRoster, ask_whoami, roster_from_whoami
 
 app = ServerApp()
 
+NO_TEST_SET = (
+    "no test set (dataset without test-dir): the global model is not evaluated centrally; "
+    "set fraction-evaluate > 0 for federated evaluation on the clients' own data"
+)
 CLIENT_WAIT_SECONDS = 600.0
 REPLY_POLL_SECONDS = 0.2
 
@@ -151,7 +157,11 @@ def main(grid: Grid, context: Context) -> None:
     grid = PromptGrid(grid)
     device = resolve_device(config.device)
     dataset = cached_dataset(
-        config.dataset, config.data_dir, config.download, config.cifar10n_labels
+        config.dataset,
+        config.data_dir,
+        config.download,
+        config.cifar10n_labels,
+        OwnDataSpec.from_config(config),
     )
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
     roster = discover_clients(grid)
@@ -173,15 +183,28 @@ def main(grid: Grid, context: Context) -> None:
             "num_clients": roster.num_clients,
             "clients_per_round": strategy.clients_per_round,
             "client_examples": roster.examples_of_partition,
-            "client_true_noise_rates": roster.true_noise_rates,
+            "client_true_noise_rates": (
+                roster.true_noise_rates
+                if truth_known(roster.true_noise_rates)
+                else {"available": False, "reason": UNKNOWN_TRUTH}
+            ),
+            "central_evaluation": (
+                {"available": True, "test_samples": len(dataset.test_labels)}
+                if len(dataset.test_labels)
+                else {"available": False, "reason": NO_TEST_SET}
+            ),
         },
     )
     log(INFO, "%s: results go to %s", config.strategy, results.directory)
+    if hasattr(strategy, "label_export"):  # clients that learn labels write them here
+        strategy.label_export = LabelExport(str(results.directory), config.labels_every)
+    if not len(dataset.test_labels):
+        log(WARNING, "%s", NO_TEST_SET)
 
     model = initial_model(config, dataset).to(device)
     test_inputs = torch.as_tensor(dataset.test_inputs[:]).to(device)
     test_labels = torch.as_tensor(dataset.test_labels).to(device)
-    pipeline = pipeline_for(config.dataset)
+    pipeline = config_pipeline(config)
 
     def diagnostics() -> dict:
         """The strategy's own per-round columns (MaskedOptim: detection, label correction)."""
@@ -192,17 +215,29 @@ def main(grid: Grid, context: Context) -> None:
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
-        result = evaluate_model(model, test_inputs, test_labels, pipeline, config.eval_batch_size)
+        result = None
+        if len(test_labels):
+            result = evaluate_model(
+                model, test_inputs, test_labels, pipeline, config.eval_batch_size
+            )
         train = strategy.last_train_metrics if server_round > 0 else None
         dropped = len(strategy.last_nonfinite) if server_round > 0 else 0
-        results.add_round(
-            {
-                "round": server_round,
+        test = {}
+        if result is not None:
+            test = {
                 "test_accuracy": result.accuracy,
                 "test_loss": result.loss,
                 "test_macro_precision": result.macro_precision,
                 "test_macro_recall": result.macro_recall,
                 "test_macro_f1": result.macro_f1,
+            }
+        local = strategy.last_evaluate_metrics if server_round > 0 else None
+        if local:  # federated evaluation on the clients' own data (fraction-evaluate)
+            test["local_accuracy"] = float(local["local-accuracy"])
+        results.add_round(
+            {
+                "round": server_round,
+                **test,
                 "train_loss": float(train["train-loss"]) if train else None,
                 "clients": len(strategy.last_sampled) if server_round > 0 else 0,
                 "nonfinite_uploads": dropped,
@@ -211,13 +246,14 @@ def main(grid: Grid, context: Context) -> None:
                 **diagnostics(),
             }
         )
-        problem = divergence(server_round, arrays, result.loss, dropped, strategy.last_uploads)
+        loss = result.loss if result is not None else 0.0  # no test set: weights and uploads
+        problem = divergence(server_round, arrays, loss, dropped, strategy.last_uploads)
         if problem and watch.first is None:
             watch.first = problem
             if config.on_divergence == "stop":
                 raise RunDiverged(problem)
             log(WARNING, "%s (on-divergence='continue': the run goes on)", problem)
-        return MetricRecord(result.as_metrics("test-"))
+        return MetricRecord(result.as_metrics("test-") if result is not None else {})
 
     watch = DivergenceWatch()
     initial_arrays = ArrayRecord(model.state_dict())
@@ -247,6 +283,8 @@ def main(grid: Grid, context: Context) -> None:
         except OSError as write_error:  # e.g. the disk is full: the launcher marks it
             log(WARNING, "summary.json not updated: %s", write_error)
         raise
+    if hasattr(strategy, "export_labels"):  # the corrected labels at the end of the run
+        strategy.export_labels(config.num_rounds)
     report = strategy.final_report()
     if report is not None:
         results.write_json("detection.json", report)

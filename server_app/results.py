@@ -37,6 +37,7 @@ METRIC_COLUMNS = (
     "test_macro_precision",
     "test_macro_recall",
     "test_macro_f1",
+    "local_accuracy",  # federated evaluation on the clients' data (fraction-evaluate > 0)
     "train_loss",
     "clients",
     "nonfinite_uploads",  # uploads dropped because they held NaN or inf
@@ -51,6 +52,8 @@ METRIC_COLUMNS = (
     "label_f1_corrected",
     "label_precision_corrected",
     "label_recall_corrected",
+    "labels_changed",  # labels the flagged clients' correction changed (no truth needed)
+    "label_confidence",  # their mean confidence
     "round_seconds",
     "elapsed_seconds",
 )
@@ -115,7 +118,17 @@ def summarise(rows: list[dict[str, Any]], wall_seconds: float, status: str) -> d
         "wall_seconds": round(wall_seconds, 2),
         "rate_unit": "percent",
     }
-    if trained:
+    if trained and "test_accuracy" not in trained[-1]:  # no test set (own data, no test-dir)
+        summary["central_evaluation"] = "unavailable: no test set (test-dir)"
+        local = [r for r in trained if r.get("local_accuracy") is not None]
+        if local:
+            last = local[-LAST_ROUNDS:]
+            summary.update(
+                final_local_accuracy=100 * local[-1]["local_accuracy"],
+                last10_mean_local_accuracy=100 * sum(r["local_accuracy"] for r in last) / len(last),
+            )
+        summary["seconds_per_round"] = round(wall_seconds / len(trained), 3)
+    elif trained:
         last = trained[-LAST_ROUNDS:]
         best = max(trained, key=lambda r: r["test_accuracy"])
         summary.update(
@@ -140,10 +153,14 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    key = "test_accuracy" if "test_accuracy" in rows[-1] else "local_accuracy"
+    points = [(r["round"], 100 * r[key]) for r in rows if r.get(key) is not None]
+    if not points:
+        return
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["round"] for r in rows], [100 * r["test_accuracy"] for r in rows], marker=".")
+    ax.plot(*zip(*points, strict=True), marker=".")
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(key.replace("_", " ") + " (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -266,13 +283,20 @@ class RunResults:
             summary["error"] = error
         if diverged:
             summary["diverged"] = diverged
-        if self.rows and self.rows[-1].get("label_acc_corrected") is not None:
-            last = self.rows[-1]
+        last = self.rows[-1] if self.rows else {}
+        if last.get("label_acc_corrected") is not None:
             summary.update(
-                {key: 100 * last[key] for key in METRIC_COLUMNS if key.startswith("label_")}
+                {
+                    key: 100 * last[key]
+                    for key in METRIC_COLUMNS
+                    if key.startswith("label_") and key != "label_confidence"
+                }
             )
-            summary["detect_precision"] = 100 * last["detect_precision"]
-            summary["detect_recall"] = 100 * last["detect_recall"]
+        for key in ("detect_precision", "detect_recall", "label_confidence"):
+            if last.get(key) is not None:
+                summary[key] = 100 * last[key]
+        if last.get("labels_changed") is not None:
+            summary["labels_changed"] = int(last["labels_changed"])
         _write_json(self.directory / "summary.json", summary)
         if self.rows:
             plot_accuracy(self.rows, self.directory / "accuracy.png", self.title)

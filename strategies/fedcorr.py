@@ -32,7 +32,7 @@ from common import seeding
 from common.errors import ConfigError
 from common.protocol import CORR_TRAIN, RELABEL_QUERY, CorrSettings, RelabelQuery
 from strategies.base import StrategyParams
-from strategies.detection import detection_quality, split_by_lid
+from strategies.detection import split_by_lid
 from strategies.maskedoptim import DetectingStrategy, confusion_from
 from strategies.rules import SampleWeightedMean
 
@@ -208,7 +208,7 @@ class FedCorr(DetectingStrategy):
         self.noise_level = dict.fromkeys(self.noise_level, 0.0)
         for partition, answer in answers.items():
             self.noise_level[partition] = float(answer.content["metrics"]["noise-fraction"])
-        quality = detection_quality(self.noisy, self.roster.true_noise_rates, self.noisy_threshold)
+        quality = self.assess(self.noisy, self.noisy_threshold)
         self.detection = {
             "round": server_round,
             "iteration": self.schedule.position(server_round)[0] + 1,
@@ -250,13 +250,9 @@ class FedCorr(DetectingStrategy):
             answers[partition] = reply
             self.relabel_queries[partition] += 1
             labels = reply.content["labels"]
-            if partition not in self.labels.observed:
+            if self.relabel_queries[partition] == 1:
                 self.labels.start(partition, confusion_from(labels, "observed-confusion"))
-            self.labels.update(
-                partition,
-                confusion_from(labels, "corrected-confusion"),
-                self.relabel_queries[partition],
-            )
+            self.labels.update(partition, labels, self.relabel_queries[partition])
         return answers
 
     def final_report(self) -> dict[str, Any]:
@@ -265,4 +261,9 @@ class FedCorr(DetectingStrategy):
             "relabel_queries": dict(sorted(self.relabel_queries.items())),
             "label_correction": self.labels.metrics(),
             "label_correction_per_client": self.labels.per_client(),
+            "corrected_labels_files": dict(sorted(self.exported.items())),
         }
+
+    def label_holders(self) -> list[int]:
+        """The clients FedCorr relabelled at least once."""
+        return sorted(self.relabel_queries)

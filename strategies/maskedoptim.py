@@ -33,9 +33,11 @@ from common.errors import ConfigError
 from common.label_metrics import metrics_from_confusion
 from common.protocol import (
     CLASS_LOSS_QUERY,
+    LABELS_QUERY,
     MASKED_TRAIN,
     TRAIN,
     ClassLossQuery,
+    LabelsQuery,
     MaskedSettings,
 )
 from strategies.aggregation import distance_aware_weights, weighted_mean
@@ -46,31 +48,58 @@ from strategies.rules import GeometricMedianParams
 
 @dataclass
 class LabelCorrection:
-    """Label diagnostics of the flagged clients, from their own reports (simulation only).
+    """Label correction on the flagged clients, from their own reports.
 
-    Confusion matrices (rows = clean label, columns = label) summed over the flagged clients:
-    the observed labels, and the current corrected labels (argmax of the label logits; the
-    observed label for a flagged client not trained with masking yet), fidelity §3.8.
+    Without clean labels (always available): how many labels each client's correction changed
+    and their mean confidence. Where the clean labels are known (simulation), also confusion
+    matrices (rows = clean label, columns = label) summed over the flagged clients: the observed
+    labels, and the current corrected labels (argmax of the label logits; the observed label for
+    a flagged client not trained with masking yet), fidelity §3.8.
     """
 
     observed: dict[int, np.ndarray] = field(default_factory=dict)
     corrected: dict[int, np.ndarray] = field(default_factory=dict)
     masked_rounds: Counter = field(default_factory=Counter)
+    changed: dict[int, int] = field(default_factory=dict)
+    confidence: dict[int, float] = field(default_factory=dict)  # of the changed labels
 
-    def start(self, partition: int, observed_confusion: np.ndarray) -> None:
-        self.observed[partition] = observed_confusion
-        self.corrected[partition] = observed_confusion
+    def start(self, partition: int, observed_confusion: np.ndarray | None) -> None:
+        if observed_confusion is not None:
+            self.observed[partition] = observed_confusion
+            self.corrected[partition] = observed_confusion
 
-    def update(self, partition: int, corrected_confusion: np.ndarray, rounds: int) -> None:
-        self.corrected[partition] = corrected_confusion
+    def update(self, partition: int, labels: ConfigRecord, rounds: int) -> None:
+        """A client's `labels` record (common.protocol) after its `rounds`-th correction."""
+        corrected = confusion_from(labels, "corrected-confusion")
+        if corrected is not None:
+            self.corrected[partition] = corrected
         self.masked_rounds[partition] = rounds
+        if "labels-changed" in labels:
+            self.changed[partition] = int(labels["labels-changed"])
+            if "changed-confidence" in labels:
+                self.confidence[partition] = float(labels["changed-confidence"])
+            else:
+                self.confidence.pop(partition, None)
+
+    def change_metrics(self) -> dict[str, float]:
+        """`labels_changed` (summed over the clients) and `label_confidence` (the mean
+        confidence of the changed labels), which need no clean labels."""
+        if not self.changed:
+            return {}
+        out: dict[str, float] = {"labels_changed": float(sum(self.changed.values()))}
+        if self.confidence:
+            weights = np.array([self.changed[p] for p in self.confidence], dtype=np.float64)
+            values = np.array(list(self.confidence.values()), dtype=np.float64)
+            out["label_confidence"] = float((weights * values).sum() / weights.sum())
+        return out
 
     def metrics(self) -> dict[str, float]:
         if not self.observed:
-            return {}
+            return self.change_metrics()
         before = metrics_from_confusion(sum(self.observed.values()))
         after = metrics_from_confusion(sum(self.corrected.values()))
         return {
+            **self.change_metrics(),
             "label_acc_observed": before["accuracy"],
             "label_f1_observed": before["macro_f1"],
             "label_acc_corrected": after["accuracy"],
@@ -80,20 +109,52 @@ class LabelCorrection:
         }
 
     def per_client(self) -> dict[int, dict[str, Any]]:
-        return {
-            partition: {
-                "masked_rounds": self.masked_rounds[partition],
-                "observed_accuracy": metrics_from_confusion(self.observed[partition])["accuracy"],
-                "corrected_accuracy": metrics_from_confusion(self.corrected[partition])["accuracy"],
-            }
-            for partition in sorted(self.observed)
-        }
+        out: dict[int, dict[str, Any]] = {}
+        for partition in sorted(self.observed.keys() | self.changed.keys()):
+            entry: dict[str, Any] = {"masked_rounds": self.masked_rounds[partition]}
+            if partition in self.changed:
+                entry["labels_changed"] = self.changed[partition]
+            if partition in self.confidence:
+                entry["changed_confidence"] = self.confidence[partition]
+            if partition in self.observed:
+                entry["observed_accuracy"] = accuracy_of(self.observed[partition])
+                entry["corrected_accuracy"] = accuracy_of(self.corrected[partition])
+            out[partition] = entry
+        return out
 
 
-def confusion_from(record: ConfigRecord, key: str) -> np.ndarray:
+def accuracy_of(confusion: np.ndarray) -> float:
+    return metrics_from_confusion(confusion)["accuracy"]
+
+
+def confusion_from(record: ConfigRecord, key: str) -> np.ndarray | None:
+    """A flattened confusion matrix of a `labels` record, or None when the client sent none
+    (its clean labels are unknown)."""
+    if key not in record:
+        return None
     flat = np.asarray(record[key], dtype=np.int64)
     side = int(round(flat.size**0.5))
     return flat.reshape(side, side)
+
+
+UNKNOWN_TRUTH = (
+    "the clients' clean labels are unknown (their own data, without synthetic noise), so "
+    "detection precision/recall and label accuracy cannot be measured"
+)
+
+
+def truth_known(true_rates: dict[int, float]) -> bool:
+    """Whether any client's true noise rate is known (NaN: unknown, common.protocol)."""
+    return any(not np.isnan(rate) for rate in true_rates.values())
+
+
+@dataclass(frozen=True)
+class LabelExport:
+    """Where and how often flagged clients write their corrected-labels CSV
+    (client_app.label_export): every `every` rounds (0: only at the end) and at the end."""
+
+    results_dir: str
+    every: int = 0
 
 
 class DetectingStrategy(SeededStrategy):
@@ -101,23 +162,89 @@ class DetectingStrategy(SeededStrategy):
     the first split; its `quality` against the true noise rates), `noisy` (the flagged
     partitions) and `labels` (a LabelCorrection), which give its metrics.csv columns."""
 
+    corrects_labels = False  # whether flagged clients learn or correct labels
+    export_timeout = 600.0
+
     def __init__(self, params: StrategyParams, **base) -> None:
         super().__init__(params, **base)
         self.noisy: frozenset[int] | None = None  # None until detection has run
         self.detection: dict[str, Any] | None = None
         self.labels = LabelCorrection()
+        self.label_export: LabelExport | None = None  # set by the ServerApp
+        self.exported: dict[int, dict[str, Any]] = {}  # partition -> its last CSV's counts
 
     def round_diagnostics(self) -> dict[str, float]:
-        """Detection quality and label correction so far (empty before the first split)."""
+        """Detection (and its quality where the truth is known) and label correction so far
+        (empty before the first split)."""
         if self.detection is None:
             return {}
         quality = self.detection["quality"]
-        return {
-            "detected_noisy": len(self.noisy),
-            "detect_precision": quality["precision"],
-            "detect_recall": quality["recall"],
-            **self.labels.metrics(),
-        }
+        known = {}
+        if quality.get("available", True):
+            known = {"detect_precision": quality["precision"], "detect_recall": quality["recall"]}
+        return {"detected_noisy": len(self.noisy), **known, **self.labels.metrics()}
+
+    def assess(self, flagged: frozenset[int], threshold: float) -> dict[str, Any]:
+        """The detection's quality against the true noise rates, or, where those are unknown,
+        {"available": False, "reason": ...} (never a made-up number)."""
+        if not truth_known(self.roster.true_noise_rates):
+            return {"available": False, "reason": UNKNOWN_TRUTH}
+        return detection_quality(flagged, self.roster.true_noise_rates, threshold)
+
+    def label_holders(self) -> list[int]:
+        """The clients that may hold learned or corrected labels."""
+        return sorted(self.noisy or ()) if self.corrects_labels else []
+
+    def aggregate_train(self, server_round: int, replies):
+        result = super().aggregate_train(server_round, replies)
+        export = self.label_export
+        if export and export.every and server_round % export.every == 0:
+            if server_round < self.num_rounds:  # the last round's export comes from the app
+                self.export_labels(server_round)
+        return result
+
+    def export_labels(self, server_round: int) -> None:
+        """Ask the label holders to write their corrected-labels CSV; keep the counts."""
+        if self.label_export is None or self._grid is None:
+            return
+        holders = self.label_holders()
+        config = ConfigRecord(LabelsQuery(server_round, self.label_export.results_dir).to_config())
+        queries = [
+            Message(
+                RecordDict({"config": config}),
+                dst_node_id=self.roster.node_of_partition[p],
+                message_type=LABELS_QUERY,
+            )
+            for p in holders
+        ]
+        for reply in self.query(queries, timeout=self.export_timeout) if queries else ():
+            partition = self.roster.partition_of(reply.metadata.src_node_id)
+            if reply.has_error():
+                log(WARNING, "client %d could not write its corrected labels: %s",
+                    partition, reply.error.reason)  # fmt: skip
+                continue
+            metrics = reply.content["metrics"]
+            if not int(metrics["has-labels"]):
+                continue
+            labels = reply.content["labels"]
+            entry: dict[str, Any] = {
+                "round": server_round,
+                "file": str(labels["file"]),
+                "samples": int(metrics["samples"]),
+                "labels_changed": int(metrics["labels-changed"]),
+            }
+            if "changed-confidence" in metrics:
+                entry["changed_confidence"] = float(metrics["changed-confidence"])
+            observed = confusion_from(labels, "observed-confusion")
+            corrected = confusion_from(labels, "corrected-confusion")
+            if observed is not None and corrected is not None:
+                entry["observed_accuracy"] = accuracy_of(observed)
+                entry["corrected_accuracy"] = accuracy_of(corrected)
+            self.exported[partition] = entry
+        if holders:
+            log(INFO, "round %d: %d of %d flagged clients wrote their corrected labels",
+                server_round, sum(e["round"] == server_round for e in self.exported.values()),
+                len(holders))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -191,11 +318,7 @@ class NoisyClientRouting(DetectingStrategy):
                 labels = reply.content["labels"]
                 partition = self.roster.partition_of(reply.metadata.src_node_id)
                 self.masked_received[partition] += 1
-                self.labels.update(
-                    partition,
-                    confusion_from(labels, "corrected-confusion"),
-                    int(labels["masked-rounds"]),
-                )
+                self.labels.update(partition, labels, int(labels["masked-rounds"]))
         if server_round == self.warmup_rounds:
             self.detect(server_round, arrays)
 
@@ -250,7 +373,7 @@ class NoisyClientRouting(DetectingStrategy):
         for partition in sorted(self.noisy) if self.corrects_labels else ():
             labels = answers[partition].content["labels"]
             self.labels.start(partition, confusion_from(labels, "observed-confusion"))
-        quality = detection_quality(self.noisy, self.roster.true_noise_rates, self.noisy_threshold)
+        quality = self.assess(self.noisy, self.noisy_threshold)
         self.detection = {
             "round": server_round,
             "flagged_noisy": sorted(self.noisy),
@@ -277,6 +400,7 @@ class NoisyClientRouting(DetectingStrategy):
             "masked_replies_received": dict(sorted(self.masked_received.items())),
             "label_correction": self.labels.metrics(),
             "label_correction_per_client": self.labels.per_client(),
+            "corrected_labels_files": dict(sorted(self.exported.items())),
         }
 
 

@@ -86,3 +86,81 @@ def write_own_cifar(root: Path, sizes=(4, 3), seed: int = 5):
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({b"label_names": [n.encode() for n in CIFAR_NAMES]}, f)
     return np.concatenate(xs).reshape(-1, 3, 32, 32), np.asarray(ys)
+
+
+# --- Users' own data: image folders and CSV text with known injected noise ----------------------
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def digits_split():
+    """scikit-learn's digits as the product splits them: (train x, train y, test x, test y),
+    images uint8 8x8 with values 0..16."""
+    from data.datasets import load_dataset
+
+    digits = load_dataset("digits", None)
+    return (
+        digits.train_inputs[:, 0],
+        digits.train_labels,
+        digits.test_inputs[:, 0],
+        digits.test_labels,
+    )
+
+
+def inject_noise(labels: np.ndarray, rate: float, num_classes: int, seed: int) -> np.ndarray:
+    """`labels` with a `rate` fraction changed to another class, uniformly (symmetric noise)."""
+    rng = np.random.default_rng(seed)
+    noisy = labels.copy()
+    flip = rng.random(len(labels)) < rate
+    noisy[flip] = (labels[flip] + rng.integers(1, num_classes, int(flip.sum()))) % num_classes
+    return noisy
+
+
+def write_image_folder(root: Path, images: np.ndarray, labels: np.ndarray, names=DIGIT_NAMES):
+    """root/<class name>/<i>.png for uint8 8x8 digit images (values 0..16, saved as 0..255
+    grayscale PNGs). Returns the relative paths in order, so a test can map the product's
+    sample ids back to the truth it knows."""
+    from PIL import Image
+
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        relative = f"{names[int(label)]}/img-{i:05d}.png"
+        (root / names[int(label)]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((image.astype(np.float64) * 255 / 16).astype(np.uint8), mode="L").save(
+            root / relative
+        )
+        paths.append(relative)
+    return paths
+
+
+TOPIC_WORDS = {
+    "sport": "goal match team league coach season score player cup win",
+    "money": "bank market stock price profit shares trade economy rate fund",
+    "science": "space research cell planet study data physics lab gene energy",
+    "music": "song album band concert guitar singer tour record melody jazz",
+}
+COMMON_WORDS = "the a of and to in on with for new today week report says big".split()
+
+
+def text_rows(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """`n` short synthetic texts, each mostly words of its topic: (texts, topic indices)."""
+    rng = np.random.default_rng(seed)
+    topics = list(TOPIC_WORDS)
+    labels = rng.integers(0, len(topics), n)
+    texts = []
+    for label in labels:
+        own = TOPIC_WORDS[topics[label]].split()
+        words = list(rng.choice(own, 5)) + list(rng.choice(COMMON_WORDS, 4))
+        rng.shuffle(words)
+        texts.append(" ".join(words).capitalize() + ".")
+    return texts, labels.astype(np.int64)
+
+
+def write_text_csv(path: Path, texts, labels, names=tuple(TOPIC_WORDS)):
+    """A CSV with columns review,topic (topic = class name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "topic"])
+        for text, label in zip(texts, labels, strict=True):
+            writer.writerow([text, names[int(label)]])

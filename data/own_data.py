@@ -1,0 +1,266 @@
+"""Users' own data: image folders (`imagefolder`) and CSV text (`csv-text`), labels as they are.
+
+- ``imagefolder``: torchvision's ImageFolder layout, ``root/<class name>/<image>`` (sub-folders
+  allowed), any image size and mode; each image is decoded once with PIL, converted to RGB or
+  grayscale (`image-channels`) and resized to `image-size` x `image-size` (bilinear), then kept
+  as uint8 ``[N, C, S, S]``. The file listing is torchvision's own (``make_dataset`` with its
+  ``IMG_EXTENSIONS``); the checks around it are ours, because ImageFolder numbers classes by
+  the folders present, and a federation needs one numbering for every client.
+- ``csv-text``: a CSV file with a header row; `text-column` holds the text and `label-column`
+  the class name. Tokenised as AG News is (torchtext's ``basic_english``, fidelity §6.2); the
+  vocabulary is built from the training text, or read from `vocab-file` (one token per line, in
+  index order; `python -m data.own_data vocab` writes one).
+
+The class list (`classes`, or `classes-file` with one name per line) fixes the label numbering
+for the whole federation. In simulation it may be left empty: then it is the training folder's
+class folders in sorted order (ImageFolder's rule), or the sorted distinct labels of the CSV. A
+deployed client reading its own folder must be given it (the server checks this before the run).
+
+Sample ids: an image's path relative to its data-dir, or a CSV data row number (1 = the first
+row after the header). Every error names the file, folder, column or label and what is allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+OWN_FORMATS = ("imagefolder", "csv-text")
+IMAGE_CHANNELS = (1, 3)
+IMAGE_AUGMENTS = ("none", "crop-flip")
+TEXT_SPECIALS = ("<unk>", "<pad>", "<bos>", "<eos>")  # indices 0, 1, 2, 3, as AG News
+
+
+class OwnDataError(ValueError):
+    """A user's data or its description is not usable; the message names what and why."""
+
+
+@dataclass(frozen=True)
+class OwnDataSpec:
+    """The run-config keys that describe a user's own data (hashable: keys the process cache)."""
+
+    classes: str = ""
+    classes_file: str = ""
+    image_size: int = 32
+    image_channels: int = 3
+    text_column: str = "text"
+    label_column: str = "label"
+    vocab_file: str = ""
+    test_dir: str = ""
+
+    @classmethod
+    def from_config(cls, config) -> OwnDataSpec:
+        """Take the fields of a common.config.RunConfig that describe own data."""
+        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+
+    def class_list(self) -> tuple[str, ...]:
+        """The fixed class list, or () when neither `classes` nor `classes-file` is set.
+        Raises OwnDataError for a missing or empty file, an empty name or a duplicate."""
+        if self.classes and self.classes_file:
+            raise OwnDataError("set classes or classes-file, not both")
+        if self.classes_file:
+            path = Path(self.classes_file).expanduser()
+            if not path.is_file():
+                raise OwnDataError(f"classes-file '{path}' does not exist")
+            names = [
+                line.strip()
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+            where = f"classes-file '{path}'"
+        elif self.classes:
+            names = [name.strip() for name in self.classes.split(",")]
+            where = f"classes='{self.classes}'"
+        else:
+            return ()
+        if any(not name for name in names):
+            raise OwnDataError(f"{where}: a class name is empty")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise OwnDataError(f"{where}: class {repeated[0]!r} is listed twice")
+        if len(names) < 2:
+            raise OwnDataError(f"{where}: at least 2 classes are needed, got {len(names)}")
+        return tuple(names)
+
+
+# --- Image folders -------------------------------------------------------------------------------
+
+
+def list_image_folder(
+    root: str | Path, classes: Sequence[str] = ()
+) -> tuple[tuple[str, ...], list[str], np.ndarray]:
+    """The images of an ImageFolder tree: (class list, paths relative to `root`, int64 labels).
+
+    `classes` fixes the numbering; empty: the sorted class folders of `root`. A client need not
+    hold every class, but a class folder not in the list, an empty class folder, or a tree with
+    no image at all is refused (OwnDataError, naming the folder and the allowed classes).
+    Hidden entries (names starting with ".") are skipped, as torchvision does.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise OwnDataError(f"image folder '{root}' does not exist or is not a folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = tuple(classes) or tuple(folders)
+    unknown = [name for name in folders if name not in classes]
+    if unknown:
+        raise OwnDataError(
+            f"image folder '{root}' holds class folder {unknown[0]!r}, which is not in the class "
+            f"list ({', '.join(classes)}); add it to classes / classes-file or remove the folder"
+        )
+    if not folders:
+        raise OwnDataError(
+            f"image folder '{root}' has no class folders; expected root/<class name>/<image> "
+            "(torchvision's ImageFolder layout)"
+        )
+    present = {name: index for index, name in enumerate(classes) if name in folders}
+    items = make_dataset(str(root), present, extensions=IMG_EXTENSIONS, allow_empty=True)
+    counts = np.bincount([label for _, label in items], minlength=len(classes))
+    empty = [name for name, index in present.items() if counts[index] == 0]
+    if empty:
+        raise OwnDataError(
+            f"class folder '{root / empty[0]}' holds no image (allowed extensions: "
+            f"{', '.join(IMG_EXTENSIONS)})"
+        )
+    paths = [Path(path).relative_to(root).as_posix() for path, _ in items]
+    labels = np.asarray([label for _, label in items], dtype=np.int64)
+    return classes, paths, labels
+
+
+def load_images(root: str | Path, paths: Sequence[str], size: int, channels: int) -> np.ndarray:
+    """Decode `paths` (relative to `root`) to uint8 ``[N, channels, size, size]``: PIL, converted
+    to RGB (3) or grayscale "L" (1), resized with bilinear filtering. OwnDataError names a file
+    that cannot be read as an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    if channels not in IMAGE_CHANNELS:
+        raise OwnDataError(f"image-channels={channels}: allowed {IMAGE_CHANNELS}")
+    root = Path(root).expanduser()
+    out = np.empty((len(paths), channels, size, size), dtype=np.uint8)
+    mode = "RGB" if channels == 3 else "L"
+    for i, relative in enumerate(paths):
+        try:
+            with Image.open(root / relative) as image:
+                image = image.convert(mode).resize((size, size), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise OwnDataError(f"image '{root / relative}' cannot be read: {err}") from None
+        out[i] = pixels.transpose(2, 0, 1) if channels == 3 else pixels[None]
+    return out
+
+
+# --- CSV text ------------------------------------------------------------------------------------
+
+
+def read_text_csv(
+    path: str | Path, text_column: str, label_column: str
+) -> tuple[list[str], list[str], list[str]]:
+    """(texts, label names, sample ids = data row numbers from 1) of a CSV with a header row.
+    OwnDataError for a missing file, a missing column (the columns found are named) or no row."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise OwnDataError(f"CSV file '{path}' does not exist")
+    texts, labels, ids = [], [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [c for c in (text_column, label_column) if c not in columns]
+            if missing:
+                raise OwnDataError(
+                    f"CSV file '{path}' has no column {missing[0]!r} (its columns: "
+                    f"{', '.join(columns) or 'none'}); name the columns with text-column and "
+                    "label-column"
+                )
+            for row_number, row in enumerate(reader, start=1):
+                texts.append(row[text_column] or "")
+                labels.append((row[label_column] or "").strip())
+                ids.append(str(row_number))
+    except UnicodeDecodeError as err:
+        raise OwnDataError(f"CSV file '{path}' is not UTF-8 text: {err}") from None
+    except csv.Error as err:
+        raise OwnDataError(f"CSV file '{path}' cannot be parsed: {err}") from None
+    if not texts:
+        raise OwnDataError(f"CSV file '{path}' has no data rows")
+    return texts, labels, ids
+
+
+def label_indices(names: Sequence[str], classes: Sequence[str], where: str) -> np.ndarray:
+    """int64 class indices of label `names`; OwnDataError naming the first label (and its row)
+    that is not in `classes`."""
+    index = {name: i for i, name in enumerate(classes)}
+    out = np.empty(len(names), dtype=np.int64)
+    for row, name in enumerate(names, start=1):
+        if name not in index:
+            raise OwnDataError(
+                f"{where} row {row}: label {name!r} is not in the class list ({', '.join(classes)})"
+            )
+        out[row - 1] = index[name]
+    return out
+
+
+def read_vocab_file(path: str | Path) -> dict[str, int]:
+    """A vocabulary file: one token per line, line k (from 0) = index k, the first four lines
+    the specials <unk>, <pad>, <bos>, <eos>. OwnDataError when missing or malformed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise OwnDataError(
+            f"vocab-file '{path}' does not exist: every node needs the same vocabulary file "
+            "(write one with: python -m data.own_data vocab CSV... --out FILE)"
+        )
+    tokens = path.read_text(encoding="utf-8").split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    if tuple(tokens[: len(TEXT_SPECIALS)]) != TEXT_SPECIALS:
+        raise OwnDataError(
+            f"vocab-file '{path}' must start with the lines {', '.join(TEXT_SPECIALS)}"
+        )
+    vocab: dict[str, int] = {}
+    for index, token in enumerate(tokens):
+        if token in vocab:
+            raise OwnDataError(f"vocab-file '{path}' line {index + 1}: {token!r} repeats")
+        vocab[token] = index
+    return vocab
+
+
+def write_vocab_file(path: str | Path, vocab: dict[str, int]) -> None:
+    """Write `vocab` (token -> index 0..V-1) in read_vocab_file's format."""
+    tokens = sorted(vocab, key=vocab.__getitem__)
+    Path(path).write_text("".join(f"{token}\n" for token in tokens), encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m data.own_data vocab TRAIN.csv... --out vocab.txt`: the vocabulary file a
+    deployed csv-text federation ships to every node (built as simulation builds it)."""
+    from data.datasets import basic_english_tokenize, build_vocab
+
+    parser = argparse.ArgumentParser(prog="python -m data.own_data", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    vocab = sub.add_parser("vocab", help="build a vocabulary file from CSV files")
+    vocab.add_argument("csv", nargs="+", type=Path)
+    vocab.add_argument("--text-column", default="text")
+    vocab.add_argument("--label-column", default="label")
+    vocab.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        texts = []
+        for path in args.csv:
+            texts += read_text_csv(path, args.text_column, args.label_column)[0]
+    except OwnDataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    words = build_vocab(basic_english_tokenize(text) for text in texts)
+    write_vocab_file(args.out, words)
+    print(f"wrote {args.out}: {len(words)} tokens from {len(texts)} rows")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
