@@ -1,12 +1,14 @@
 """Run the app with Flower's deployment runtime on this machine: a SuperLink and N SuperNodes as
 separate processes, as they would run on separate hosts.
 
-    python deploy_local.py [--num-supernodes 2] [--config FILE.toml] [--set key=value]... \
-                           [--tls] [--workdir .deploy]
+    python deploy_local.py [--num-supernodes 2 | --client-data PATH...] [--config FILE.toml] \
+                           [--set key=value]... [--tls] [--workdir .deploy]
 
 Every SuperNode is one client: its node-config gives `partition-id`, `num-partitions` (the shared
 dataset is carved as in simulation) and a `state-dir`, under which noisy clients keep their
-learnable labels so that they survive a SuperNode restart. Each process gets its own port and
+learnable labels so that they survive a SuperNode restart, and write their corrected labels.
+With `--client-data PATH` once per client, SuperNode i reads the i-th path as its own data
+(node-config `data-dir`) instead of carving the shared dataset (docs/own-data.md). Each process gets its own port and
 FLWR_HOME under the work folder, logs go to `<workdir>/logs/`, the run's results to `out-dir`
 as in simulation. With --tls, every link to the SuperLink is encrypted and only registered
 SuperNodes are admitted: the script makes a CA, a server certificate (SANs localhost, 127.0.0.1)
@@ -34,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--num-supernodes", type=int, default=2, help="clients (SuperNodes)")
+    parser.add_argument(
+        "--num-supernodes", type=int, default=None, help="clients (SuperNodes); default 2"
+    )
+    parser.add_argument(
+        "--client-data", action="append", type=Path, default=[], metavar="PATH",
+        help="one client's own data (its SuperNode's node-config data-dir), repeated once per "
+        "client: an image folder or CSV file for imagefolder / csv-text, CIFAR-10 batches for "
+        "cifar10; the number of clients is then the number of these",
+    )  # fmt: skip
     parser.add_argument(
         "--run-config", "--config", action="append", default=[], metavar="TOML_OR_KEYS",
         help='a preset file or "key=value ..."; repeatable, merged in order',
@@ -65,14 +75,25 @@ def main(argv: list[str] | None = None) -> int:
     from launch.report import print_summary
     from server_app.results import mark_ended
 
+    client_data = [path.expanduser().resolve() for path in args.client_data]
+    if client_data and args.num_supernodes not in (None, len(client_data)):
+        print(f"error: --num-supernodes={args.num_supernodes} but {len(client_data)} "
+              "--client-data paths: give one path per SuperNode (or leave out "
+              "--num-supernodes)", file=sys.stderr)  # fmt: skip
+        return 2
+    args.num_supernodes = len(client_data) or args.num_supernodes or 2
     if args.num_supernodes < 1:
         print(f"error: --num-supernodes={args.num_supernodes}: at least 1", file=sys.stderr)
+        return 2
+    missing = [path for path in client_data if not path.exists()]
+    if missing:
+        print(f"error: --client-data {missing[0]}: no such file or folder", file=sys.stderr)
         return 2
     try:
         mapping = resolve_run_config(
             parse_run_config_items(args.run_config) | parse_set_items(args.set)
         )
-        preflight(mapping, args.num_supernodes)
+        preflight(mapping, args.num_supernodes, client_data)
     except (ConfigError, DatasetNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -87,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir / mapping["run-name"]
     results_dir = Path(mapping["out-dir"]) / mapping["run-name"]
     try:
-        with LocalDeployment(workdir, args.num_supernodes, tls=args.tls) as deployment:
+        with LocalDeployment(
+            workdir, args.num_supernodes, tls=args.tls, client_data=client_data
+        ) as deployment:
             deployment.start_superlink()
             if args.tls:
                 deployment.register_supernodes()

@@ -99,9 +99,16 @@ class LocalDeployment:
     """A SuperLink and SuperNodes on localhost, all marked with one token so that they (and the
     processes they spawn) can be found and stopped together."""
 
-    def __init__(self, workdir: Path, num_supernodes: int, tls: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        num_supernodes: int,
+        tls: bool = False,
+        client_data: list[Path] | None = None,
+    ) -> None:
         self.workdir = workdir.resolve()
         self.num_supernodes = num_supernodes
+        self.client_data = list(client_data or [])  # SuperNode i's own data-dir, if any
         self.tls = tls
         self.certs = self.workdir / "certs"
         self.token = uuid.uuid4().hex
@@ -181,6 +188,8 @@ class LocalDeployment:
             f"partition-id={index} num-partitions={self.num_supernodes} "
             f"state-dir='{self.state_dir(index)}'"
         )
+        if self.client_data:
+            node_config += f" data-dir='{self.client_data[index]}'"
         security = ["--insecure"]
         if self.tls:
             security = [

@@ -31,7 +31,9 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     return mapping
 
 
-def preflight(mapping: dict[str, Any], num_clients: int) -> None:
+def preflight(
+    mapping: dict[str, Any], num_clients: int, client_data: list[Path] | None = None
+) -> None:
     """Everything that can be checked before a runtime starts, each failure one message naming
     the key, file or value (ConfigError / ValueError / DatasetNotFoundError): the strategy's
     settings, every data file the run reads (loaded, so a truncated file is found here), the
@@ -50,12 +52,34 @@ def preflight(mapping: dict[str, Any], num_clients: int) -> None:
     check_data_files(
         config.dataset, config.data_dir or None, download=config.download, own=settings.own
     )
-    federation = cached_federation(settings, num_clients)
-    dataset = federation.dataset
+    if client_data:  # each client reads its own folder or file, as its SuperNode will
+        sizes, dataset = check_own_client_data(config, settings, client_data)
+    else:
+        federation = cached_federation(settings, num_clients)
+        dataset = federation.dataset
+        sizes = [len(indices) for indices in federation.client_indices]
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
-    check_client_sizes([len(indices) for indices in federation.client_indices], config.batch_size)
+    check_client_sizes(sizes, config.batch_size)
     check_writable(Path(config.out_dir), "out-dir")
     check_device(config.device)
+
+
+def check_own_client_data(config, settings, folders: list[Path]):
+    """Load every client's own data as its SuperNode will (data.datasets.load_own_training_data):
+    (their sizes, the first one's Dataset). ValueError naming the client's folder otherwise."""
+    from data.datasets import load_own_training_data
+
+    sizes, first = [], None
+    for index, folder in enumerate(folders):
+        try:
+            own = load_own_training_data(
+                config.dataset, folder, cifar10n_labels=config.cifar10n_labels, own=settings.own
+            )
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"client {index} (--client-data {folder}): {err}") from None
+        sizes.append(len(own.train_labels))
+        first = first or own
+    return sizes, first
 
 
 def check_device(name: str) -> None:

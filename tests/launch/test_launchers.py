@@ -13,6 +13,7 @@ import shlex
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -317,3 +318,81 @@ def test_a_run_starts_its_own_ray_unless_a_cluster_is_named(tmp_path, monkeypatc
     assert flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "local"
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
     assert flower_environment(1234, tmp_path)["RAY_ADDRESS"] == "10.0.0.5:6379"
+
+
+def own_images(root: Path) -> Path:
+    from fakedata import write_image_folder
+
+    images = (np.arange(40 * 64).reshape(40, 8, 8) % 17).astype(np.uint8)
+    write_image_folder(root, images, np.arange(40) % 3)
+    return root
+
+
+OWN_IMAGE_KEYS = (
+    "--set", "dataset=imagefolder", "--set", "model=digitsnet", "--set", "image-size=8",
+    "--set", "image-channels=1", "--set", "batch-size=4",
+    "--set", "classes='zero,one,two,three,four,five,six,seven,eight,nine'",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda root: (root / "five").mkdir(), "class folder '{root}/five' holds no image"),
+        (lambda root: (root / "two" / "x.png").write_bytes(b"\0"), "'{root}/two/x.png' cannot"),
+        (lambda root: (root / "dog").mkdir(), "holds class folder 'dog', which is not in"),
+    ],
+    ids=["empty class folder", "unreadable image", "class not in the list"],
+)
+def test_bad_own_data_is_refused_before_any_work(capsys, tmp_path, spoil, message):
+    """In simulation (the folder carved) and in deployment (a folder per SuperNode)."""
+    root = own_images(tmp_path / "images")
+    spoil(root)
+    code, _, err = run_main(
+        capsys, "--check", *OWN_IMAGE_KEYS, "--set", f"data-dir='{root}'",
+        "--set", f"out-dir='{tmp_path}'", "--num-clients", "2",
+    )  # fmt: skip
+    assert code == 2 and message.format(root=root) in err, err
+    good = own_images(tmp_path / "good")
+    code, _, err = run_main(
+        capsys, "--check", *OWN_IMAGE_KEYS, "--client-data", str(good), "--client-data",
+        str(root), "--set", f"out-dir='{tmp_path}'", module=deploy_local,
+    )  # fmt: skip
+    assert code == 2 and f"client 1 (--client-data {root})" in err, err
+    assert message.format(root=root) in err and len(err.strip().splitlines()) == 1
+
+
+def test_own_csv_text_without_the_named_columns_or_with_an_unknown_label_is_refused(
+    capsys, tmp_path
+):
+    from fakedata import write_text_csv
+
+    write_text_csv(tmp_path / "a.csv", ["goal match"] * 8, [0] * 8)
+    write_text_csv(tmp_path / "b.csv", ["bank rate"] * 8, [1] * 8)
+    keys = ("--set", "dataset='csv-text'", "--set", "model=fasttext", "--set", "batch-size=4",
+            "--set", f"out-dir='{tmp_path}'")  # fmt: skip
+    code, _, err = run_main(capsys, "--check", *keys, "--set", f"data-dir='{tmp_path / 'a.csv'}'")
+    assert code == 2 and "has no column 'text' (its columns: review, topic)" in err, err
+    keys += ("--set", "text-column=review", "--set", "label-column=topic")
+    code, _, err = run_main(
+        capsys, "--check", *keys, "--set", "classes='sport,science'",
+        "--client-data", str(tmp_path / "a.csv"), "--client-data", str(tmp_path / "b.csv"),
+        module=deploy_local,
+    )  # fmt: skip
+    assert code == 2 and "needs vocab-file" in err, err
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("<unk>\n<pad>\n<bos>\n<eos>\ngoal\n")
+    code, _, err = run_main(
+        capsys, "--check", *keys, "--set", "classes='sport,science'",
+        "--set", f"vocab-file='{vocab}'",
+        "--client-data", str(tmp_path / "a.csv"), "--client-data", str(tmp_path / "b.csv"),
+        module=deploy_local,
+    )  # fmt: skip
+    assert code == 2 and "row 1: label 'money' is not in the class list (sport, science)" in err
+    code, out, err = run_main(
+        capsys, "--check", *keys, "--set", "classes='sport,money'",
+        "--set", f"vocab-file='{vocab}'",
+        "--client-data", str(tmp_path / "a.csv"), "--client-data", str(tmp_path / "b.csv"),
+        module=deploy_local,
+    )  # fmt: skip
+    assert code == 0 and "2 SuperNodes can start" in out, err
