@@ -11,8 +11,9 @@ With `--client-data PATH` once per client, SuperNode i reads the i-th path as it
 (node-config `data-dir`) instead of carving the shared dataset (docs/own-data.md).
 Each process gets its own port and FLWR_HOME under the work folder, logs go to
 `<workdir>/logs/`, the run's results to `out-dir` as in simulation. With --tls, every link to
-the SuperLink is encrypted and only registered SuperNodes are admitted: the script makes a CA, a server certificate (SANs localhost, 127.0.0.1)
-and a key pair per SuperNode under `<workdir>/certs/`, and registers the nodes.
+the SuperLink is encrypted and only registered SuperNodes are admitted: the script makes a CA,
+a server certificate (SANs localhost, 127.0.0.1) and a key pair per SuperNode under
+`<workdir>/certs/`, and registers the nodes.
 
 The script validates the config first (exit 2), waits for the run, checks its final status (exit 1
 when it failed, with the end of the run's log), and stops every process it started, also on
