@@ -236,9 +236,49 @@ def write_vocab_file(path: str | Path, vocab: dict[str, int]) -> None:
     Path(path).write_text("".join(f"{token}\n" for token in tokens), encoding="utf-8")
 
 
+DIGIT_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def write_example(out: Path, noise_rate: float = 0.4, seed: int = 1) -> None:
+    """Example own data to try the walkthrough (docs/own-data.md) with: scikit-learn's bundled
+    digits as 8x8 grayscale PNGs, `client-0/` (clean), `client-1/` (a `noise_rate` fraction of
+    its images put in a wrong class folder), `test/`, `classes.txt`, and `client-1-truth.csv`
+    (each image's true class: what a real owner would not know)."""
+    from PIL import Image
+
+    from data.datasets import load_dataset
+
+    digits = load_dataset("digits", None)
+    rng = np.random.default_rng(seed)
+    x, y = digits.train_inputs[:, 0], digits.train_labels
+    half = len(y) // 2
+    flip = rng.random(len(y) - half) < noise_rate
+    shown = y.copy()
+    shown[half:][flip] = (y[half:][flip] + rng.integers(1, 10, int(flip.sum()))) % 10
+    parts = [("client-0", x[:half], shown[:half]), ("client-1", x[half:], shown[half:])]
+    parts.append(("test", digits.test_inputs[:, 0], digits.test_labels))
+    truth = []
+    for folder, images, labels in parts:
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            relative = f"{DIGIT_CLASSES[label]}/{i:04d}.png"
+            (out / folder / DIGIT_CLASSES[label]).mkdir(parents=True, exist_ok=True)
+            pixels = (image.astype(np.float64) * 255 / 16).astype(np.uint8)
+            Image.fromarray(pixels, mode="L").save(out / folder / relative)
+            if folder == "client-1":
+                truth.append((relative, DIGIT_CLASSES[y[half + i]]))
+    (out / "classes.txt").write_text("".join(f"{name}\n" for name in DIGIT_CLASSES))
+    with open(out / "client-1-truth.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([("sample_id", "true_label"), *truth])
+    print(
+        f"wrote {out}: client-0/ ({half} images), client-1/ ({len(y) - half} images, "
+        f"{int(flip.sum())} in a wrong class folder), test/, classes.txt, client-1-truth.csv"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m data.own_data vocab TRAIN.csv... --out vocab.txt`: the vocabulary file a
-    deployed csv-text federation ships to every node (built as simulation builds it)."""
+    deployed csv-text federation ships to every node (built as simulation builds it).
+    `python -m data.own_data example OUT_DIR`: example image folders (see write_example)."""
     from data.datasets import basic_english_tokenize, build_vocab
 
     parser = argparse.ArgumentParser(prog="python -m data.own_data", description=main.__doc__)
@@ -248,7 +288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     vocab.add_argument("--text-column", default="text")
     vocab.add_argument("--label-column", default="label")
     vocab.add_argument("--out", type=Path, required=True)
+    example = sub.add_parser("example", help="write example image folders of two clients")
+    example.add_argument("out", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "example":
+        if args.out.exists() and any(args.out.iterdir()):
+            print(f"error: {args.out} is not empty", file=sys.stderr)
+            return 2
+        write_example(args.out)
+        return 0
     try:
         texts = []
         for path in args.csv:

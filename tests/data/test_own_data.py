@@ -144,3 +144,20 @@ def test_own_labels_are_not_taken_as_the_truth_unless_synthetic_noise_is_added(t
     assert not np.isnan(noisy.noise_rates).any()
     own = own_data_federation(settings("none"), 3, 1, dataset)
     assert (own.clean_labels == -1).all() and np.isnan(own.noise_rates[1])
+
+
+def test_the_example_folders_of_the_walkthrough_load_and_carry_the_promised_noise(tmp_path):
+    import csv
+
+    assert main(["example", str(tmp_path / "ex")]) == 0
+    spec = image_spec(classes_file=str(tmp_path / "ex" / "classes.txt"))
+    client = load_own_training_data("imagefolder", tmp_path / "ex" / "client-1", own=spec)
+    truth = dict(list(csv.reader(open(tmp_path / "ex" / "client-1-truth.csv")))[1:])
+    observed = {
+        path: spec.class_list()[label]
+        for path, label in zip(client.train_sample_ids, client.train_labels, strict=True)
+    }
+    assert observed.keys() == truth.keys()
+    wrong = np.mean([observed[p] != truth[p] for p in truth])
+    assert 0.35 < wrong < 0.45
+    assert main(["example", str(tmp_path / "ex")]) == 2  # never writes into a non-empty folder

@@ -245,7 +245,7 @@ def documented_commands() -> list[tuple[str, str]]:
 
 def test_the_docs_show_the_commands_this_test_runs():
     files = {name for name, _ in documented_commands()}
-    assert {"README.md", "deployment.md", "results.md", "Makefile"} <= files
+    assert {"README.md", "deployment.md", "results.md", "own-data.md", "Makefile"} <= files
 
 
 @pytest.fixture(scope="module")
@@ -257,12 +257,23 @@ def cifar_like(tmp_path_factory) -> Path:
     return data
 
 
+@pytest.fixture(scope="module")
+def own_example(tmp_path_factory) -> Path:
+    """The example folders of docs/own-data.md, as its first command writes them."""
+    from data.own_data import write_example
+
+    folder = tmp_path_factory.mktemp("own") / "own-example"
+    write_example(folder)
+    return folder
+
+
 @pytest.mark.parametrize(("where", "command"), documented_commands())
 def test_every_documented_command_passes_the_preflight(
-    capsys, tmp_path, cifar_like, where, command
+    capsys, tmp_path, cifar_like, own_example, where, command
 ):
     """Each command as written, with its CIFAR-10 folder replaced by a generated one in the
-    official layout, results sent to a temporary folder, and --check (everything but the run)."""
+    official layout (docs/own-data.md's example folders by the ones its command writes),
+    results sent to a temporary folder, and --check (everything but the run)."""
     data = cifar_like
     argv = shlex.split(command)[1:]
     script, argv = argv[0], argv[1:]
@@ -270,7 +281,7 @@ def test_every_documented_command_passes_the_preflight(
     for item in argv:
         for placeholder in ("/data/cifar10", ".data/cifar10"):
             item = item.replace(placeholder, str(data))
-        replaced.append(item)
+        replaced.append(item.replace("/tmp/own-example", str(own_example)))
     module = simulation if script == "simulation.py" else deploy_local
     extra = ["--set", f"out-dir={tmp_path / 'results'}"]
     if "--out" in replaced:
