@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         help="one run-config key (applied after --run-config); repeatable",
     )
     parser.add_argument(
-        "--num-clients", type=int, default=10, help="simulated clients (num-supernodes)"
+        "--num-clients",
+        type=int,
+        default=None,
+        help="simulated clients (num-supernodes); default: the preset's [federation] "
+        "num-clients, else 10",
     )
     parser.add_argument(
         "--federation-config",
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         parse_federation_config,
         parse_run_config_items,
         parse_set_items,
+        preset_num_clients,
     )
     from launch.preflight import preflight, resolve_run_config
     from launch.processes import available_cpus, available_gpus
@@ -156,6 +161,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.runtime == "inprocess" and args.ray_address:
         print("error: --ray-address needs --runtime flower", file=sys.stderr)
         return 2
+    try:
+        stated = preset_num_clients(args.run_config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.num_clients is None:
+        args.num_clients = stated or 10
+    elif stated and args.num_clients != stated:
+        print(f"note: the preset is made for {stated} clients; running {args.num_clients} "
+              "(--num-clients)", file=sys.stderr)  # fmt: skip
     if args.num_clients < 1:
         print(f"error: --num-clients={args.num_clients}: it must be at least 1", file=sys.stderr)
         return 2

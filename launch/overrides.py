@@ -65,8 +65,42 @@ def parse_run_config_items(items: Iterable[str]) -> dict[str, Any]:
     return merged
 
 
+PRESET_FEDERATION_KEYS = ("num-clients",)
+
+
+def preset_num_clients(items: Iterable[str]) -> int | None:
+    """The federation size the last preset file among `items` states in its `[federation]`
+    table (`num-clients = 100`), or None. Flower's own `flwr run --run-config FILE` ignores
+    the table (it keeps only the app's keys)."""
+    size = None
+    for item in items:
+        if "=" not in item:
+            size = _read_toml(item).get("federation", {}).get("num-clients", size)
+    return size
+
+
 def read_preset(item: str) -> dict[str, Any]:
-    """A preset file's keys; ConfigError when it is missing, not TOML, or holds tables."""
+    """A preset file's run-config keys; ConfigError when it is missing, not TOML, or holds a
+    table other than `[federation]` with `num-clients` (a positive integer)."""
+    values = _read_toml(item)
+    federation = values.pop("federation", {})
+    tables = [key for key, value in values.items() if isinstance(value, dict)]
+    if tables:
+        raise ConfigError(
+            f"--run-config {item}: a preset holds plain keys and a [federation] table, not "
+            f"[{tables[0]}]"
+        )
+    unknown = sorted(set(federation) - set(PRESET_FEDERATION_KEYS))
+    size = federation.get("num-clients", 1)
+    if unknown or not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ConfigError(
+            f"--run-config {item}: its [federation] table holds only num-clients, a positive "
+            f"integer (got {dict(federation)})"
+        )
+    return values
+
+
+def _read_toml(item: str) -> dict[str, Any]:
     path = Path(item).expanduser()
     if not path.is_file():
         hint = ""
@@ -81,11 +115,6 @@ def read_preset(item: str) -> dict[str, Any]:
             values = tomllib.load(handle)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"--run-config {item}: not a valid TOML file ({err})") from None
-    tables = [key for key, value in values.items() if isinstance(value, dict)]
-    if tables:
-        raise ConfigError(
-            f"--run-config {item}: a preset holds plain keys, not tables ([{tables[0]}])"
-        )
     return values
 
 

@@ -1,0 +1,75 @@
+"""Every preset in configs/ passes the pre-flight (config, data files loaded, the federation of
+the size it states, every client big enough, the model fits), on generated data in each
+dataset's official layout, so that a preset can never go stale."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import simulation
+from fakedata import write_csv, write_fake_cifar, write_fake_human
+
+ROOT = Path(__file__).resolve().parents[2]
+PRESETS = sorted((ROOT / "configs").glob("*.toml"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    """Room for 100 Dirichlet clients of at least 100 samples (AG News: half the real size)."""
+    cifar = tmp_path_factory.mktemp("cifar10")
+    _, y_train, _, _ = write_fake_cifar(cifar, per_batch=5000)
+    write_fake_human(cifar / "CIFAR-10_human.pt", y_train)
+    agnews = tmp_path_factory.mktemp("agnews")
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    rows = [
+        [str(rng.integers(1, 5)), " ".join(rng.choice(words, 3)), " ".join(rng.choice(words, 8))]
+        for _ in range(60_000)
+    ]
+    write_csv(agnews / "train.csv", rows)
+    write_csv(agnews / "test.csv", rows[:100])
+    return {"cifar10": cifar, "cifar10n": cifar, "agnews": agnews}
+
+
+def test_there_is_a_preset_for_every_experiment_of_the_paper_that_has_data_here():
+    names = {path.stem for path in PRESETS}
+    for noise in ("", "-pairflip", "-mixed"):
+        assert {f"paper-cifar10{noise}-lenet", f"paper-cifar10{noise}-resnet18"} <= names
+    assert {"paper-cifar10n-lenet", "paper-cifar10n-resnet18"} <= names
+    assert {"paper-agnews-fasttext", "paper-agnews-mini-fasttext"} <= names
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
+def test_every_preset_passes_the_preflight_with_the_federation_it_states(
+    capsys, tmp_path, data, preset
+):
+    values = tomllib.loads(preset.read_text())
+    stated = values["federation"]["num-clients"]
+    argv = ["--check", "--config", str(preset), "--set", f"data-dir='{data[values['dataset']]}'",
+            "--set", f"out-dir='{tmp_path}'"]  # fmt: skip
+    if values.get("device") == "cuda" and not torch.cuda.is_available():
+        argv += ["--set", "device='cpu'"]  # a GPU preset, checked on this CPU machine
+    code = simulation.main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"of {stated} clients can start" in out
+
+
+def test_the_stated_federation_size_is_the_default_and_a_bad_table_is_refused(capsys, tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text("strategy = 'fedavg'\nnum-rounds = 2\n\n[federation]\nnum-clients = 4\n")
+    base = ["--check", "--config", str(preset), "--set", f"out-dir='{tmp_path}'"]
+    assert simulation.main(base) == 0
+    assert "of 4 clients can start" in capsys.readouterr().out
+    assert simulation.main([*base, "--num-clients", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert "of 3 clients can start" in out and "made for 4 clients; running 3" in err
+    for table in ("[federation]\nnum-clients = 0\n", "[federation]\nnodes = 4\n", "[other]\n"):
+        preset.write_text(f"num-rounds = 2\n\n{table}")
+        assert simulation.main(base) == 2
+        assert "[federation] table" in capsys.readouterr().err
