@@ -702,8 +702,9 @@ def _check_own_files(name: str, data_dir, own: OwnDataSpec) -> None:
             )
     if name == "csv-text" and not data_dir and not own.vocab_file:
         raise OwnDataError(
-            "dataset 'csv-text' without a data-dir (clients bring their own CSV files) needs "
-            "vocab-file: the vocabulary every node shares (python -m data.own_data vocab ...)"
+            "dataset 'csv-text' with the clients' own CSV files (no data-dir in the run config) "
+            "needs vocab-file: the vocabulary every node shares (python -m data.own_data vocab "
+            "...)"
         )
     if own.vocab_file:
         read_vocab_file(own.vocab_file)

@@ -157,6 +157,18 @@ def observed_labels(
     return corrupt_labels(dataset.train_labels[indices], rate, kind, dataset.num_classes, rng)
 
 
+def check_own_labels_kept(settings: DataSettings) -> None:
+    """A client's own image folder or CSV file is trained on with its labels as they are:
+    synthetic noise on top (the run config's default `noise-type` included) would corrupt the
+    owner's labels and then report them as the truth. ValueError saying so."""
+    if settings.dataset in OWN_FORMATS and settings.noise_type != "none":
+        raise ValueError(
+            f"noise-type='{settings.noise_type}' would add synthetic noise to the clients' own "
+            f"{settings.dataset} labels; set noise-type='none' (synthetic noise is for a "
+            "simulation on one folder or file, docs/own-data.md)"
+        )
+
+
 def own_data_federation(
     settings: DataSettings, num_clients: int, client: int, own: Dataset
 ) -> Federation:
@@ -166,6 +178,7 @@ def own_data_federation(
     (`noise-type = "none"` keeps the labels as they are: real data brings its own noise)."""
     if not 0 <= client < num_clients:
         raise ValueError(f"partition-id {client} is outside 0..{num_clients - 1}")
+    check_own_labels_kept(settings)
     kind, rate = client_noise_plan(
         settings.noise_type,
         parse_rate_range(settings.noise_rate),

@@ -200,7 +200,9 @@ def label_indices(names: Sequence[str], classes: Sequence[str], where: str) -> n
     for row, name in enumerate(names, start=1):
         if name not in index:
             raise OwnDataError(
-                f"{where} row {row}: label {name!r} is not in the class list ({', '.join(classes)})"
+                f"{where} data row {row} (after the header): label {name!r} is not in the "
+                f"class list ({', '.join(classes)}); add it to classes / classes-file or fix "
+                "the label"
             )
         out[row - 1] = index[name]
     return out
@@ -267,12 +269,56 @@ def write_example(out: Path, noise_rate: float = 0.4, seed: int = 1) -> None:
             if folder == "client-1":
                 truth.append((relative, DIGIT_CLASSES[y[half + i]]))
     (out / "classes.txt").write_text("".join(f"{name}\n" for name in DIGIT_CLASSES))
+    write_text_example(out / "text", noise_rate, seed)
     with open(out / "client-1-truth.csv", "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([("sample_id", "true_label"), *truth])
     print(
         f"wrote {out}: client-0/ ({half} images), client-1/ ({len(y) - half} images, "
-        f"{int(flip.sum())} in a wrong class folder), test/, classes.txt, client-1-truth.csv"
+        f"{int(flip.sum())} in a wrong class folder), test/, classes.txt, client-1-truth.csv, "
+        "text/ (a.csv, b.csv with wrong topics, test.csv, b-truth.csv)"
     )
+
+
+EXAMPLE_TOPICS = {
+    "sports": "goal match team league coach season score player cup win",
+    "politics": "vote party election minister law senate policy campaign debate court",
+    "science": "space research cell planet study data physics lab gene energy",
+}
+
+
+def write_text_example(out: Path, noise_rate: float, seed: int) -> None:
+    """Synthetic short texts of three topics (columns review, topic): `a.csv` (clean), `b.csv`
+    (a `noise_rate` fraction of its topics wrong), `test.csv`, `b-truth.csv`."""
+    rng = np.random.default_rng(seed + 1)
+    topics = list(EXAMPLE_TOPICS)
+    filler = "the a of and to in on with for new today week report says".split()
+
+    def rows(n: int) -> tuple[list[str], np.ndarray]:
+        labels = rng.integers(0, len(topics), n)
+        texts = [
+            " ".join(
+                rng.permutation(
+                    [*rng.choice(EXAMPLE_TOPICS[topics[y]].split(), 5), *rng.choice(filler, 4)]
+                )
+            )  # fmt: skip
+            for y in labels
+        ]
+        return texts, labels
+
+    out.mkdir(parents=True, exist_ok=True)
+    (a, ya), (b, yb), (t, yt) = rows(300), rows(300), rows(150)
+    flip = rng.random(len(yb)) < noise_rate
+    shown = yb.copy()
+    shown[flip] = (yb[flip] + rng.integers(1, len(topics), int(flip.sum()))) % len(topics)
+    for name, texts, labels in (("a", a, ya), ("b", b, shown), ("test", t, yt)):
+        with open(out / f"{name}.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("review", "topic"))
+            writer.writerows((text, topics[y]) for text, y in zip(texts, labels, strict=True))
+    with open(out / "b-truth.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("sample_id", "true_label"))
+        writer.writerows((str(row), topics[y]) for row, y in enumerate(yb, start=1))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

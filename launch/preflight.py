@@ -55,6 +55,7 @@ def preflight(
     if client_data:  # each client reads its own folder or file, as its SuperNode will
         sizes, dataset = check_own_client_data(config, settings, client_data)
     else:
+        note_synthetic_noise(settings)
         federation = cached_federation(settings, num_clients)
         dataset = federation.dataset
         sizes = [len(indices) for indices in federation.client_indices]
@@ -67,8 +68,16 @@ def preflight(
 def check_own_client_data(config, settings, folders: list[Path]):
     """Load every client's own data as its SuperNode will (data.datasets.load_own_training_data):
     (their sizes, the first one's Dataset). ValueError naming the client's folder otherwise."""
-    from data.datasets import load_own_training_data
+    from data.datasets import OWN_DATA_DATASETS, load_own_training_data
+    from data.federation import check_own_labels_kept
 
+    if config.dataset not in OWN_DATA_DATASETS:
+        raise ValueError(
+            f"--client-data needs a dataset a client can bring: dataset = "
+            f"{', '.join(OWN_DATA_DATASETS)} (got dataset='{config.dataset}'); e.g. "
+            "--set dataset=imagefolder"
+        )
+    check_own_labels_kept(settings)
     sizes, first = [], None
     for index, folder in enumerate(folders):
         try:
@@ -80,6 +89,22 @@ def check_own_client_data(config, settings, folders: list[Path]):
         sizes.append(len(own.train_labels))
         first = first or own
     return sizes, first
+
+
+def note_synthetic_noise(settings) -> None:
+    """Say it when a simulation on a user's own folder or file adds synthetic noise (the
+    default noise-type does): a measurement, in which the given labels count as the truth."""
+    import sys
+
+    from data.own_data import OWN_FORMATS
+
+    if settings.dataset in OWN_FORMATS and settings.noise_type != "none":
+        print(
+            f"note: noise-type='{settings.noise_type}' (noise-rate='{settings.noise_rate}') adds "
+            f"synthetic noise to the {settings.dataset} labels, which then count as the truth; "
+            "set noise-type='none' to train on your labels as they are",
+            file=sys.stderr,
+        )
 
 
 def check_device(name: str) -> None:

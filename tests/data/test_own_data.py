@@ -93,7 +93,9 @@ def test_a_csv_is_read_by_its_named_columns_and_bad_ones_are_named(tmp_path):
     assert names == ["sport", "money", "science"]
     with pytest.raises(OwnDataError, match="has no column 'text' .*its columns: review, topic"):
         read_text_csv(tmp_path / "t.csv", "text", "topic")
-    with pytest.raises(OwnDataError, match="row 2: label 'money' is not in the class list"):
+    with pytest.raises(
+        OwnDataError, match="data row 2 .after the header.: label 'money' is not in the class list"
+    ):
         label_indices(names, ("sport", "science"), "t.csv")
 
 

@@ -259,11 +259,15 @@ def cifar_like(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def own_example(tmp_path_factory) -> Path:
-    """The example folders of docs/own-data.md, as its first command writes them."""
-    from data.own_data import write_example
+    """The example folders of docs/own-data.md, as its commands write them."""
+    from data.own_data import main as own_data_main
 
     folder = tmp_path_factory.mktemp("own") / "own-example"
-    write_example(folder)
+    assert own_data_main(["example", str(folder)]) == 0
+    text = folder / "text"
+    vocab = ["vocab", str(text / "a.csv"), str(text / "b.csv"), "--text-column", "review",
+             "--label-column", "topic", "--out", str(text / "vocab.txt")]  # fmt: skip
+    assert own_data_main(vocab) == 0
     return folder
 
 
@@ -341,7 +345,7 @@ def own_images(root: Path) -> Path:
 
 OWN_IMAGE_KEYS = (
     "--set", "dataset=imagefolder", "--set", "model=digitsnet", "--set", "image-size=8",
-    "--set", "image-channels=1", "--set", "batch-size=4",
+    "--set", "image-channels=1", "--set", "batch-size=4", "--set", "noise-type=none",
     "--set", "classes='zero,one,two,three,four,five,six,seven,eight,nine'",
 )  # fmt: skip
 
@@ -381,7 +385,7 @@ def test_own_csv_text_without_the_named_columns_or_with_an_unknown_label_is_refu
     write_text_csv(tmp_path / "a.csv", ["goal match"] * 8, [0] * 8)
     write_text_csv(tmp_path / "b.csv", ["bank rate"] * 8, [1] * 8)
     keys = ("--set", "dataset='csv-text'", "--set", "model=fasttext", "--set", "batch-size=4",
-            "--set", f"out-dir='{tmp_path}'")  # fmt: skip
+            "--set", f"out-dir='{tmp_path}'", "--set", "noise-type=none")  # fmt: skip
     code, _, err = run_main(capsys, "--check", *keys, "--set", f"data-dir='{tmp_path / 'a.csv'}'")
     assert code == 2 and "has no column 'text' (its columns: review, topic)" in err, err
     keys += ("--set", "text-column=review", "--set", "label-column=topic")
@@ -399,7 +403,11 @@ def test_own_csv_text_without_the_named_columns_or_with_an_unknown_label_is_refu
         "--client-data", str(tmp_path / "a.csv"), "--client-data", str(tmp_path / "b.csv"),
         module=deploy_local,
     )  # fmt: skip
-    assert code == 2 and "row 1: label 'money' is not in the class list (sport, science)" in err
+    assert (
+        code == 2
+        and "data row 1 (after the header): label 'money' is not in the class list (sport, science)"
+        in err
+    )
     code, out, err = run_main(
         capsys, "--check", *keys, "--set", "classes='sport,money'",
         "--set", f"vocab-file='{vocab}'",
@@ -407,3 +415,27 @@ def test_own_csv_text_without_the_named_columns_or_with_an_unknown_label_is_refu
         module=deploy_local,
     )  # fmt: skip
     assert code == 0 and "2 SuperNodes can start" in out, err
+
+
+def test_synthetic_noise_on_clients_own_labels_is_refused_and_in_simulation_noted(capsys, tmp_path):
+    """The default noise-type would corrupt a user's own labels and report them as the truth:
+    refused when clients bring their own data, said aloud in a simulation on one folder."""
+    root = own_images(tmp_path / "images")
+    at = OWN_IMAGE_KEYS.index("noise-type=none")
+    keys = OWN_IMAGE_KEYS[: at - 1] + OWN_IMAGE_KEYS[at + 1 :]  # the default noise-type
+    code, _, err = run_main(
+        capsys, "--check", *keys, "--client-data", str(root), "--client-data", str(root),
+        "--set", f"out-dir='{tmp_path}'", module=deploy_local,
+    )  # fmt: skip
+    assert code == 2 and "noise-type='symmetric' would add synthetic noise" in err, err
+    code, out, err = run_main(
+        capsys, "--check", *keys, "--set", f"data-dir='{root}'", "--num-clients", "2",
+        "--set", "partition=iid",
+        "--set", f"out-dir='{tmp_path}'",
+    )  # fmt: skip
+    assert code == 0 and "note: noise-type='symmetric'" in err, err
+    code, _, err = run_main(
+        capsys, "--check", *keys, "--client-data", str(root), "--set", "dataset=digits",
+        "--set", f"out-dir='{tmp_path}'", module=deploy_local,
+    )  # fmt: skip
+    assert code == 2 and "--client-data needs a dataset a client can bring" in err, err
