@@ -55,6 +55,7 @@ from client_app.masked import (
 from client_app.state import ClientStateStore
 from client_app.training import train_locally
 from common import seeding
+from common.acceleration import DeviceOptions, load_weights
 from common.config import RunConfig
 from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
@@ -86,13 +87,14 @@ class LocalClient:
     models: ThreadModels
     noise_rate: float
     class_names: tuple[str, ...]
+    options: DeviceOptions  # precision and memory layout (common.acceleration)
 
     def load(self, arrays: ArrayRecord) -> Classifier:
         """This thread's cached model holding the received weights (all of them, BN buffers too)."""
         model = self.models.get()
         with _deserializing:
             state = arrays.to_torch_state_dict()
-        model.load_state_dict(state)
+        load_weights(model, state)  # through pinned memory to a GPU
         return model
 
     def truth_diagnostic(self, key: str, labels: np.ndarray) -> dict[str, list[int]]:
@@ -182,13 +184,17 @@ def _process_shared(
         )
         federation = own_data_federation(settings, num_partitions, partition_id, own)
     dataset = federation.dataset
+    options = DeviceOptions.from_config(config)
+    options.apply_globals()
     models = ThreadModels(
-        lambda: build_model(
-            config.model,
-            dataset.num_classes,
-            vocab_size=dataset.vocab_size,
-            pad_index=dataset.pad_index,
-        ).to(device)
+        lambda: options.prepare_model(
+            build_model(
+                config.model,
+                dataset.num_classes,
+                vocab_size=dataset.vocab_size,
+                pad_index=dataset.pad_index,
+            ).to(device)
+        )
     )
     return ProcessShared(config, federation, models, device)
 
@@ -223,6 +229,7 @@ def _local_client(
         models=shared.models,
         noise_rate=float(shared.federation.noise_rates[partition_id]),
         class_names=shared.federation.dataset.class_names,
+        options=DeviceOptions.from_config(shared.config),
     )
 
 
@@ -272,7 +279,7 @@ def train(msg: Message, context: Context) -> Message:
     settings = LocalTraining.from_config(server_config)
     generator = shuffle_generator(client, int(server_config[SERVER_ROUND]))
     started = time.perf_counter()
-    stats = train_locally(model, client.data, client.pipeline, settings, generator)
+    stats = train_locally(model, client.data, client.pipeline, settings, generator, client.options)
     metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
     content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
     return Message(content=content, reply_to=msg)
@@ -301,6 +308,7 @@ def train_masked(msg: Message, context: Context) -> Message:
         masked,
         label_logits,
         generator,
+        client.options,
     )
     seconds = time.perf_counter() - started
     rounds = labels.save(result.label_logits)
@@ -361,7 +369,11 @@ class CorrectedLabels:
 def softmax_outputs(client: LocalClient, model) -> torch.Tensor:
     with torch.no_grad():
         logits = predict_logits(
-            model, client.data.inputs, client.pipeline, client.config.eval_batch_size
+            model,
+            client.data.inputs,
+            client.pipeline,
+            client.config.eval_batch_size,
+            client.options,
         )
     return torch.softmax(logits.float(), dim=1)
 
@@ -380,7 +392,12 @@ def train_corr(msg: Message, context: Context) -> Message:
     generator = shuffle_generator(client, int(server_config[SERVER_ROUND]))
     started = time.perf_counter()
     stats = train_locally(
-        model, data, client.pipeline, LocalTraining.from_config(server_config), generator
+        model,
+        data,
+        client.pipeline,
+        LocalTraining.from_config(server_config),
+        generator,
+        client.options,
     )
     arrays = ArrayRecord(model.state_dict())  # before the eval passes (they change nothing)
     lid = 0.0
@@ -469,14 +486,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     client = local_client(context)
     model = client.load(msg.content["arrays"])
     data = client.data
+    size, options = client.config.eval_batch_size, client.options
     observed = evaluate_model(
-        model, data.inputs, data.observed_labels, client.pipeline, client.config.eval_batch_size
+        model, data.inputs, data.observed_labels, client.pipeline, size, options
     )
     metrics = {"num-examples": len(data), **observed.as_metrics("local-")}
     known = data.clean_labels >= 0
     if bool(known.all()):
         clean = evaluate_model(
-            model, data.inputs, data.clean_labels, client.pipeline, client.config.eval_batch_size
+            model, data.inputs, data.clean_labels, client.pipeline, size, options
         )
         metrics["local-clean-accuracy"] = clean.accuracy
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

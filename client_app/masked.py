@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from client_app.training import batch_indices, local_optimiser
+from common.acceleration import DeviceOptions
 from common.protocol import LocalTraining, MaskedSettings, parse_masked_terms
 from data.client_data import ClientData
 from data.transforms import InputPipeline
@@ -216,6 +217,7 @@ def masked_train_locally(
     masked: MaskedSettings,
     label_logits: torch.Tensor,
     generator: torch.Generator,
+    options: DeviceOptions = DeviceOptions(),  # noqa: B008 (frozen)
 ) -> MaskedRoundResult:
     """One stage-2 round of a noisy client (fidelity §3.5), from the received global model.
 
@@ -249,9 +251,11 @@ def masked_train_locally(
     for _ in range(settings.local_epochs):
         grad_buffer = torch.zeros_like(ytil)  # G: rows not visited this epoch stay 0
         for idx in batch_indices(n, settings.batch_size, generator, device):
-            inputs = pipeline.train_batch(data.inputs[idx], generator)
+            inputs = options.prepare_inputs(pipeline.train_batch(data.inputs[idx], generator))
             observed = data.observed_labels[idx]
-            with _autocast(masked.masked_fp16, device):
+            # masked-fp16 is the authors' own switch; otherwise the run's precision applies
+            forward = _autocast(True, device) if masked.masked_fp16 else options.autocast(device)
+            with forward:
                 logits = model(inputs)
             # All batches of an epoch read the epoch-start Ytil (the step comes after the epoch).
             rows = ytil[idx].detach().clone().requires_grad_(True)

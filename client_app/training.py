@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.acceleration import DeviceOptions
 from common.protocol import LocalTraining
 from data.client_data import ClientData
 from data.transforms import InputPipeline
@@ -105,8 +106,10 @@ def train_locally(
     pipeline: InputPipeline,
     settings: LocalTraining,
     generator: torch.Generator,
+    options: DeviceOptions = DeviceOptions(),  # noqa: B008 (frozen)
 ) -> TrainStats:
-    """Train `model` in place on the client's observed labels for `settings.local_epochs` epochs."""
+    """Train `model` in place on the client's observed labels for `settings.local_epochs` epochs
+    (`options`: precision and memory layout, common.acceleration)."""
     if settings.local_loss not in LOSSES:
         allowed = ", ".join(LOSSES)
         raise ValueError(f"unknown local loss {settings.local_loss!r}; allowed: {allowed}")
@@ -131,18 +134,23 @@ def train_locally(
         for step, idx in enumerate(
             batch_indices(len(data), settings.batch_size, generator, device)
         ):
-            inputs = pipeline.train_batch(data.inputs[idx], generator)
+            inputs = options.prepare_inputs(pipeline.train_batch(data.inputs[idx], generator))
             targets = data.observed_labels[idx]
             if mixing is not None:
                 share = float(mixing.beta(settings.mixup_alpha, settings.mixup_alpha))
                 partner = torch.randperm(len(idx), generator=generator).to(device)
-                logits = model(share * inputs + (1 - share) * inputs[partner])
+                with options.autocast(device):
+                    logits = model(share * inputs + (1 - share) * inputs[partner])
+                logits = logits.float()
                 loss = share * F.cross_entropy(logits, targets) + (1 - share) * F.cross_entropy(
                     logits, targets[partner]
                 )
             else:
-                logits = model(inputs)
-                loss = _batch_loss(settings, logits, targets, log_prior, teacher, inputs)
+                with options.autocast(device):
+                    logits = model(inputs)
+                    loss = _batch_loss(
+                        settings, logits.float(), targets, log_prior, teacher, inputs
+                    )
             if settings.proximal_mu > 0:
                 loss = loss + 0.5 * settings.proximal_mu * proximal_term(model, anchor)
             if settings.proximal_norm > 0 and step > 0:  # at w = w_global the norm has no gradient

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.acceleration import PRECISIONS
 from common.errors import ConfigError
 from common.protocol import parse_masked_terms
 
@@ -56,6 +57,9 @@ class RunConfig:
     noise_groups: str
     seed: int
     device: str
+    precision: str
+    channels_last: bool
+    cudnn_benchmark: bool
     eval_batch_size: int
     fraction_evaluate: float
     proximal_mu: float
@@ -142,6 +146,7 @@ class RunConfig:
     def validate(self) -> None:
         _choice("local-loss", self.local_loss, LOCAL_LOSSES)
         _choice("device", self.device, DEVICES)
+        _choice("precision", self.precision, PRECISIONS)
         _choice("gm-scope", self.gm_scope, GM_SCOPES)
         _choice("on-divergence", self.on_divergence, ("stop", "continue"))
         for field in dataclasses.fields(self):

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from sklearn.metrics import precision_recall_fscore_support
 from torch import nn
 
+from common.acceleration import DeviceOptions
+
 if TYPE_CHECKING:  # annotations only: common imports nothing of the project
     from data.transforms import InputPipeline
 
@@ -49,16 +51,21 @@ def resolve_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, inputs: torch.Tensor, pipeline: InputPipeline, batch_size: int
+    model: nn.Module,
+    inputs: torch.Tensor,
+    pipeline: InputPipeline,
+    batch_size: int,
+    options: DeviceOptions = DeviceOptions(),  # noqa: B008 (frozen)
 ) -> torch.Tensor:
-    """Logits for all `inputs` (eval mode, eval transform), on the inputs' device."""
+    """fp32 logits for all `inputs` (eval mode, eval transform), on the inputs' device; the
+    forward pass in `options`' precision and layout."""
     model.eval()
-    return torch.cat(
-        [
-            model(pipeline.eval_batch(inputs[start : start + batch_size]))
-            for start in range(0, inputs.shape[0], batch_size)
-        ]
-    )
+    outputs = []
+    for start in range(0, inputs.shape[0], batch_size):
+        batch = options.prepare_inputs(pipeline.eval_batch(inputs[start : start + batch_size]))
+        with options.autocast(inputs.device):
+            outputs.append(model(batch).float())
+    return torch.cat(outputs)
 
 
 def evaluate_model(
@@ -67,9 +74,10 @@ def evaluate_model(
     labels: torch.Tensor,
     pipeline: InputPipeline,
     batch_size: int,
+    options: DeviceOptions = DeviceOptions(),  # noqa: B008 (frozen)
 ) -> EvalResult:
     """Accuracy, mean CE and sklearn macro precision/recall/F1 of `model` on (inputs, labels)."""
-    logits = predict_logits(model, inputs, pipeline, batch_size)
+    logits = predict_logits(model, inputs, pipeline, batch_size, options)
     loss = float(F.cross_entropy(logits.float(), labels))
     predicted = logits.argmax(1).cpu().numpy()
     truth = labels.cpu().numpy()

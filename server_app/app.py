@@ -17,6 +17,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from common import seeding
+from common.acceleration import DeviceOptions, load_weights
 from common.config import RunConfig
 from common.evaluation import evaluate_model, resolve_device
 from data.federation import cached_dataset
@@ -201,7 +202,9 @@ def main(grid: Grid, context: Context) -> None:
     if not len(dataset.test_labels):
         log(WARNING, "%s", NO_TEST_SET)
 
-    model = initial_model(config, dataset).to(device)
+    options = DeviceOptions.from_config(config)
+    options.apply_globals()
+    model = options.prepare_model(initial_model(config, dataset).to(device))
     test_inputs = torch.as_tensor(dataset.test_inputs[:]).to(device)
     test_labels = torch.as_tensor(dataset.test_labels).to(device)
     pipeline = config_pipeline(config)
@@ -214,11 +217,11 @@ def main(grid: Grid, context: Context) -> None:
         return columns
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        load_weights(model, arrays.to_torch_state_dict())
         result = None
         if len(test_labels):
             result = evaluate_model(
-                model, test_inputs, test_labels, pipeline, config.eval_batch_size
+                model, test_inputs, test_labels, pipeline, config.eval_batch_size, options
             )
         train = strategy.last_train_metrics if server_round > 0 else None
         dropped = len(strategy.last_nonfinite) if server_round > 0 else 0
@@ -232,7 +235,7 @@ def main(grid: Grid, context: Context) -> None:
                 "test_macro_f1": result.macro_f1,
             }
         local = strategy.last_evaluate_metrics if server_round > 0 else None
-        if local:  # federated evaluation on the clients' own data (fraction-evaluate)
+        if local and "local-accuracy" in local:  # federated evaluation (fraction-evaluate)
             test["local_accuracy"] = float(local["local-accuracy"])
         results.add_round(
             {

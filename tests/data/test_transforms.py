@@ -100,6 +100,7 @@ def test_cifar_eval_is_normalised_only():
     assert torch.equal(out, (x.float() / 255 - MEAN) / STD)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_cifar_train_on_gpu_matches_cpu():
     x = cifar_batch(64)

@@ -1,0 +1,383 @@
+"""The first GPU lent to the project: one command that measures everything, in at most 8 minutes.
+
+    python3 bench/gpu_check.py [--data-dir DIR] [--out gpu_check.json] [--budget 480]
+
+Needs torch, torchvision, numpy, scikit-learn and pytest (a GPU image that has PyTorch has
+them); no Flower, no Ray, no network. On a machine without CUDA it exits at once (code 2).
+`--device cpu --quick` runs the same logic on tiny sizes (its test, on the CPU). Stages, each
+timed, each in the JSON written to --out (a stage that fails records its error, the rest go on):
+
+1. `cuda_tests`: the tests marked `cuda` (pytest -m cuda), e.g. the same seed giving the same
+   first-round numbers on CPU and GPU, pinned weight loading, bf16 training on the GPU;
+2. `throughput`: images/s of the client training core (client_app.training.train_locally)
+   against a bare PyTorch loop on the same model, data and augmentation, for lenet and
+   resnet18, fp32 and bf16 (+ channels_last and cuDNN autotuning for resnet18 bf16);
+3. `preset`: the ResNet-18 paper preset (configs/paper-cifar10-resnet18.toml: 100 clients, 10
+   per round, E = 5, B = 64) for fedavg and maskedoptim, driven here without Flower by the same
+   functions the ClientApp and the strategies call (seeded sampling, local training, masked
+   training with persistent label logits, per-class-loss detection, FedAvg / geometric-median
+   aggregation in numpy as the server does, evaluation on the test set), as many rounds as the
+   budget allows, with the warm-up shortened to 2 rounds so that detection and masked rounds
+   are both measured: seconds per round by stage, test accuracy per round, peak GPU memory and
+   the projected time of 120 rounds. Without --data-dir (CIFAR-10 in the official layout) the
+   images are random, so the accuracies mean nothing; the timings do;
+4. `at_once`: the preset's client core with 1, 2, 4 and 8 clients training at once on the GPU
+   (threads, as the in-process runtime runs them), total images/s.
+Targets (issue 20, docs/benchmarks.md): the core >= 90 % of the bare loop; ResNet-18 >= 25,000
+images/s (bf16); the 120-round preset projected <= 2 minutes of training per strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from client_app.masked import init_label_logits, masked_train_locally, per_class_loss  # noqa: E402
+from client_app.training import train_locally  # noqa: E402
+from common import seeding  # noqa: E402
+from common.acceleration import DeviceOptions, load_weights  # noqa: E402
+from common.config import RunConfig, app_defaults  # noqa: E402
+from common.evaluation import evaluate_model  # noqa: E402
+from common.protocol import LocalTraining, MaskedSettings  # noqa: E402
+from data.client_data import ClientData  # noqa: E402
+from data.datasets import Dataset, load_dataset  # noqa: E402
+from data.federation import DataSettings, build_federation  # noqa: E402
+from data.transforms import pipeline_for  # noqa: E402
+from models import build_model  # noqa: E402
+from strategies.aggregation import geometric_median_per_tensor, weighted_mean  # noqa: E402
+from strategies.detection import split_noisy_clients  # noqa: E402
+
+PRESET = ROOT / "configs" / "paper-cifar10-resnet18.toml"
+
+
+class Budget:
+    """Wall-clock budget shared by the stages."""
+
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def synthetic_client(samples: int, device: torch.device, seed: int = 0) -> ClientData:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randint(0, 256, (samples, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (samples,), generator=generator)
+    return ClientData(0, np.arange(samples), inputs.to(device), labels.to(device),
+                      labels.to(device), 10)  # fmt: skip
+
+
+def bare_loop(model, data: ClientData, settings: LocalTraining, options: DeviceOptions) -> None:
+    """The shortest correct loop one would write by hand: same data, augmentation, optimiser,
+    batches and precision."""
+    pipeline = pipeline_for("cifar10")
+    generator = torch.Generator()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                          weight_decay=settings.weight_decay)  # fmt: skip
+    n, b = len(data), settings.batch_size
+    device = data.inputs.device
+    for _ in range(settings.local_epochs):
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n - b + 1, b):
+            idx = order[start : start + b]
+            x = options.prepare_inputs(pipeline.train_batch(data.inputs[idx], generator))
+            with options.autocast(device):
+                loss = F.cross_entropy(model(x).float(), data.observed_labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def throughput(args, device: torch.device, budget: Budget) -> list[dict]:
+    """Images/s of train_locally against bare_loop, per model and device options."""
+    samples = 256 if args.quick else 2000
+    settings = LocalTraining(1 if args.quick else 2, 64, 0.01, 0.9, 5e-4)
+    data = synthetic_client(samples, device)
+    images = settings.local_epochs * (samples // 64) * 64
+    cases = [
+        ("lenet", DeviceOptions()),
+        ("lenet", DeviceOptions("bf16")),
+        ("resnet18", DeviceOptions()),
+        ("resnet18", DeviceOptions("bf16")),
+        ("resnet18", DeviceOptions("bf16", channels_last=True)),
+        ("resnet18", DeviceOptions("bf16", channels_last=True, cudnn_benchmark=True)),
+    ]
+    rows = []
+    for name, options in cases:
+        if budget.left() < 30:
+            rows.append({"model": name, "options": repr(options), "skipped": "budget"})
+            continue
+        options.apply_globals()
+        model = options.prepare_model(build_model(name, 10).to(device))
+        pipeline = pipeline_for("cifar10")
+
+        def ours(model=model, options=options, pipeline=pipeline):
+            train_locally(model, data, pipeline, settings, torch.Generator(), options)
+
+        def bare(model=model, options=options):
+            bare_loop(model, data, settings, options)
+
+        ours(), bare()  # warm-up: allocator, cuDNN autotuning, lazy inits
+        ours_s = min(timed(ours, device) for _ in range(2))
+        bare_s = min(timed(bare, device) for _ in range(2))
+        rows.append(
+            {
+                "model": name,
+                "precision": options.precision,
+                "channels_last": options.channels_last,
+                "cudnn_benchmark": options.cudnn_benchmark,
+                "core_images_per_s": round(images / ours_s, 1),
+                "bare_images_per_s": round(images / bare_s, 1),
+                "core_vs_bare": round(bare_s / ours_s, 3),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    DeviceOptions().apply_globals()
+    return rows
+
+
+def preset_config(args) -> RunConfig:
+    preset = tomllib.loads(PRESET.read_text())
+    preset.pop("federation", None)
+    mapping = {**app_defaults(), **preset, "device": args.device, "precision": args.precision}
+    mapping["channels-last"] = args.channels_last
+    if args.quick:
+        mapping |= {"local-epochs": 1, "dirichlet-min-size": 10, "clients-per-round": 4}
+    return RunConfig.from_mapping(mapping)
+
+
+def preset_dataset(args) -> Dataset:
+    if args.data_dir:
+        return load_dataset("cifar10", args.data_dir)
+    rng = np.random.default_rng(0)
+    train_n, test_n = (2000, 200) if args.quick else (50_000, 10_000)
+    x_train = rng.integers(0, 256, (train_n, 3, 32, 32), dtype=np.uint8)
+    y_train = rng.integers(0, 10, train_n).astype(np.int64)
+    return Dataset(
+        "cifar10", 10, tuple(str(i) for i in range(10)), "image", (3, 32, 32), x_train,
+        y_train, y_train.copy(), None,
+        rng.integers(0, 256, (test_n, 3, 32, 32), dtype=np.uint8),
+        rng.integers(0, 10, test_n).astype(np.int64),
+    )  # fmt: skip
+
+
+def numpy_state(model) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy() for t in model.state_dict().values()]
+
+
+def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) -> dict:
+    """The preset's rounds for `strategy` (fedavg or maskedoptim) until the budget share ends."""
+    config = preset_config(args)
+    options = DeviceOptions.from_config(config)
+    options.apply_globals()
+    num_clients = 20 if args.quick else 100
+    federation = build_federation(DataSettings.from_config(config), num_clients, dataset)
+    clients = [ClientData.from_federation(federation, p, device) for p in range(num_clients)]
+    pipeline = pipeline_for("cifar10")
+    torch.manual_seed(config.seed)
+    model = options.prepare_model(build_model("resnet18", 10).to(device))
+    keys = list(model.state_dict())
+    test_x = torch.as_tensor(dataset.test_inputs).to(device)
+    test_y = torch.as_tensor(dataset.test_labels).to(device)
+    sampled = config.clients_sampled(num_clients)
+    loss = "logit-adjusted" if strategy == "maskedoptim" else "ce"
+    training = LocalTraining(config.local_epochs, config.batch_size, config.lr, config.momentum,
+                             config.weight_decay, local_loss=loss)  # fmt: skip
+    masked = MaskedSettings()
+    warmup, noisy, labels = 2, None, {}
+    rounds, stop_at = [], budget.left() / 2 if strategy == "fedavg" else budget.left()
+    started = time.monotonic()
+    torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
+    for server_round in range(1, config.num_rounds + 1):
+        spent = time.monotonic() - started
+        per_round = spent / len(rounds) if rounds else 0.0
+        if rounds and spent + 2 * per_round > stop_at:
+            break
+        stage = {"train": 0.0, "aggregate": 0.0, "evaluate": 0.0, "detect": 0.0}
+        rng = seeding.numpy_rng(config.seed, seeding.CLIENT_SAMPLING, server_round)
+        chosen = sorted(int(p) for p in rng.choice(num_clients, size=sampled, replace=False))
+        global_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        uploads, weights = [], []
+        synchronize(device)
+        t0 = time.perf_counter()
+        for partition in chosen:
+            load_weights(model, global_state)
+            generator = seeding.torch_generator(config.seed, seeding.LOCAL_SHUFFLE, server_round,
+                                                partition)  # fmt: skip
+            data = clients[partition]
+            if noisy is not None and partition in noisy:
+                if partition not in labels:
+                    labels[partition] = init_label_logits(data.observed_labels, 10,
+                                                          masked.label_scale)  # fmt: skip
+                result = masked_train_locally(model, data, pipeline, training, masked,
+                                              labels[partition], generator, options)  # fmt: skip
+                labels[partition] = result.label_logits
+                uploads.append([t.detach().cpu().numpy() for t in result.upload_state.values()])
+            else:
+                train_locally(model, data, pipeline, training, generator, options)
+                uploads.append(numpy_state(model))
+            weights.append(len(data))
+        synchronize(device)
+        stage["train"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if strategy == "maskedoptim":
+            aggregated = geometric_median_per_tensor(uploads)
+        else:
+            aggregated = weighted_mean(uploads, weights)
+        load_weights(model, {k: torch.as_tensor(v) for k, v in zip(keys, aggregated, strict=True)})
+        synchronize(device)
+        stage["aggregate"] = time.perf_counter() - t0
+        if strategy == "maskedoptim" and server_round == warmup:
+            t0 = time.perf_counter()
+            losses = []
+            for data in clients:
+                means, _ = per_class_loss(model, data, pipeline, torch.Generator(), 32)
+                losses.append(means.numpy())  # NaN for classes a client does not hold
+            noisy = set(split_noisy_clients(np.array(losses), num_fits=config.gmm_fits).noisy)
+            stage["detect"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = evaluate_model(model, test_x, test_y, pipeline, config.eval_batch_size, options)
+        stage["evaluate"] = time.perf_counter() - t0
+        rounds.append({"round": server_round, "test_accuracy": round(result.accuracy, 4),
+                       **{k: round(v, 3) for k, v in stage.items()}})  # fmt: skip
+        print(json.dumps({"strategy": strategy, **rounds[-1]}), flush=True)
+    steady = [r for r in rounds if r["round"] > 1 and not r["detect"]] or rounds
+    per_round = float(np.mean([r["train"] + r["aggregate"] + r["evaluate"] for r in steady]))
+    detect = sum(r["detect"] for r in rounds)
+    return {
+        "strategy": strategy,
+        "rounds_run": len(rounds),
+        "flagged_noisy": len(noisy) if noisy is not None else None,
+        "seconds_per_round": round(per_round, 3),
+        "train_seconds_per_round": round(float(np.mean([r["train"] for r in steady])), 3),
+        "images_per_round": int(sum(len(clients[p]) for p in chosen) * config.local_epochs),
+        "projected_120_rounds_minutes": round((120 * per_round + detect) / 60, 2),
+        "peak_gpu_memory_gib": (
+            round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
+        ),
+        "rounds": rounds,
+    }
+
+
+def at_once(args, device: torch.device, budget: Budget) -> list[dict]:
+    """The preset's client core (ResNet-18, E = 5 on a 500-image client) with N clients training
+    at the same time, each in its own thread with its own model."""
+    samples = 256 if args.quick else 500
+    settings = LocalTraining(1 if args.quick else 5, 64, 0.01, 0.9, 5e-4)
+    options = DeviceOptions(args.precision, args.channels_last)
+    data = synthetic_client(samples, device)
+    images = settings.local_epochs * (samples // 64) * 64
+    rows = []
+    for count in (1, 2, 4) if args.quick else (1, 2, 4, 8):
+        if budget.left() < 20:
+            rows.append({"clients_at_once": count, "skipped": "budget"})
+            continue
+        models = [options.prepare_model(build_model("resnet18", 10).to(device))
+                  for _ in range(count)]  # fmt: skip
+        pipeline = pipeline_for("cifar10")
+
+        def one(model, pipeline=pipeline) -> None:
+            train_locally(model, data, pipeline, settings, torch.Generator(), options)
+
+        def together(models=models) -> None:
+            workers = [threading.Thread(target=one, args=(m,)) for m in models]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+
+        together()  # warm-up
+        seconds = timed(together, device)
+        rows.append({"clients_at_once": count, "seconds": round(seconds, 3),
+                     "images_per_s": round(count * images / seconds, 1)})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def cuda_tests(args) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+         "tests/common/test_acceleration.py", "tests/data/test_transforms.py"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+    return {"exit_code": done.returncode, "output_tail": tail}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default="", help="CIFAR-10 in the official layout")
+    parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds in all")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--precision", default="bf16", help="of the preset and at-once stages")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the CPU test)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA GPU here (torch.cuda.is_available() is False): bench/gpu_check.py "
+              "measures the GPU path; run it on a GPU machine", file=sys.stderr)  # fmt: skip
+        return 2
+    device = torch.device(args.device)
+    budget = Budget(args.budget)
+    report: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "data": args.data_dir or "synthetic (random images: accuracies are meaningless)",
+    }
+    dataset = None
+
+    def stage(name: str, fn: Callable[[], object]) -> None:
+        started = time.monotonic()
+        try:
+            report[name] = fn()
+        except Exception as err:  # one failing stage must not cost the others their turn
+            report[name] = {"error": f"{type(err).__name__}: {err}"}
+        report.setdefault("stage_seconds", {})[name] = round(time.monotonic() - started, 1)
+        args.out.write_text(json.dumps(report, indent=2))
+        print(f"== {name} done in {report['stage_seconds'][name]} s", flush=True)
+
+    if device.type == "cuda":
+        stage("cuda_tests", lambda: cuda_tests(args))
+    stage("throughput", lambda: throughput(args, device, Budget(min(budget.left(), 150))))
+    dataset = preset_dataset(args)
+    preset_budget = Budget(max(budget.left() - 60, 30))
+    stage("preset", lambda: [run_preset(args, s, dataset, preset_budget, device)
+                             for s in ("fedavg", "maskedoptim")])  # fmt: skip
+    stage("at_once", lambda: at_once(args, device, budget))
+    print(json.dumps({k: v for k, v in report.items() if k != "preset"}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

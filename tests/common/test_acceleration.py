@@ -1,0 +1,107 @@
+"""The training core's device options (common.acceleration): precision, memory layout, pinned
+weight loading. The CPU tests run the same code a GPU runs; the `cuda` tests need a GPU and are
+run by bench/gpu_check.py on a lent machine (none of this imports Flower)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from client_app.training import train_locally
+from common.acceleration import DeviceOptions, load_weights
+from common.evaluation import predict_logits
+from common.protocol import LocalTraining
+from data.client_data import ClientData
+from data.transforms import pipeline_for
+from models import build_model
+
+SETTINGS = LocalTraining(local_epochs=1, batch_size=32, lr=0.01, momentum=0.9, weight_decay=5e-4)
+needs_cuda = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"),
+]
+
+
+def client(device: str = "cpu", samples: int = 128) -> ClientData:
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, 256, (samples, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (samples,), generator=generator)
+    return ClientData(0, torch.arange(samples).numpy(), inputs.to(device), labels.to(device),
+                      labels.to(device), 10)  # fmt: skip
+
+
+def one_round(options: DeviceOptions, device: str = "cpu", model=None):
+    torch.manual_seed(3)
+    model = options.prepare_model((model or build_model("lenet", 10)).to(device))
+    stats = train_locally(
+        model, client(device), pipeline_for("cifar10"), SETTINGS, torch.Generator().manual_seed(1),
+        options,
+    )  # fmt: skip
+    return stats, model
+
+
+def test_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision='fp8' is not known; allowed: fp32, bf16"):
+        DeviceOptions("fp8")
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_keeps_fp32_weights():
+    fp32, _ = one_round(DeviceOptions())
+    bf16, model = one_round(DeviceOptions("bf16"))
+    assert bf16.num_steps == fp32.num_steps == 4
+    assert abs(bf16.mean_loss - fp32.mean_loss) < 0.05 * fp32.mean_loss
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    logits = predict_logits(
+        model, client().inputs, pipeline_for("cifar10"), 50, DeviceOptions("bf16")
+    )
+    assert logits.dtype == torch.float32 and logits.shape == (128, 10)
+
+
+def test_channels_last_gives_the_same_training():
+    plain, plain_model = one_round(DeviceOptions())
+    nhwc, nhwc_model = one_round(DeviceOptions(channels_last=True))
+    assert nhwc_model.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc.mean_loss == pytest.approx(plain.mean_loss, rel=1e-4)
+    for a, b in zip(plain_model.parameters(), nhwc_model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_load_weights_copies_every_tensor_and_keeps_the_layout():
+    source = build_model("resnet18", 10)
+    target = DeviceOptions(channels_last=True).prepare_model(build_model("resnet18", 10))
+    load_weights(target, source.state_dict())
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name], tensor), name
+    first_conv = next(p for p in target.parameters() if p.dim() == 4)
+    assert first_conv.is_contiguous(memory_format=torch.channels_last)
+    state = source.state_dict()
+    state.pop("head.bias")
+    with pytest.raises(KeyError, match="missing \\['head.bias'\\]"):
+        load_weights(target, state)
+
+
+@needs_cuda[0]
+@needs_cuda[1]
+def test_the_same_seed_gives_the_same_first_round_on_cpu_and_gpu():
+    """The augmentation and shuffling are drawn on the CPU, so only the kernels differ."""
+    model = build_model("lenet", 10)
+    cpu, cpu_model = one_round(DeviceOptions(), "cpu", copy.deepcopy(model))
+    gpu, gpu_model = one_round(DeviceOptions(), "cuda", copy.deepcopy(model))
+    assert gpu.mean_loss == pytest.approx(cpu.mean_loss, rel=1e-3)
+    for a, b in zip(cpu_model.parameters(), gpu_model.parameters(), strict=True):
+        assert torch.allclose(a, b.cpu(), atol=1e-3)
+
+
+@needs_cuda[0]
+@needs_cuda[1]
+def test_pinned_loading_to_the_gpu_and_bf16_training_there():
+    source = build_model("resnet18", 10)
+    target = build_model("resnet18", 10).cuda()
+    load_weights(target, source.state_dict())
+    torch.cuda.synchronize()
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(target.state_dict()[name].cpu(), tensor), name
+    stats, model = one_round(DeviceOptions("bf16", channels_last=True), "cuda")
+    assert stats.num_steps == 4 and torch.isfinite(torch.tensor(stats.mean_loss))
