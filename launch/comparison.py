@@ -95,8 +95,10 @@ def load_run(directory: Path) -> RunRecord | None:
     if report is not None:
         quality = (report.get("detection") or {}).get("quality") or {}
         labels = report.get("label_correction") or {}
+        flagged = (report.get("detection") or {}).get("flagged_noisy")
         figures.update(
-            flagged=_number(quality.get("flagged")),
+            # the flagged list: known also where the truth is not (then no quality figures)
+            flagged=float(len(flagged)) if flagged is not None else _number(quality.get("flagged")),
             detect_precision=_percent(quality.get("precision")),
             detect_recall=_percent(quality.get("recall")),
             true_rate_flagged=_percent(quality.get("mean_true_rate_flagged")),
@@ -201,8 +203,16 @@ def _cell(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
+METHOD, REFERENCE = "maskedoptim", "fedavg"  # always highlighted in the comparison plot
+HIGHLIGHTED_BASELINES = 3  # and the best other baselines by last-10 accuracy; the rest faded
+
+
 def plot_comparison(records: list[RunRecord], path: Path, title: str, order: list[str]) -> None:
-    """Accuracy per round: mean over seeds, ±1 std band, one line per strategy."""
+    """Two panels. Left: test accuracy per round, the mean over seeds (±1 std band) of the
+    method, FedAvg and the best HIGHLIGHTED_BASELINES other baselines by last-10 accuracy, each
+    in colour;
+    every other strategy a thin grey line. Right: every strategy's last-10 accuracy, mean ± std
+    over seeds, sorted, as horizontal bars (a chart of 16 overlapping lines was unreadable)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,28 +222,61 @@ def plot_comparison(records: list[RunRecord], path: Path, title: str, order: lis
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(9, 4.8))
-    colours = plt.get_cmap("tab10").colors
-    for index, row in enumerate(strategy_rows(records, order)):
+    rows = strategy_rows(records, order)
+    ranked = sorted(
+        (r for r in rows if r["last10_accuracy_mean"] is not None),
+        key=lambda r: -r["last10_accuracy_mean"],
+    )
+    others = [r["strategy"] for r in ranked if r["strategy"] not in (METHOD, REFERENCE)]
+    wanted = (METHOD, REFERENCE, *others[:HIGHLIGHTED_BASELINES])
+    highlighted = [s for s in wanted if any(r["strategy"] == s for r in rows)]
+    colours = dict(zip(highlighted, plt.get_cmap("tab10").colors, strict=False))
+    fig, (curves, bars) = plt.subplots(
+        1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.6, 1]}
+    )
+    for row in sorted(rows, key=lambda r: r["strategy"] in colours):  # highlighted on top
         runs = [r for r in records if r.strategy == row["strategy"]]
         rounds = sorted(set.intersection(*(set(r.accuracy_per_round) for r in runs)))
         if not rounds:
             continue
         values = np.array([[r.accuracy_per_round[t] for t in rounds] for r in runs])
         mean = values.mean(axis=0)
+        colour = colours.get(row["strategy"])
+        if colour is None:
+            curves.plot(rounds, mean, color="0.75", linewidth=0.8)
+            continue
         seeds = f"{len(runs)} seed{'s' if len(runs) > 1 else ''}"
-        # 10 colours; past them the line style changes, so no two strategies look alike
-        colour, style = colours[index % 10], ("-", "--", ":")[index // 10 % 3]
-        ax.plot(rounds, mean, color=colour, linestyle=style, label=f"{row['strategy']} ({seeds})")
+        width = 2.2 if row["strategy"] == METHOD else 1.4
+        curves.plot(rounds, mean, color=colour, linewidth=width,
+                    label=f"{row['strategy']} ({seeds})")  # fmt: skip
         if len(runs) > 1:
             std = values.std(axis=0, ddof=1)
-            ax.fill_between(rounds, mean - std, mean + std, color=colour, alpha=0.2)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(textwrap.fill(title, 90), fontsize="medium")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            curves.fill_between(rounds, mean - std, mean + std, color=colour, alpha=0.18)
+    if len(colours) < len(rows):
+        curves.plot([], [], color="0.75", linewidth=0.8, label="other strategies")
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curves.set_xlabel("round")
+    curves.set_ylabel("test accuracy (%)")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize="small", loc="lower right")
+    shown = list(reversed(ranked))
+    positions = np.arange(len(shown))
+    bars.barh(
+        positions,
+        [r["last10_accuracy_mean"] for r in shown],
+        xerr=[r["last10_accuracy_std"] or 0.0 for r in shown],
+        color=[colours.get(r["strategy"], "0.7") for r in shown],
+        capsize=3,
+    )
+    bars.set_yticks(positions, [r["strategy"] for r in shown], fontsize="small")
+    if shown:
+        low = min(r["last10_accuracy_mean"] - (r["last10_accuracy_std"] or 0) for r in shown)
+        high = max(r["last10_accuracy_mean"] + (r["last10_accuracy_std"] or 0) for r in shown)
+        margin = max(1.0, 0.1 * (high - low))
+        bars.set_xlim(max(0.0, low - margin), min(100.0, high + margin))
+    bars.set_xlabel("last-10 test accuracy (%), mean ± std over seeds")
+    bars.grid(axis="x", alpha=0.3)
+    fig.suptitle(textwrap.fill(title, 120), fontsize="medium")
     fig.tight_layout()
     _replace(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
