@@ -1,11 +1,14 @@
 """The first GPU lent to the project: one command that measures everything, in at most 8 minutes.
 
-    python3 bench/gpu_check.py [--data-dir DIR] [--out gpu_check.json] [--budget 480]
+    python3 bench/gpu_check.py [--data-dir DIR] [--out gpu_check.json] [--budget 330]
 
-Needs torch, torchvision, numpy, scikit-learn and pytest (a GPU image that has PyTorch has
-them); no Flower, no Ray, no network. On a machine without CUDA it exits at once (code 2).
-`--device cpu --quick` runs the same logic on tiny sizes (its test, on the CPU). Stages, each
-timed, each in the JSON written to --out (a stage that fails records its error, the rest go on):
+Needs torch, torchvision, numpy, scikit-learn, Pillow and pytest (a GPU image that has PyTorch
+has them); no Flower, no Ray, no network. On a machine without CUDA it exits at once (code 2).
+`--device cpu --quick` runs the same logic on the CPU at tiny sizes, with LeNet in place of
+ResNet-18 and 3 rounds per strategy (its test). Stages, each timed, each in the JSON written to
+--out (a stage that fails records its error, the rest go on). The budget is split between the
+stages beforehand (throughput 25 %, preset 55 %, at-once 20 %, after the CUDA tests); a stage
+starts a measurement only when its share has room for it, judged by the last one:
 
 1. `cuda_tests`: the tests marked `cuda` (pytest -m cuda), e.g. the same seed giving the same
    first-round numbers on CPU and GPU, pinned weight loading, bf16 training on the GPU;
@@ -23,8 +26,8 @@ timed, each in the JSON written to --out (a stage that fails records its error, 
    images are random, so the accuracies mean nothing; the timings do;
 4. `at_once`: the preset's client core with 1, 2, 4 and 8 clients training at once on the GPU
    (threads, as the in-process runtime runs them), total images/s.
-Targets (issue 20, docs/benchmarks.md): the core >= 90 % of the bare loop; ResNet-18 >= 25,000
-images/s (bf16); the 120-round preset projected <= 2 minutes of training per strategy.
+Targets (issue 20, docs/benchmarks.md): `core_vs_bare` (bare-loop seconds / core seconds) >=
+0.9; ResNet-18 core >= 25,000 images/s (bf16); `projected_120_rounds_training_minutes` <= 2.
 """
 
 from __future__ import annotations
@@ -119,23 +122,28 @@ def bare_loop(model, data: ClientData, settings: LocalTraining, options: DeviceO
 
 def throughput(args, device: torch.device, budget: Budget) -> list[dict]:
     """Images/s of train_locally against bare_loop, per model and device options."""
-    samples = 256 if args.quick else 2000
+    samples = 128 if args.quick else 2000
     settings = LocalTraining(1 if args.quick else 2, 64, 0.01, 0.9, 5e-4)
     data = synthetic_client(samples, device)
     images = settings.local_epochs * (samples // 64) * 64
+    big = "lenet" if args.quick else "resnet18"
     cases = [
         ("lenet", DeviceOptions()),
         ("lenet", DeviceOptions("bf16")),
-        ("resnet18", DeviceOptions()),
-        ("resnet18", DeviceOptions("bf16")),
-        ("resnet18", DeviceOptions("bf16", channels_last=True)),
-        ("resnet18", DeviceOptions("bf16", channels_last=True, cudnn_benchmark=True)),
+        (big, DeviceOptions()),
+        (big, DeviceOptions("bf16")),
+        (big, DeviceOptions("bf16", channels_last=True)),
+        (big, DeviceOptions("bf16", channels_last=True, cudnn_benchmark=True)),
     ]
-    rows = []
+    rows, last = [], 0.0
     for name, options in cases:
-        if budget.left() < 30:
-            rows.append({"model": name, "options": repr(options), "skipped": "budget"})
+        fields = {"model": name, "precision": options.precision,
+                  "channels_last": options.channels_last,
+                  "cudnn_benchmark": options.cudnn_benchmark}  # fmt: skip
+        if budget.left() < 1.5 * last:
+            rows.append({**fields, "skipped": "budget"})
             continue
+        started = time.monotonic()
         options.apply_globals()
         model = options.prepare_model(build_model(name, 10).to(device))
         pipeline = pipeline_for("cifar10")
@@ -149,12 +157,10 @@ def throughput(args, device: torch.device, budget: Budget) -> list[dict]:
         ours(), bare()  # warm-up: allocator, cuDNN autotuning, lazy inits
         ours_s = min(timed(ours, device) for _ in range(2))
         bare_s = min(timed(bare, device) for _ in range(2))
+        last = time.monotonic() - started
         rows.append(
             {
-                "model": name,
-                "precision": options.precision,
-                "channels_last": options.channels_last,
-                "cudnn_benchmark": options.cudnn_benchmark,
+                **fields,
                 "core_images_per_s": round(images / ours_s, 1),
                 "bare_images_per_s": round(images / bare_s, 1),
                 "core_vs_bare": round(bare_s / ours_s, 3),
@@ -165,11 +171,16 @@ def throughput(args, device: torch.device, budget: Budget) -> list[dict]:
     return rows
 
 
+def preset_model(args) -> str:
+    return "lenet" if args.quick else "resnet18"
+
+
 def preset_config(args) -> RunConfig:
     preset = tomllib.loads(PRESET.read_text())
     preset.pop("federation", None)
     mapping = {**app_defaults(), **preset, "device": args.device, "precision": args.precision}
     mapping["channels-last"] = args.channels_last
+    mapping["cudnn-benchmark"] = args.cudnn_benchmark
     if args.quick:
         mapping |= {"local-epochs": 1, "dirichlet-min-size": 10, "clients-per-round": 4}
     return RunConfig.from_mapping(mapping)
@@ -204,7 +215,7 @@ def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) ->
     clients = [ClientData.from_federation(federation, p, device) for p in range(num_clients)]
     pipeline = pipeline_for("cifar10")
     torch.manual_seed(config.seed)
-    model = options.prepare_model(build_model("resnet18", 10).to(device))
+    model = options.prepare_model(build_model(preset_model(args), 10).to(device))
     keys = list(model.state_dict())
     test_x = torch.as_tensor(dataset.test_inputs).to(device)
     test_y = torch.as_tensor(dataset.test_labels).to(device)
@@ -215,12 +226,14 @@ def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) ->
     masked = MaskedSettings()
     warmup, noisy, labels = 2, None, {}
     rounds, stop_at = [], budget.left() / 2 if strategy == "fedavg" else budget.left()
+    last_round = 3 if args.quick else config.num_rounds  # quick: a fixed, testable count
     started = time.monotonic()
     torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
-    for server_round in range(1, config.num_rounds + 1):
+    images = 0
+    for server_round in range(1, last_round + 1):
         spent = time.monotonic() - started
         per_round = spent / len(rounds) if rounds else 0.0
-        if rounds and spent + 2 * per_round > stop_at:
+        if rounds and not args.quick and spent + 2 * per_round > stop_at:
             break
         stage = {"train": 0.0, "aggregate": 0.0, "evaluate": 0.0, "detect": 0.0}
         rng = seeding.numpy_rng(config.seed, seeding.CLIENT_SAMPLING, server_round)
@@ -246,6 +259,7 @@ def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) ->
                 train_locally(model, data, pipeline, training, generator, options)
                 uploads.append(numpy_state(model))
             weights.append(len(data))
+            images += len(data) // config.batch_size * config.batch_size * config.local_epochs
         synchronize(device)
         stage["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -270,16 +284,20 @@ def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) ->
         rounds.append({"round": server_round, "test_accuracy": round(result.accuracy, 4),
                        **{k: round(v, 3) for k, v in stage.items()}})  # fmt: skip
         print(json.dumps({"strategy": strategy, **rounds[-1]}), flush=True)
+    # round 1 pays lazy inits and autotuning; the detection round its one-off query
     steady = [r for r in rounds if r["round"] > 1 and not r["detect"]] or rounds
     per_round = float(np.mean([r["train"] + r["aggregate"] + r["evaluate"] for r in steady]))
+    train = float(np.mean([r["train"] for r in steady]))
     detect = sum(r["detect"] for r in rounds)
     return {
         "strategy": strategy,
+        "model": preset_model(args),
         "rounds_run": len(rounds),
         "flagged_noisy": len(noisy) if noisy is not None else None,
         "seconds_per_round": round(per_round, 3),
-        "train_seconds_per_round": round(float(np.mean([r["train"] for r in steady])), 3),
-        "images_per_round": int(sum(len(clients[p]) for p in chosen) * config.local_epochs),
+        "train_seconds_per_round": round(train, 3),
+        "train_images_per_s": round(images / sum(r["train"] for r in rounds), 1),
+        "projected_120_rounds_training_minutes": round(120 * train / 60, 2),
         "projected_120_rounds_minutes": round((120 * per_round + detect) / 60, 2),
         "peak_gpu_memory_gib": (
             round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
@@ -291,17 +309,19 @@ def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) ->
 def at_once(args, device: torch.device, budget: Budget) -> list[dict]:
     """The preset's client core (ResNet-18, E = 5 on a 500-image client) with N clients training
     at the same time, each in its own thread with its own model."""
-    samples = 256 if args.quick else 500
+    samples = 128 if args.quick else 500
     settings = LocalTraining(1 if args.quick else 5, 64, 0.01, 0.9, 5e-4)
-    options = DeviceOptions(args.precision, args.channels_last)
+    options = DeviceOptions(args.precision, args.channels_last, args.cudnn_benchmark)
+    options.apply_globals()
     data = synthetic_client(samples, device)
     images = settings.local_epochs * (samples // 64) * 64
-    rows = []
-    for count in (1, 2, 4) if args.quick else (1, 2, 4, 8):
-        if budget.left() < 20:
+    rows, last = [], 0.0
+    for count in (1, 2, 4, 8):
+        if budget.left() < 2.5 * last:  # twice the clients of the last measurement
             rows.append({"clients_at_once": count, "skipped": "budget"})
             continue
-        models = [options.prepare_model(build_model("resnet18", 10).to(device))
+        started = time.monotonic()
+        models = [options.prepare_model(build_model(preset_model(args), 10).to(device))
                   for _ in range(count)]  # fmt: skip
         pipeline = pipeline_for("cifar10")
 
@@ -317,17 +337,27 @@ def at_once(args, device: torch.device, budget: Budget) -> list[dict]:
 
         together()  # warm-up
         seconds = timed(together, device)
+        last = time.monotonic() - started
         rows.append({"clients_at_once": count, "seconds": round(seconds, 3),
                      "images_per_s": round(count * images / seconds, 1)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
+def git_commit() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT, timeout=10)  # fmt: skip
+        return done.stdout.strip() or "unknown (no git)"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+
+
 def cuda_tests(args) -> dict:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
          "tests/common/test_acceleration.py", "tests/data/test_transforms.py"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
     )  # fmt: skip
     tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
     return {"exit_code": done.returncode, "output_tail": tail}
@@ -337,15 +367,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="", help="CIFAR-10 in the official layout")
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds in all")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=330.0,
+        help="seconds in all (330: a run and a rerun fit 15 device minutes)",
+    )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--precision", default="bf16", help="of the preset and at-once stages")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="of the preset and at-once stages",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="of the preset and at-once stages",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the CPU test)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA GPU here (torch.cuda.is_available() is False): bench/gpu_check.py "
-              "measures the GPU path; run it on a GPU machine", file=sys.stderr)  # fmt: skip
+              "measures the GPU path; run it on a GPU machine (--device cpu --quick checks its "
+              "logic on a CPU)", file=sys.stderr)  # fmt: skip
         return 2
     device = torch.device(args.device)
     budget = Budget(args.budget)
@@ -353,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "data": args.data_dir or "synthetic (random images: accuracies are meaningless)",
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "commit": git_commit(),
     }
     dataset = None
 
@@ -368,13 +417,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if device.type == "cuda":
         stage("cuda_tests", lambda: cuda_tests(args))
-    stage("throughput", lambda: throughput(args, device, Budget(min(budget.left(), 150))))
+    else:
+        report["cuda_tests"] = {"skipped": "no CUDA device (--device cpu)"}
+    share = budget.left()
+    stage("throughput", lambda: throughput(args, device, Budget(0.25 * share)))
     dataset = preset_dataset(args)
-    preset_budget = Budget(max(budget.left() - 60, 30))
+    preset_budget = Budget(0.55 * share)
     stage("preset", lambda: [run_preset(args, s, dataset, preset_budget, device)
                              for s in ("fedavg", "maskedoptim")])  # fmt: skip
-    stage("at_once", lambda: at_once(args, device, budget))
-    print(json.dumps({k: v for k, v in report.items() if k != "preset"}, indent=2))
+    stage("at_once", lambda: at_once(args, device, Budget(budget.left())))
+    shown = dict(report)
+    if isinstance(report.get("preset"), list):  # the per-round rows are in the file
+        shown["preset"] = [
+            {k: v for k, v in run.items() if k != "rounds"} for run in report["preset"]
+        ]
+    print(json.dumps(shown, indent=2))
     print(f"wrote {args.out}")
     return 0
 
