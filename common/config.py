@@ -40,6 +40,7 @@ class RunConfig:
     download: bool
     cifar10n_labels: str
     model: str
+    pretrained_weights: str
     num_rounds: int
     clients_per_round: int | float
     local_epochs: int

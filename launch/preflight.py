@@ -44,6 +44,7 @@ def preflight(
     from data.datasets import check_data_files
     from data.federation import DataSettings, cached_federation, check_client_sizes
     from models import check_model_fits
+    from server_app.checks import check_pretrained_weights
     from strategies.registry import check_strategy_settings
 
     config = RunConfig.from_mapping(mapping)
@@ -61,6 +62,7 @@ def preflight(
         sizes = [len(indices) for indices in federation.client_indices]
     check_model_fits(config.model, dataset.input_kind, dataset.input_shape)
     check_client_sizes(sizes, config.batch_size)
+    check_pretrained_weights(config)
     check_writable(Path(config.out_dir), "out-dir")
     check_device(config.device)
 

@@ -205,3 +205,35 @@ def check_model_fits(name: str, input_kind: str, input_shape: tuple[int, ...] | 
             f"{MODEL_INPUTS[name][1]}, but the dataset gives {input_kind} inputs of shape "
             f"{input_shape}; models that fit: {', '.join(suitable)}"
         )
+
+
+PRETRAINED_MODELS = ("resnet50",)
+
+
+def load_pretrained(model: Classifier, path) -> None:
+    """Load torchvision's ImageNet weights of the backbone (a state dict file, e.g. torchvision's
+    `resnet50-11ad3fa6.pth`) into `model`; its classification layer (`fc.*`) is left out, as
+    the authors' Clothing1M notebook replaces it with a new 2048 -> 14 head (fidelity §6.6).
+    ValueError naming the file when it cannot be read or its keys do not fit the backbone."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not hasattr(model, "backbone"):
+        raise ValueError(f"pretrained weights fit only {', '.join(PRETRAINED_MODELS)}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ValueError(f"pretrained-weights '{path}' cannot be read: {err}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"pretrained-weights '{path}' is not a state dict")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = model.backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"pretrained-weights '{path}' does not fit torchvision's ResNet-50: missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]}, other shapes {sorted(shapes)[:3]}"
+        )
+    model.backbone.load_state_dict(state, strict=False)  # fc: the new head, not in the file

@@ -23,8 +23,8 @@ from common.evaluation import evaluate_model, resolve_device
 from data.federation import cached_dataset
 from data.own_data import OwnDataSpec
 from data.transforms import config_pipeline
-from models import build_model, check_model_fits
-from server_app.checks import check_run_config
+from models import build_model, check_model_fits, load_pretrained
+from server_app.checks import check_run_config, pretrained_weights_path
 from server_app.results import RunResults, code_version, default_run_name, library_versions
 from strategies.aggregation import is_finite_model
 from strategies.maskedoptim import UNKNOWN_TRUTH, LabelExport, truth_known
@@ -95,12 +95,16 @@ def initial_model(config: RunConfig, dataset):
     """The global model's seeded initialisation (torch's global RNG is left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seeding.numpy_rng(config.seed, seeding.MODEL_INIT).integers(2**62)))
-        return build_model(
+        model = build_model(
             config.model,
             dataset.num_classes,
             vocab_size=dataset.vocab_size,
             pad_index=dataset.pad_index,
         )
+    weights = pretrained_weights_path(config)
+    if weights is not None:  # ImageNet features; the new head keeps its seeded init
+        load_pretrained(model, weights)
+    return model
 
 
 class StrategyView(Protocol):

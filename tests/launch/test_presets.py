@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 import simulation
 from fakedata import write_csv, write_fake_cifar, write_fake_human
@@ -33,7 +34,19 @@ def data(tmp_path_factory) -> dict[str, Path]:
     ]
     write_csv(agnews / "train.csv", rows)
     write_csv(agnews / "test.csv", rows[:100])
-    return {"cifar10": cifar, "cifar10n": cifar, "agnews": agnews}
+    clothing = tmp_path_factory.mktemp("clothing1m")
+    (clothing / "images").mkdir()  # images are decoded lazily: the keys are enough here
+    keys = [f"images/{i % 10}/img{i}.jpg" for i in range(7_000)]
+    (clothing / "noisy_label_kv.txt").write_text(
+        "".join(f"{k} {i % 14}\n" for i, k in enumerate(keys))
+    )
+    (clothing / "clean_label_kv.txt").write_text(
+        "".join(f"{k} {i % 14}\n" for i, k in enumerate(keys[:20]))
+    )
+    (clothing / "noisy_train_key_list.txt").write_text("\n".join(keys[20:]) + "\n")
+    (clothing / "clean_test_key_list.txt").write_text("\n".join(keys[:20]) + "\n")
+    torch.save(torchvision.models.resnet50().state_dict(), clothing / "resnet50-11ad3fa6.pth")
+    return {"cifar10": cifar, "cifar10n": cifar, "agnews": agnews, "clothing1m": clothing}
 
 
 def test_there_is_a_preset_for_every_experiment_of_the_paper_that_has_data_here():
@@ -42,6 +55,7 @@ def test_there_is_a_preset_for_every_experiment_of_the_paper_that_has_data_here(
         assert {f"paper-cifar10{noise}-lenet", f"paper-cifar10{noise}-resnet18"} <= names
     assert {"paper-cifar10n-lenet", "paper-cifar10n-resnet18"} <= names
     assert {"paper-agnews-fasttext", "paper-agnews-mini-fasttext"} <= names
+    assert "paper-clothing1m-resnet50" in names
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
@@ -73,3 +87,19 @@ def test_the_stated_federation_size_is_the_default_and_a_bad_table_is_refused(ca
         preset.write_text(f"num-rounds = 2\n\n{table}")
         assert simulation.main(base) == 2
         assert "[federation] table" in capsys.readouterr().err
+
+
+def test_without_the_pretrained_weights_the_run_stops_before_it_starts(capsys, tmp_path, data):
+    argv = ["--check", "--config", str(ROOT / "configs" / "paper-clothing1m-resnet50.toml"),
+            "--set", f"data-dir='{data['clothing1m']}'", "--set", f"out-dir='{tmp_path}'",
+            "--set", "device='cpu'", "--set", "pretrained-weights='elsewhere.pth'"]  # fmt: skip
+    assert simulation.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pretrained-weights: no file" in err and "--set pretrained-weights=''" in err
+    assert simulation.main([*argv[:-2], "--set", "pretrained-weights=''"]) == 0
+    bad = tmp_path / "bad.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    assert simulation.main([*argv[:-2], "--set", f"pretrained-weights='{bad}'"]) == 2
+    assert "does not fit torchvision's ResNet-50" in capsys.readouterr().err
+    assert simulation.main([*argv[:-2], "--set", "model=lenet"]) == 2
+    assert "pretrained-weights is for model = resnet50" in capsys.readouterr().err

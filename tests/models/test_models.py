@@ -163,3 +163,20 @@ def test_unknown_model_name_lists_allowed():
     assert "vgg16" in message
     for name in MODEL_NAMES:
         assert name in message
+
+
+def test_pretrained_weights_load_into_the_backbone_and_leave_the_new_head(tmp_path):
+    import torchvision
+
+    from models import load_pretrained
+
+    source = torchvision.models.resnet50()
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    model = build_model("resnet50", 14)
+    head = model.head.weight.clone()
+    load_pretrained(model, tmp_path / "w.pth")
+    assert torch.equal(model.backbone.conv1.weight, source.conv1.weight)
+    assert torch.equal(model.backbone.layer4[2].bn3.running_mean, source.layer4[2].bn3.running_mean)
+    assert torch.equal(model.head.weight, head)
+    with pytest.raises(ValueError, match="pretrained weights fit only resnet50"):
+        load_pretrained(build_model("lenet", 10), tmp_path / "w.pth")
