@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             run_id, status = deployment.wait()
             deployment.save_run_log(run_id)
     except KeyboardInterrupt:
-        mark_ended(results_dir, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
+        mark_ended(
+            results_dir, "interrupted", "interrupted (Ctrl-C or SIGTERM)", stopped_by_user=True
+        )
         print("\ninterrupted: every process started here was stopped", file=sys.stderr)
         return 130
     if status != "finished:completed":

@@ -195,7 +195,9 @@ def run_simulation(
     except KeyboardInterrupt:
         from server_app.results import mark_ended
 
-        mark_ended(results_dir, "interrupted", "interrupted (Ctrl-C or SIGTERM)")
+        mark_ended(
+            results_dir, "interrupted", "interrupted (Ctrl-C or SIGTERM)", stopped_by_user=True
+        )
         raise
     problem = ""
     if returncode != 0 or status != "finished:completed":

@@ -211,18 +211,24 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def mark_ended(directory: Path, status: str, reason: str) -> bool:
+def mark_ended(directory: Path, status: str, reason: str, stopped_by_user: bool = False) -> bool:
     """Set the status of a run whose ServerApp could not (it was killed, or stopped by
     `flwr stop`): summary.json's `running` becomes `status` with `reason` as its error, and
     temporary files left by an interrupted write are removed. A status the ServerApp already
-    wrote is kept. Returns whether summary.json was changed."""
+    wrote is kept, except that with `stopped_by_user` (Ctrl-C or SIGTERM to the launcher) a
+    `failed` becomes `status`: while the launcher stops the runtime, a client can die before
+    the ServerApp hears of the stop (Ray: "the actor died unexpectedly"), and the run then
+    reads as failed in a race; the ServerApp's error is kept as `error_while_stopping`.
+    Returns whether summary.json was changed."""
     for leftover in directory.glob("*.tmp*"):
         leftover.unlink(missing_ok=True)
     try:
         summary = json.loads((directory / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    if summary.get("status") != "running":
+    if stopped_by_user and summary.get("status") == "failed":
+        summary["error_while_stopping"] = summary.get("error", "")
+    elif summary.get("status") != "running":
         return False
     summary.update(status=status, error=reason)
     try:

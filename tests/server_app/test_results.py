@@ -197,3 +197,20 @@ def test_a_run_left_running_gets_its_true_status_from_the_launcher(tmp_path, pro
     results.finish("completed")  # a status the ServerApp wrote is kept
     assert conclude(tmp_path / "run", problem, None, verbose=False) == 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_run_failing_while_the_user_stops_it_reads_as_interrupted(tmp_path):
+    """A client killed by the launcher's stop can make the ServerApp write `failed` first."""
+    import json
+
+    from server_app.results import mark_ended
+
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"status": "failed", "error": "RuntimeError: actor died"}))
+    assert not mark_ended(tmp_path, "interrupted", "stopped")  # a real failure is kept
+    assert mark_ended(tmp_path, "interrupted", "stopped", stopped_by_user=True)
+    after = json.loads(summary.read_text())
+    assert after["status"] == "interrupted" and after["error"] == "stopped"
+    assert after["error_while_stopping"] == "RuntimeError: actor died"
+    summary.write_text(json.dumps({"status": "completed"}))
+    assert not mark_ended(tmp_path, "interrupted", "stopped", stopped_by_user=True)
