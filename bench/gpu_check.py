@@ -236,6 +236,7 @@ def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) ->
         if rounds and not args.quick and spent + 2 * per_round > stop_at:
             break
         stage = {"train": 0.0, "aggregate": 0.0, "evaluate": 0.0, "detect": 0.0}
+        # strategies.sampling.sample_partitions's draw (that module imports Flower)
         rng = seeding.numpy_rng(config.seed, seeding.CLIENT_SAMPLING, server_round)
         chosen = sorted(int(p) for p in rng.choice(num_clients, size=sampled, replace=False))
         global_state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

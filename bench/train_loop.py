@@ -21,51 +21,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gpu_check import bare_loop, synthetic_client  # noqa: E402 (one bare loop)
 from client_app.training import train_locally
+from common.acceleration import DeviceOptions  # noqa: E402
 from common.protocol import LocalTraining  # noqa: E402
-from data.client_data import ClientData  # noqa: E402
 from data.transforms import pipeline_for  # noqa: E402
 from models import build_model  # noqa: E402
-
-
-def synthetic_cifar_client(samples: int, device: torch.device) -> ClientData:
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randint(0, 256, (samples, 3, 32, 32), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 10, (samples,), generator=generator)
-    return ClientData(
-        partition_id=0,
-        indices=torch.arange(samples).numpy(),
-        inputs=inputs.to(device),
-        observed_labels=labels.to(device),
-        clean_labels=labels.to(device),
-        num_classes=10,
-    )
-
-
-def bare_loop(model, data: ClientData, settings: LocalTraining, generator) -> int:
-    """The hand-written reference: same data, augmentation, optimiser and batches."""
-    pipeline = pipeline_for("cifar10")
-    model.train()
-    opt = torch.optim.SGD(
-        model.parameters(), lr=settings.lr, momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-    )  # fmt: skip
-    n, b = len(data), settings.batch_size
-    for _ in range(settings.local_epochs):
-        order = torch.randperm(n, generator=generator).to(data.inputs.device)
-        for start in range(0, n - b + 1, b):
-            idx = order[start : start + b]
-            loss = F.cross_entropy(
-                model(pipeline.train_batch(data.inputs[idx], generator)), data.observed_labels[idx]
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return settings.local_epochs * (n // b) * b
 
 
 def timed(fn, device: torch.device, repeats: int) -> float:
@@ -125,7 +89,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    data = synthetic_cifar_client(args.samples, device)
+    data = synthetic_client(args.samples, device)
     settings = LocalTraining(args.epochs, args.batch_size, 0.01, 0.9, 5e-4)
     model = build_model(args.model, 10).to(device)
     images = images_per_round(args)
@@ -134,7 +98,7 @@ def main() -> None:
         train_locally(model, data, pipeline_for("cifar10"), settings, torch.Generator())
 
     def bare():
-        bare_loop(model, data, settings, torch.Generator())
+        bare_loop(model, data, settings, DeviceOptions())
 
     ours()  # warm-up (allocator, cuDNN autotuning)
     bare()
