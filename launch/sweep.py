@@ -68,7 +68,7 @@ class SweepProgress:
 def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_clients: int):
     """The run-config keys (and client count) in which a stored run differs from `mapping`;
     keys that the run's strategy does not read are not compared (strategies.registry)."""
-    from common.config import RunConfig
+    from common.config import RunConfig, app_defaults
     from strategies.registry import key_matters
 
     stored = read_json(results_dir, "config.json")
@@ -76,12 +76,16 @@ def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_cl
         return []  # nothing usable there: the run will be redone
     wanted = RunConfig.from_mapping(mapping).to_mapping()
     ignored = {"out-dir", "run-name", "data-dir"}  # where things live, not what is computed
+    stored_config = stored.get("run_config", {})
+    defaults = app_defaults()
+    # A key added to the project after the run was made is absent from its config.json; the
+    # run behaved as that key's default, so only a non-default wanted value is a difference.
     differences = [
         key
         for key, value in wanted.items()
         if key not in ignored
         and key_matters(key, wanted["strategy"])
-        and stored.get("run_config", {}).get(key) != value
+        and stored_config.get(key, defaults.get(key)) != value
     ]
     if stored.get("num_clients") != num_clients:
         differences.append(f"--num-clients ({stored.get('num_clients')} there)")

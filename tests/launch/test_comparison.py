@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 from pathlib import Path
 
@@ -194,3 +195,16 @@ def test_a_key_the_strategy_does_not_read_does_not_invalidate_its_run(tmp_path):
     krum = fake_run(tmp_path, "krum", 1, [0.1, 0.2])
     wanted_krum = {**wanted, "strategy": "krum"}
     assert stored_config_differences(krum, wanted_krum, 10) == ["compromised-rate"]
+
+
+def test_a_key_added_after_the_run_counts_as_its_default(tmp_path):
+    """A run made before a key existed ran as that key's default; resuming it must not be refused
+    unless the sweep now asks for another value."""
+    directory = fake_run(tmp_path, "fedavg", 1, [0.1, 0.2])
+    stored = json.loads((directory / "config.json").read_text())
+    del stored["run_config"]["precision"]
+    (directory / "config.json").write_text(json.dumps(stored))
+    wanted = {**app_defaults(), "strategy": "fedavg", "seed": 1}
+    assert stored_config_differences(directory, wanted, 10) == []
+    other = "fp16" if app_defaults()["precision"] != "fp16" else "fp32"
+    assert stored_config_differences(directory, {**wanted, "precision": other}, 10) == ["precision"]
