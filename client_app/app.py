@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.fedcorr import (
@@ -56,6 +56,7 @@ from client_app.state import ClientStateStore
 from client_app.training import train_locally
 from common import seeding
 from common.acceleration import DeviceOptions, load_weights
+from common.attacks import AttackSettings, attacked_keys, flip_labels, poison_model
 from common.config import RunConfig
 from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
@@ -88,6 +89,7 @@ class LocalClient:
     noise_rate: float
     class_names: tuple[str, ...]
     options: DeviceOptions  # precision and memory layout (common.acceleration)
+    attack: AttackSettings  # the run's attack and attackers (common.attacks)
 
     def load(self, arrays: ArrayRecord) -> Classifier:
         """This thread's cached model holding the received weights (all of them, BN buffers too)."""
@@ -96,6 +98,23 @@ class LocalClient:
             state = arrays.to_torch_state_dict()
         load_weights(model, state)  # through pinned memory to a GPU
         return model
+
+    def upload(self, state: dict[str, torch.Tensor], received: ArrayRecord, server_round: int):
+        """The trained model as this client uploads it: honest, or, for a sign-flip or gaussian
+        attacker, its update poisoned (common.attacks.poison_model; the noise seeded per round
+        and partition)."""
+        record = ArrayRecord(state)
+        partition = self.data.partition_id
+        if not self.attack.poisons_upload(partition):
+            return record
+        mine = {key: array.numpy() for key, array in record.items()}
+        with _deserializing:
+            base = {key: array.numpy() for key, array in received.items()}
+        rng = seeding.numpy_rng(self.config.seed, seeding.ATTACK_NOISE, server_round, partition)
+        poisoned = poison_model(mine, base, attacked_keys(mine), self.attack, rng)
+        return ArrayRecord(
+            array_dict={k: Array(np.array(v, order="C")) for k, v in poisoned.items()}
+        )
 
     def truth_diagnostic(self, key: str, labels: np.ndarray) -> dict[str, list[int]]:
         """{key: flattened confusion of `labels` against the clean labels} (a simulation
@@ -217,6 +236,15 @@ def _local_client(
     own_data = (own_data_dir, partition_id) if own_data_dir else None
     shared = _process_shared(frozen_config, num_partitions, own_data)
     data = ClientData.from_federation(shared.federation, partition_id, shared.device)
+    attack = AttackSettings.from_config(shared.config, num_partitions)
+    noise_rate = float(shared.federation.noise_rates[partition_id])
+    if attack.flips_labels(partition_id):  # this client trains on y -> C - 1 - y
+        flipped = flip_labels(data.observed_labels.cpu().numpy(), data.num_classes)
+        data = dataclasses.replace(
+            data, observed_labels=torch.as_tensor(flipped).to(data.observed_labels.device)
+        )
+        if data.truth_known:  # what the server's detection diagnostics compare against
+            noise_rate = float((data.observed_labels != data.clean_labels).float().mean())
     if len(data) < shared.config.batch_size:  # the launchers' pre-flight checks every client
         raise ValueError(
             f"client {partition_id} holds {len(data)} samples, fewer than batch-size="
@@ -227,9 +255,10 @@ def _local_client(
         data=data,
         pipeline=config_pipeline(shared.config),
         models=shared.models,
-        noise_rate=float(shared.federation.noise_rates[partition_id]),
+        noise_rate=noise_rate,
         class_names=shared.federation.dataset.class_names,
         options=DeviceOptions.from_config(shared.config),
+        attack=attack,
     )
 
 
@@ -265,6 +294,11 @@ def train_metrics(client: LocalClient, mean_loss: float, seconds: float) -> Metr
     )
 
 
+def settings_round(msg: Message) -> int:
+    """The server round of a training message."""
+    return int(msg.content["config"][SERVER_ROUND])
+
+
 def shuffle_generator(client: LocalClient, server_round: int, purpose: int = seeding.LOCAL_SHUFFLE):
     return seeding.torch_generator(
         client.config.seed, purpose, server_round, client.data.partition_id
@@ -281,7 +315,8 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     stats = train_locally(model, client.data, client.pipeline, settings, generator, client.options)
     metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    arrays = client.upload(model.state_dict(), msg.content["arrays"], settings_round(msg))
+    content = RecordDict({"arrays": arrays, "metrics": metrics})
     return Message(content=content, reply_to=msg)
 
 
@@ -323,7 +358,9 @@ def train_masked(msg: Message, context: Context) -> Message:
     )
     content = RecordDict(
         {
-            "arrays": ArrayRecord(result.upload_state),
+            "arrays": client.upload(
+                result.upload_state, msg.content["arrays"], settings_round(msg)
+            ),
             "metrics": train_metrics(client, result.mean_loss, seconds),
             "labels": diagnostics,
         }
@@ -399,7 +436,8 @@ def train_corr(msg: Message, context: Context) -> Message:
         generator,
         client.options,
     )
-    arrays = ArrayRecord(model.state_dict())  # before the eval passes (they change nothing)
+    # before the eval passes (they change nothing)
+    arrays = client.upload(model.state_dict(), msg.content["arrays"], settings_round(msg))
     lid = 0.0
     if corr.report_lid:
         outputs = softmax_outputs(client, model)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common.acceleration import PRECISIONS
+from common.attacks import ATTACKS
 from common.errors import ConfigError
 from common.protocol import parse_masked_terms
 
@@ -69,6 +70,12 @@ class RunConfig:
     out_dir: str
     run_name: str
     on_divergence: str
+    attack: str
+    attack_fraction: float
+    attack_scale: float
+    attack_mean: float
+    attack_std: float
+    attack_epsilon: float
     test_dir: str
     classes: str
     classes_file: str
@@ -150,6 +157,7 @@ class RunConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("gm-scope", self.gm_scope, GM_SCOPES)
         _choice("on-divergence", self.on_divergence, ("stop", "continue"))
+        _choice("attack", self.attack, ATTACKS)
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -201,6 +209,9 @@ class RunConfig:
             ("sce-beta", self.sce_beta),
             ("fedcorr-prox-beta", self.fedcorr_prox_beta),
             ("fedcorr-mixup-alpha", self.fedcorr_mixup_alpha),
+            ("attack-scale", self.attack_scale),
+            ("attack-std", self.attack_std),
+            ("attack-epsilon", self.attack_epsilon),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be >= 0")
@@ -224,6 +235,7 @@ class RunConfig:
             ("fedcorr-relabel-ratio", self.fedcorr_relabel_ratio),
             ("fedcorr-confidence", self.fedcorr_confidence),
             ("fedcorr-clean-threshold", self.fedcorr_clean_threshold),
+            ("attack-fraction", self.attack_fraction),
         ):
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{key}={value} is outside [0, 1]")

@@ -19,6 +19,8 @@ LOCAL_SHUFFLE = 5
 EVALUATE_SAMPLING = 6
 CLASS_LOSS = 7
 FEDCORR_PASS = 8  # FedCorr's pre-processing: one client order per iteration
+ATTACKERS = 9  # which clients attack (common.attacks)
+ATTACK_NOISE = 10  # a gaussian attacker's noise, per round and partition
 
 
 def numpy_rng(seed: int, purpose: int, *keys: int) -> np.random.Generator:

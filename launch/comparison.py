@@ -45,6 +45,7 @@ DETECTION_FIGURES = (
     ("label_acc_before", "label acc before (%)", 1.0),
     ("label_acc_after", "label acc after (%)", 1.0),
     ("label_f1_after", "label macro-F1 after (%)", 1.0),
+    ("attackers_flagged", "attackers flagged", 1.0),  # under an attack (detection.json)
 )
 
 
@@ -107,6 +108,9 @@ def load_run(directory: Path) -> RunRecord | None:
             label_acc_after=_percent(labels.get("label_acc_corrected")),
             label_f1_after=_percent(labels.get("label_f1_corrected")),
         )
+        attack = report.get("attack")
+        if attack is not None:
+            figures["attackers_flagged"] = float(len(attack.get("attackers_flagged", [])))
     accuracy: dict[int, float] = {}
     try:
         with open(directory / "metrics.csv", newline="") as handle:
@@ -165,10 +169,11 @@ def _shown(mean: float | None, std: float | None, scale: float) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """comparison.md's table; the detection columns only when some strategy has them."""
+    """comparison.md's table; each detection column only when some strategy has it."""
     figures = list(FIGURES)
-    if any(row.get("flagged_mean") is not None for row in rows):
-        figures += DETECTION_FIGURES
+    figures += [
+        f for f in DETECTION_FIGURES if any(r.get(f"{f[0]}_mean") is not None for r in rows)
+    ]
     lines = [
         "| strategy | seeds | " + " | ".join(label for _, label, _ in figures) + " |",
         "|" + " --- |" * (len(figures) + 2),

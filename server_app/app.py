@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from common import seeding
 from common.acceleration import DeviceOptions, load_weights
+from common.attacks import AttackSettings
 from common.config import RunConfig
 from common.evaluation import evaluate_model, resolve_device
 from data.federation import cached_dataset
@@ -116,6 +117,8 @@ class StrategyView(Protocol):
     last_uploads: int  # their replies
     last_nonfinite: list[int]  # partitions whose upload held NaN or inf (dropped)
     last_train_metrics: MetricRecord | None  # Flower's average of the train replies' metrics
+    attack: AttackSettings  # the run's malicious clients (common.attacks)
+    last_attackers: int  # uploads from attackers in the last round
 
     def start(self, *, grid, initial_arrays, num_rounds, evaluate_fn): ...
 
@@ -126,6 +129,24 @@ class StrategyView(Protocol):
     def final_report(self) -> dict[str, Any] | None:
         """detection.json's content, or None for a strategy that detects nothing."""
         ...
+
+
+def with_attackers(report: dict[str, Any] | None, attack: AttackSettings):
+    """detection.json's content with, under an attack, which attackers the detection flagged
+    (`attack`: the attackers, the flagged ones, and how many honest clients were flagged)."""
+    if report is None or attack.attack == "none":
+        return report
+    flagged = set((report.get("detection") or {}).get("flagged_noisy") or [])
+    attackers = set(attack.attackers)
+    return {
+        **report,
+        "attack": {
+            "attack": attack.attack,
+            "attackers": sorted(attackers),
+            "attackers_flagged": sorted(attackers & flagged),
+            "honest_flagged": sorted(flagged - attackers),
+        },
+    }
 
 
 class RunDiverged(RuntimeError):
@@ -188,6 +209,7 @@ def main(grid: Grid, context: Context) -> None:
             "num_clients": roster.num_clients,
             "clients_per_round": strategy.clients_per_round,
             "client_examples": roster.examples_of_partition,
+            "attack": strategy.attack.record(),
             "client_true_noise_rates": (
                 roster.true_noise_rates
                 if truth_known(roster.true_noise_rates)
@@ -217,7 +239,7 @@ def main(grid: Grid, context: Context) -> None:
         """The strategy's own per-round columns (MaskedOptim: detection, label correction)."""
         columns = strategy.round_diagnostics()
         if columns and not results.has("detection.json"):
-            results.write_json("detection.json", strategy.final_report())
+            results.write_json("detection.json", with_attackers(strategy.final_report(), attack))
         return columns
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -248,6 +270,7 @@ def main(grid: Grid, context: Context) -> None:
                 "train_loss": float(train["train-loss"]) if train else None,
                 "clients": len(strategy.last_sampled) if server_round > 0 else 0,
                 "nonfinite_uploads": dropped,
+                "attackers": strategy.last_attackers if attacked and server_round > 0 else None,
                 # mean over the round's clients (Flower averages metrics by num-examples)
                 "client_train_seconds": float(train["train-seconds"]) if train else None,
                 **diagnostics(),
@@ -262,6 +285,8 @@ def main(grid: Grid, context: Context) -> None:
             log(WARNING, "%s (on-divergence='continue': the run goes on)", problem)
         return MetricRecord(result.as_metrics("test-") if result is not None else {})
 
+    attack = strategy.attack
+    attacked = attack.attack != "none"
     watch = DivergenceWatch()
     initial_arrays = ArrayRecord(model.state_dict())
     try:
@@ -276,7 +301,7 @@ def main(grid: Grid, context: Context) -> None:
             type(err), "failed"
         )
         try:  # what detection found so far; never hide the run's own error
-            report = strategy.final_report()
+            report = with_attackers(strategy.final_report(), attack)
             if report is not None:
                 results.write_json("detection.json", report)
         except Exception as report_error:
@@ -292,7 +317,7 @@ def main(grid: Grid, context: Context) -> None:
         raise
     if hasattr(strategy, "export_labels"):  # the corrected labels at the end of the run
         strategy.export_labels(config.num_rounds)
-    report = strategy.final_report()
+    report = with_attackers(strategy.final_report(), attack)
     if report is not None:
         results.write_json("detection.json", report)
     extra = {"diverged": watch.first} if watch.first else {}

@@ -41,6 +41,7 @@ METRIC_COLUMNS = (
     "train_loss",
     "clients",
     "nonfinite_uploads",  # uploads dropped because they held NaN or inf
+    "attackers",  # uploads from malicious clients in the round (with an attack)
     "client_train_seconds",
     # MaskedOptim only (empty before detection and for other strategies):
     "detected_noisy",

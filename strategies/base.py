@@ -34,6 +34,7 @@ from flwr.common import log
 from flwr.serverapp.strategy import FedAvg
 
 from common import seeding
+from common.attacks import SERVER_ATTACKS, AttackSettings, attacked_keys, mimic_honest
 from common.protocol import LocalTraining
 from strategies.aggregation import cast_back, is_finite_model
 from strategies.sampling import (
@@ -94,6 +95,7 @@ class SeededStrategy(FedAvg):
         evaluate_clients: int,
         num_rounds: int,
         training: LocalTraining,
+        attack: AttackSettings | None = None,
     ) -> None:
         super().__init__(
             fraction_train=1.0,
@@ -109,6 +111,8 @@ class SeededStrategy(FedAvg):
         self.evaluate_clients = evaluate_clients
         self.num_rounds = num_rounds
         self.training = training  # the run's local-training settings (common keys)
+        self.attack = attack  # the run's malicious clients (common.attacks), if any
+        self.last_attackers = 0  # uploads from attackers in the last round
         self.last_train_metrics: MetricRecord | None = None
         self.last_evaluate_metrics: MetricRecord | None = None
         self.last_sampled: list[int] = []
@@ -239,6 +243,7 @@ class SeededStrategy(FedAvg):
             if not ok
         ]
         self.last_uploads = len(ordered)
+        finite = self.mimic_attackers(finite)
         if self.last_nonfinite:
             log(WARNING, "round %d: dropped %d of %d uploads holding NaN or inf (partitions %s)",
                 server_round, len(self.last_nonfinite), len(ordered),
@@ -254,6 +259,38 @@ class SeededStrategy(FedAvg):
             arrays = _with_layout(arrays, layout)
             self.after_round(server_round, finite, arrays)
         return arrays, metrics
+
+    def mimic_attackers(self, replies: list[Message]) -> list[Message]:
+        """Count the attackers' uploads among the round's `replies`; for ALIE and IPM, replace
+        them with the attack computed from the other (honest) uploads' updates against the
+        round's global model (common.attacks.mimic_honest, per tensor of `attacked_keys`).
+        Simulated here because no client sees the others' updates; a round without an honest
+        upload, or without an attacker, is left as it is."""
+        attack = self.attack
+        if attack is None or not attack.attackers:
+            self.last_attackers = 0
+            return replies
+        bad = [
+            i
+            for i, reply in enumerate(replies)
+            if self.roster.partition_of(reply.metadata.src_node_id) in attack.attackers
+        ]
+        self.last_attackers = len(bad)
+        honest = [i for i in range(len(replies)) if i not in bad]
+        if attack.attack not in SERVER_ATTACKS or not bad or not honest or self._current is None:
+            return replies
+        base = {key: array.numpy() for key, array in self._current.items()}
+        uploads = [{k: a.numpy() for k, a in reply.content["arrays"].items()} for reply in replies]
+        forged = dict(uploads[bad[0]])
+        for key in attacked_keys(base):
+            updates = [uploads[i][key].astype(np.float64) - base[key] for i in honest]
+            update = mimic_honest(attack, updates, len(replies), len(bad))
+            forged[key] = (base[key] + update).astype(base[key].dtype)
+        for i in bad:
+            replies[i].content["arrays"] = ArrayRecord(
+                array_dict={k: Array(np.array(v, order="C")) for k, v in forged.items()}
+            )
+        return replies
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         ordered = ordered_without_errors(

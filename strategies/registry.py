@@ -8,6 +8,7 @@ added to `STRATEGIES` below; docs/adding-a-strategy.md walks through it.
 
 from __future__ import annotations
 
+from common.attacks import AttackSettings, check_attack
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.protocol import LocalTraining
@@ -67,6 +68,7 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
     """Reject a strategy name or settings the strategy cannot run with, before any training
     (ConfigError)."""
     cls = strategy_class(config.strategy)
+    check_attack(config, num_clients)
     cls.Params.from_config(config).check(
         sampled=config.clients_sampled(num_clients),
         num_clients=num_clients,
@@ -85,6 +87,7 @@ def build_strategy(config: RunConfig, roster: ClientRoster) -> SeededStrategy:
         clients_per_round=config.clients_sampled(roster.num_clients),
         evaluate_clients=round(config.fraction_evaluate * roster.num_clients),
         num_rounds=config.num_rounds,
+        attack=AttackSettings.from_config(config, roster.num_clients),
         training=LocalTraining(
             local_epochs=config.local_epochs,
             batch_size=config.batch_size,

@@ -133,3 +133,41 @@ def test_a_round_without_a_finite_upload_keeps_the_previous_model(name):
     assert history == [None]  # Flower's loop keeps the previous global model
     assert len(strategy.last_nonfinite) == strategy.clients_per_round
     assert strategy.last_train_metrics is None
+
+
+@pytest.mark.parametrize("attack", ["ipm", "alie"])
+def test_server_side_attacks_replace_the_attackers_uploads(attack):
+    """ALIE and IPM are simulated at the server: under FedAvg the new global model is the
+    sample-weighted mean of the honest uploads and the attack computed from their updates
+    (common.attacks.mimic_honest), BatchNorm statistics and integers left honest."""
+    from common.attacks import mimic_honest
+
+    config = config_with(strategy="fedavg", attack=attack, attack_fraction=0.3, **SETTINGS)
+    strategy = build_strategy(config, ROSTER)
+    current = ArrayRecord(small_model_state())
+    messages = list(strategy.configure_train(1, current, ConfigRecord(), Grid()))
+    replies = replies_to(messages, 1)
+    partitions = [ROSTER.partition_of(m.metadata.dst_node_id) for m in messages]
+    honest_uploads = {
+        p: {k: a.numpy().copy() for k, a in r.content["arrays"].items()}
+        for p, r in zip(partitions, replies, strict=True)
+        if p not in strategy.attack.attackers
+    }
+    bad = [p for p in partitions if p in strategy.attack.attackers]
+    assert bad, "the test needs an attacker among the sampled clients"
+    new, _ = strategy.aggregate_train(1, replies)
+    assert strategy.last_attackers == len(bad)
+    base = {k: a.numpy() for k, a in current.items()}
+    weights = {p: 40 + p for p in partitions}
+    total = sum(weights.values())
+    for key in ("0.weight", "0.bias", "1.weight"):
+        honest = [u[key].astype(np.float64) - base[key] for u in honest_uploads.values()]
+        forged = base[key] + mimic_honest(strategy.attack, honest, len(partitions), len(bad))
+        expected = sum(weights[p] * honest_uploads[p][key] for p in honest_uploads)
+        expected = (expected + sum(weights[p] for p in bad) * forged) / total
+        assert new[key].numpy() == pytest.approx(expected, abs=1e-6), key
+
+
+def test_without_an_attack_no_upload_is_counted_as_an_attacker():
+    strategy, _ = run_rounds("fedavg", rounds=1)
+    assert strategy.last_attackers == 0 and strategy.attack.attack == "none"
