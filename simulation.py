@@ -123,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
         "CPUs / client-resources-num-cpus clients at once (of --federation-config), each with "
         "client-resources-num-cpus threads",
     )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the killed run in RUN_DIR from its newest good checkpoint (written every "
+        "checkpoint-every rounds), with its stored config; it ends with the numbers an "
+        "uninterrupted run gives. Other options must agree with the stored run",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not stream the run's logs")
     parser.add_argument(
         "--check",
@@ -155,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from launch.preflight import preflight, resolve_run_config
     from launch.processes import available_cpus, available_gpus
+    from launch.resume import resume_mapping
     from launch.superlink import check_local_resources, run_simulation
     from launch.sweep import plan_comparison, run_comparison
 
@@ -166,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    typed_clients = args.num_clients
     if args.num_clients is None:
         args.num_clients = stated or 10
     elif stated and args.num_clients != stated:
@@ -175,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --num-clients={args.num_clients}: it must be at least 1", file=sys.stderr)
         return 2
     comparing = args.strategies is not None or args.seeds is not None
+    if args.resume is not None and comparing:
+        print("error: --resume continues one run; a comparison (--strategies/--seeds) resumes "
+              "its incomplete runs by itself when run again", file=sys.stderr)  # fmt: skip
+        return 2
     try:
         federation = parse_federation_config(args.federation_config)
         overrides = parse_run_config_items(args.run_config) | parse_set_items(args.set)
@@ -186,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
             plans = plan_comparison(
                 overrides, strategies, args.seeds or [base["seed"]], out, args.num_clients
             )
+        elif args.resume is not None:
+            if args.out is not None:
+                raise ConfigError("--out: a resumed run stays in its folder (--resume RUN_DIR)")
+            mapping, args.num_clients, after = resume_mapping(
+                args.resume, overrides, typed_clients or stated
+            )
+            preflight(mapping, args.num_clients)
+            print(f"resuming {args.resume} after round {after} (its newest good checkpoint)")
         else:
             if args.out is not None:
                 overrides["out-dir"] = str(args.out)

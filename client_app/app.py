@@ -136,8 +136,12 @@ class LabelStore:
     """A noisy client's label logits (n x C) and the number of masked rounds they have been
     through, kept between rounds (client_app.state: context.state, plus the node's state-dir)."""
 
-    def __init__(self, context: Context, partition_id: int) -> None:
-        self.store = ClientStateStore(context, "masked-labels", partition_id)
+    def __init__(
+        self, context: Context, partition_id: int, server_round: int, after_training=False
+    ) -> None:
+        self.store = ClientStateStore(
+            context, "masked-labels", partition_id, server_round, after_training
+        )
 
     def load(self, device: torch.device) -> torch.Tensor | None:
         stored = self.store.load()
@@ -327,7 +331,7 @@ def train_masked(msg: Message, context: Context) -> Message:
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
     masked = MaskedSettings.from_config(server_config)
-    labels = LabelStore(context, client.data.partition_id)
+    labels = LabelStore(context, client.data.partition_id, settings_round(msg))
     label_logits = labels.load(client.data.inputs.device)
     if label_logits is None:  # first time this client is noisy: K * onehot(observed)
         label_logits = init_label_logits(
@@ -373,8 +377,17 @@ class CorrectedLabels:
     until the first relabelling), the global model's probability of each label at the last
     relabelling, and the per-sample losses of the last pre-processing round."""
 
-    def __init__(self, context: Context, observed: torch.Tensor, partition_id: int) -> None:
-        self.store = ClientStateStore(context, "fedcorr", partition_id)
+    def __init__(
+        self,
+        context: Context,
+        observed: torch.Tensor,
+        partition_id: int,
+        server_round: int,
+        after_training: bool = False,
+    ) -> None:
+        self.store = ClientStateStore(
+            context, "fedcorr", partition_id, server_round, after_training
+        )
         self.observed = observed
 
     def labels(self) -> torch.Tensor:
@@ -423,7 +436,9 @@ def train_corr(msg: Message, context: Context) -> Message:
     client = local_client(context)
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
-    store = CorrectedLabels(context, client.data.observed_labels, client.data.partition_id)
+    store = CorrectedLabels(
+        context, client.data.observed_labels, client.data.partition_id, settings_round(msg)
+    )
     data = dataclasses.replace(client.data, observed_labels=store.labels())
     corr = CorrSettings.from_config(server_config)
     generator = shuffle_generator(client, int(server_config[SERVER_ROUND]))
@@ -456,7 +471,9 @@ def relabel_query(msg: Message, context: Context) -> Message:
     client = local_client(context)
     query = RelabelQuery.from_config(msg.content["config"])
     model = client.load(msg.content["arrays"])
-    store = CorrectedLabels(context, client.data.observed_labels, client.data.partition_id)
+    store = CorrectedLabels(
+        context, client.data.observed_labels, client.data.partition_id, query.server_round, True
+    )
     before = store.labels()
     losses = store.losses()
     everything = query.everything
@@ -538,16 +555,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def held_labels(context: Context, client: LocalClient) -> tuple[np.ndarray, np.ndarray] | None:
+def held_labels(
+    context: Context, client: LocalClient, server_round: int
+) -> tuple[np.ndarray, np.ndarray] | None:
     """(corrected labels, their confidence) of a client whose method learned or corrected
     labels (MaskedOptim / FedELC: argmax and max of softmax(label logits); FedCorr: its
     corrected labels and the global model's probability of them), or None."""
     partition = client.data.partition_id
-    logits = LabelStore(context, partition).load(torch.device("cpu"))
+    logits = LabelStore(context, partition, server_round, True).load(torch.device("cpu"))
     if logits is not None:
         confidence, corrected = torch.softmax(logits.float(), dim=1).max(dim=1)
         return corrected.numpy(), confidence.numpy()
-    store = CorrectedLabels(context, client.data.observed_labels, partition)
+    store = CorrectedLabels(context, client.data.observed_labels, partition, server_round, True)
     confidence = store.confidence()
     if confidence is None:
         return None
@@ -560,7 +579,7 @@ def labels_query(msg: Message, context: Context) -> Message:
     only: the file, the labels and the sample ids stay on the client."""
     client = local_client(context)
     query = LabelsQuery.from_config(msg.content["config"])
-    held = held_labels(context, client)
+    held = held_labels(context, client, query.server_round)
     if held is None:
         content = RecordDict({"metrics": MetricRecord({"has-labels": 0})})
         return Message(content=content, reply_to=msg)

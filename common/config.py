@@ -70,6 +70,9 @@ class RunConfig:
     out_dir: str
     run_name: str
     on_divergence: str
+    checkpoint_every: int
+    resume: bool
+    client_state_dir: str
     attack: str
     attack_fraction: float
     attack_scale: float
@@ -194,6 +197,7 @@ class RunConfig:
             ("fedcorr-iterations", self.fedcorr_iterations),
             ("fedcorr-finetune-rounds", self.fedcorr_finetune_rounds),
             ("labels-every", self.labels_every),
+            ("checkpoint-every", self.checkpoint_every),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")

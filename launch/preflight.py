@@ -10,7 +10,8 @@ from typing import Any
 
 
 def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Defaults + overrides, validated; paths made absolute; a run name chosen if none."""
+    """Defaults + overrides, validated; paths made absolute; a run name chosen if none; with
+    checkpoints, the simulated clients' state folder inside the run's (client-state-dir)."""
     from common.config import ConfigError, RunConfig, app_defaults
     from launch.overrides import unknown_key_message
     from server_app.checks import check_run_config
@@ -21,13 +22,25 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(unknown_key_message(unknown, defaults, "run-config key"))
     mapping = {**defaults, **overrides}
-    for key in ("out-dir", "data-dir", "test-dir", "classes-file", "vocab-file"):
+    for key in (
+        "out-dir",
+        "data-dir",
+        "test-dir",
+        "classes-file",
+        "vocab-file",
+        "client-state-dir",
+    ):
         if isinstance(mapping[key], str) and mapping[key]:
             mapping[key] = str(Path(mapping[key]).expanduser().resolve())
     config = RunConfig.from_mapping(mapping)
     check_run_config(config)  # each owner's names: data, model, strategy
     if not config.run_name:
         mapping["run-name"] = default_run_name(config.strategy, config.dataset, config.seed)
+    if config.checkpoint_every and not config.client_state_dir:
+        # simulated clients keep their state in the run's folder, so a resume finds it
+        mapping["client-state-dir"] = str(
+            Path(mapping["out-dir"]) / mapping["run-name"] / "client-state"
+        )
     return mapping
 
 

@@ -180,7 +180,7 @@ def run_simulation(
             if log_file is None:
                 returncode = subprocess.run(command, env=env, cwd=flwr_home).returncode
             else:
-                with open(log_file, "w") as log:
+                with open(log_file, "a") as log:  # a resumed run adds to its log
                     process = subprocess.Popen(
                         command, env=env, cwd=flwr_home, stdout=log, stderr=subprocess.STDOUT
                     )

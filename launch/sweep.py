@@ -12,6 +12,7 @@ from typing import Any
 
 from launch.preflight import preflight, resolve_run_config
 from launch.report import format_duration
+from launch.resume import can_resume
 from server_app.results import read_json, read_summary
 
 
@@ -69,13 +70,14 @@ def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_cl
     """The run-config keys (and client count) in which a stored run differs from `mapping`;
     keys that the run's strategy does not read are not compared (strategies.registry)."""
     from common.config import RunConfig, app_defaults
+    from server_app.checkpoint import NOT_COMPUTED
     from strategies.registry import key_matters
 
     stored = read_json(results_dir, "config.json")
     if stored is None:
         return []  # nothing usable there: the run will be redone
     wanted = RunConfig.from_mapping(mapping).to_mapping()
-    ignored = {"out-dir", "run-name", "data-dir"}  # where things live, not what is computed
+    ignored = set(NOT_COMPUTED)  # where things live, how they are launched
     stored_config = stored.get("run_config", {})
     defaults = app_defaults()
     # A key added to the project after the run was made is absent from its config.json; the
@@ -156,10 +158,15 @@ def run_comparison(
         if is_complete(load_run(results_dir), num_rounds):
             print(f"{label}: already complete, skipped", flush=True)
             continue
-        if results_dir.exists():
+        after = can_resume(results_dir, mapping, num_clients) if results_dir.exists() else None
+        if after is not None:
+            print(f"{label}: an incomplete earlier attempt is there; resuming it after round "
+                  f"{after} (its checkpoint)")  # fmt: skip
+            mapping = {**mapping, "resume": True}
+        elif results_dir.exists():
             print(f"{label}: an incomplete earlier attempt is there; running it again")
             shutil.rmtree(results_dir)
-        results_dir.mkdir(parents=True)
+        results_dir.mkdir(parents=True, exist_ok=True)
         progress.start(label, results_dir, runs_after=len(plans) - index)
         print(f"{label}: started (log: {results_dir / 'flower.log'})", flush=True)
         code = runner(

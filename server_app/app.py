@@ -11,8 +11,9 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
@@ -20,11 +21,18 @@ from common import seeding
 from common.acceleration import DeviceOptions, load_weights
 from common.attacks import AttackSettings
 from common.config import RunConfig
+from common.errors import ConfigError
 from common.evaluation import evaluate_model, resolve_device
 from data.federation import cached_dataset
 from data.own_data import OwnDataSpec
 from data.transforms import config_pipeline
 from models import build_model, check_model_fits, load_pretrained
+from server_app.checkpoint import (
+    Checkpoint,
+    config_differences,
+    latest_checkpoint,
+    write_checkpoint,
+)
 from server_app.checks import check_run_config, pretrained_weights_path
 from server_app.results import RunResults, code_version, default_run_name, library_versions
 from strategies.aggregation import is_finite_model
@@ -56,6 +64,9 @@ class PromptGrid:
         self.poll_seconds = poll_seconds
 
     def send_and_receive(self, messages, *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        if not messages:  # a round restored from a checkpoint sends nothing
+            return []
         waiting = set(self._grid.push_messages(messages))
         deadline = time.monotonic() + (timeout if timeout is not None else 0.0)
         replies: list[Message] = []
@@ -149,6 +160,26 @@ def with_attackers(report: dict[str, Any] | None, attack: AttackSettings):
     }
 
 
+def resumed_checkpoint(config: RunConfig, run_dir: Path, num_clients: int) -> Checkpoint:
+    """The newest good checkpoint of `run_dir` (server_app.checkpoint; a damaged newer one is
+    refused with a warning), checked against this run's config and federation size: a resume
+    must compute what the killed run computed (ConfigError naming what differs)."""
+    if not config.run_name:
+        raise ConfigError("resume=true needs run-name: the folder inside out-dir to continue")
+    checkpoint, refused = latest_checkpoint(run_dir)
+    for problem in refused:
+        log(WARNING, "checkpoint refused: %s; the previous one is used", problem)
+    differences = config_differences(checkpoint.payload["run_config"], config.to_mapping())
+    if checkpoint.payload["num_clients"] != num_clients:
+        differences.append(f"the number of clients ({checkpoint.payload['num_clients']} there)")
+    if differences:
+        raise ConfigError(
+            f"cannot resume {run_dir}: this run differs from the checkpointed one in "
+            f"{', '.join(differences)}"
+        )
+    return checkpoint
+
+
 class RunDiverged(RuntimeError):
     """The global model became non-finite, or every upload of a round did (on-divergence)."""
 
@@ -196,32 +227,48 @@ def main(grid: Grid, context: Context) -> None:
         strategy.clients_per_round, config.clients_per_round, roster.num_clients)  # fmt: skip
 
     run_name = config.run_name or default_run_name(config.strategy, config.dataset, config.seed)
-    results = RunResults.create(
-        Path(config.out_dir).expanduser().resolve() / run_name,
-        title=f"{config.strategy} on {config.dataset} (seed {config.seed})",
-        config={
-            "run_config": config.to_mapping(),
-            "run_name": run_name,
-            "seed": config.seed,
-            "versions": library_versions(),
-            "code_version": code_version(),
-            "server_device": str(device),
-            "num_clients": roster.num_clients,
-            "clients_per_round": strategy.clients_per_round,
-            "client_examples": roster.examples_of_partition,
-            "attack": strategy.attack.record(),
-            "client_true_noise_rates": (
-                roster.true_noise_rates
-                if truth_known(roster.true_noise_rates)
-                else {"available": False, "reason": UNKNOWN_TRUTH}
-            ),
-            "central_evaluation": (
-                {"available": True, "test_samples": len(dataset.test_labels)}
-                if len(dataset.test_labels)
-                else {"available": False, "reason": NO_TEST_SET}
-            ),
-        },
-    )
+    run_dir = Path(config.out_dir).expanduser().resolve() / run_name
+    checkpoint = resumed_checkpoint(config, run_dir, roster.num_clients) if config.resume else None
+    title = f"{config.strategy} on {config.dataset} (seed {config.seed})"
+    if checkpoint is None:
+        results = RunResults.create(
+            run_dir,
+            title=title,
+            config={
+                "run_config": config.to_mapping(),
+                "run_name": run_name,
+                "seed": config.seed,
+                "versions": library_versions(),
+                "code_version": code_version(),
+                "server_device": str(device),
+                "num_clients": roster.num_clients,
+                "clients_per_round": strategy.clients_per_round,
+                "client_examples": roster.examples_of_partition,
+                "attack": strategy.attack.record(),
+                "client_true_noise_rates": (
+                    roster.true_noise_rates
+                    if truth_known(roster.true_noise_rates)
+                    else {"available": False, "reason": UNKNOWN_TRUTH}
+                ),
+                "central_evaluation": (
+                    {"available": True, "test_samples": len(dataset.test_labels)}
+                    if len(dataset.test_labels)
+                    else {"available": False, "reason": NO_TEST_SET}
+                ),
+            },
+        )
+    else:
+        strategy.restore_state(checkpoint.payload["strategy"], checkpoint.round)
+        results = RunResults.resume(
+            run_dir,
+            title,
+            rows=checkpoint.payload["rows"],
+            elapsed_seconds=checkpoint.payload["elapsed_seconds"],
+            note={"after_round": checkpoint.round, "checkpoint": checkpoint.path.name,
+                  "code_version": code_version()},
+        )  # fmt: skip
+        log(INFO, "%s: resumed after round %d from %s", config.strategy, checkpoint.round,
+            checkpoint.path)  # fmt: skip
     log(INFO, "%s: results go to %s", config.strategy, results.directory)
     if hasattr(strategy, "label_export"):  # clients that learn labels write them here
         strategy.label_export = LabelExport(str(results.directory), config.labels_every)
@@ -242,7 +289,9 @@ def main(grid: Grid, context: Context) -> None:
             results.write_json("detection.json", with_attackers(strategy.final_report(), attack))
         return columns
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if checkpoint is not None and server_round <= checkpoint.round:
+            return None  # restored from the checkpoint (its rows are in metrics.csv)
         load_weights(model, arrays.to_torch_state_dict())
         result = None
         if len(test_labels):
@@ -283,12 +332,34 @@ def main(grid: Grid, context: Context) -> None:
             if config.on_divergence == "stop":
                 raise RunDiverged(problem)
             log(WARNING, "%s (on-divergence='continue': the run goes on)", problem)
+        every = config.checkpoint_every
+        if every and server_round % every == 0 and server_round < config.num_rounds:
+            write_checkpoint(
+                run_dir,
+                server_round,
+                {
+                    "run_config": config.to_mapping(),
+                    "num_clients": roster.num_clients,
+                    "arrays": {key: array.numpy() for key, array in arrays.items()},
+                    "strategy": strategy.checkpoint_state(),
+                    "rows": results.rows,
+                    "elapsed_seconds": results.elapsed(),
+                    "diverged": watch.first,
+                },
+            )
         return MetricRecord(result.as_metrics("test-") if result is not None else {})
 
     attack = strategy.attack
     attacked = attack.attack != "none"
     watch = DivergenceWatch()
     initial_arrays = ArrayRecord(model.state_dict())
+    if checkpoint is not None:  # the global model after the checkpoint's round
+        watch.first = checkpoint.payload["diverged"]
+        initial_arrays = ArrayRecord(
+            array_dict={
+                k: Array(np.array(v, order="C")) for k, v in checkpoint.payload["arrays"].items()
+            }
+        )
     try:
         strategy.start(
             grid=grid,

@@ -257,6 +257,42 @@ class RunResults:
         _write_json(directory / "summary.json", summarise([], 0.0, "running"))
         return results
 
+    @classmethod
+    def resume(
+        cls,
+        directory: Path,
+        title: str,
+        rows: list[dict[str, Any]],
+        elapsed_seconds: float,
+        note: dict[str, Any],
+    ) -> RunResults:
+        """Continue a run folder from a checkpoint: metrics.csv holds exactly the checkpoint's
+        `rows` again (a killed run may have written later ones), the clock goes on from
+        `elapsed_seconds`, and config.json lists the resume under `resumed`."""
+        config = read_json(directory, "config.json") or {}
+        config["resumed"] = [*config.get("resumed", []), note]
+        _write_json(directory / "config.json", config)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(METRIC_COLUMNS)
+                for row in rows:
+                    writer.writerow([_cell(row.get(c)) for c in METRIC_COLUMNS])
+
+        tmp = directory / ".metrics.csv.tmp"
+        write(tmp)
+        os.replace(tmp, directory / "metrics.csv")
+        now = time.monotonic()
+        results = cls(directory=directory, title=title, rows=list(rows),
+                      started=now - elapsed_seconds, last_round_end=now)  # fmt: skip
+        _write_json(directory / "summary.json", results.summary("running"))
+        return results
+
+    def elapsed(self) -> float:
+        """Seconds since the run started (resumes included, the time it was dead excluded)."""
+        return time.monotonic() - self.started
+
     def add_round(self, row: dict[str, Any]) -> None:
         now = time.monotonic()
         row = {

@@ -84,6 +84,9 @@ class SeededStrategy(FedAvg):
     description: ClassVar[str] = ""
     Params: ClassVar[type[StrategyParams]] = NoParams
     local_loss: ClassVar[str | None] = None
+    # The attributes that carry over from round to round (a checkpoint saves them; see
+    # checkpoint_state). Sampling needs none: it is a pure function of (seed, round).
+    state_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -120,6 +123,7 @@ class SeededStrategy(FedAvg):
         self.last_nonfinite: list[int] = []  # partitions whose upload held NaN or inf
         self.ignored_nodes: set[int] = set()  # joined later and could not be placed
         self._current: ArrayRecord | None = None  # the global model of the current round
+        self.resume_after = 0  # rounds up to this one were restored from a checkpoint
         self._grid = None  # the round's grid, for queries after an aggregation
 
     # --- hooks a strategy overrides ------------------------------------------------------------
@@ -203,9 +207,29 @@ class SeededStrategy(FedAvg):
         this round's grid)."""
         return query_clients(self._grid, messages, timeout)
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint saves of the strategy (server_app.checkpoint): `state_keys`."""
+        return {key: getattr(self, key) for key in self.state_keys}
+
+    def restore_state(self, state: dict[str, Any], after_round: int) -> None:
+        """Take a checkpoint's state; Flower's loop then skips rounds 1..`after_round` (it
+        always counts from 1: those rounds send nothing and aggregate nothing here)."""
+        missing = set(self.state_keys) - set(state)
+        if missing:
+            raise ValueError(f"the checkpoint lacks {sorted(missing)} of {type(self).__name__}")
+        for key in self.state_keys:
+            setattr(self, key, state[key])
+        self.resume_after = after_round
+
+    def restored(self, server_round: int) -> bool:
+        """Whether round `server_round` was restored from a checkpoint (and is skipped)."""
+        return server_round <= self.resume_after
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
     ) -> Iterable[Message]:
+        if self.restored(server_round):
+            return []
         self._grid = grid
         self._current = arrays  # the global model this round's clients start from
         self.refresh_roster(grid)
@@ -216,6 +240,8 @@ class SeededStrategy(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
     ) -> Iterable[Message]:
+        if self.restored(server_round):
+            return []
         # Its own stream, so that evaluation does not mirror the training sample.
         partitions = sample_partitions(
             self.seed,
@@ -234,6 +260,8 @@ class SeededStrategy(FedAvg):
         (a client's training diverged) are dropped with a warning and counted
         (`last_nonfinite`); with no finite upload the round returns no model, and Flower's loop
         keeps the previous global model."""
+        if self.restored(server_round):
+            return None, None
         ordered = ordered_without_errors(replies, self.roster, f"round {server_round} training")
         flags = [_finite_upload(reply) for reply in ordered]
         finite = [reply for reply, ok in zip(ordered, flags, strict=True) if ok]
@@ -293,6 +321,8 @@ class SeededStrategy(FedAvg):
         return replies
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        if self.restored(server_round):
+            return None
         ordered = ordered_without_errors(
             replies, self.roster, f"round {server_round} evaluation", allow_none=True
         )

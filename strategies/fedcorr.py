@@ -121,6 +121,13 @@ class FedCorr(DetectingStrategy):
     Params = FedCorrParams
     local_loss = "ce"
     query_timeout = 3600.0
+    state_keys = (
+        *DetectingStrategy.state_keys,
+        "cumulative_lid",
+        "iteration_lid",
+        "noise_level",
+        "relabel_queries",
+    )
 
     def __init__(self, params: FedCorrParams, **base) -> None:
         super().__init__(params, **base)

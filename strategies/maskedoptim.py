@@ -163,6 +163,7 @@ class DetectingStrategy(SeededStrategy):
     partitions) and `labels` (a LabelCorrection), which give its metrics.csv columns."""
 
     corrects_labels = False  # whether flagged clients learn or correct labels
+    state_keys = ("noisy", "detection", "labels", "exported")
     export_timeout = 600.0
 
     def __init__(self, params: StrategyParams, **base) -> None:
@@ -197,6 +198,8 @@ class DetectingStrategy(SeededStrategy):
 
     def aggregate_train(self, server_round: int, replies):
         result = super().aggregate_train(server_round, replies)
+        if self.restored(server_round):
+            return result
         export = self.label_export
         if export and export.every and server_round % export.every == 0:
             if server_round < self.num_rounds:  # the last round's export comes from the app
@@ -278,6 +281,7 @@ class NoisyClientRouting(DetectingStrategy):
     corrects_labels = True  # noisy clients report their corrected labels' confusion
     local_loss = "logit-adjusted"
     query_timeout = 3600.0
+    state_keys = (*DetectingStrategy.state_keys, "masked_sent", "masked_received")
 
     def __init__(self, params: DetectionParams, **base) -> None:
         super().__init__(params, **base)

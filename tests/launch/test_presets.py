@@ -46,7 +46,10 @@ def data(tmp_path_factory) -> dict[str, Path]:
     (clothing / "noisy_train_key_list.txt").write_text("\n".join(keys[20:]) + "\n")
     (clothing / "clean_test_key_list.txt").write_text("\n".join(keys[:20]) + "\n")
     torch.save(torchvision.models.resnet50().state_dict(), clothing / "resnet50-11ad3fa6.pth")
-    return {"cifar10": cifar, "cifar10n": cifar, "agnews": agnews, "clothing1m": clothing}
+    return {
+        "cifar10": cifar, "cifar10n": cifar, "agnews": agnews, "clothing1m": clothing,
+        "digits": "",  # embedded in scikit-learn
+    }  # fmt: skip
 
 
 def test_there_is_a_preset_for_every_experiment_of_the_paper_that_has_data_here():

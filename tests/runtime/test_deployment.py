@@ -73,10 +73,12 @@ def test_a_supernode_killed_mid_run_comes_back_with_its_labels(tmp_path):
     assert received >= 2  # at least one masked round after the restart
     assert report["label_correction_per_client"]["1"]["masked_rounds"] == received
     assert "client state 'masked-labels' restored from" in logs["supernode-1"]
-    # The labels live under the node's state-dir, keyed by run and partition.
-    (state_file,) = (run / "state" / "supernode-1").glob(
-        f"run-{run_id}/partition-1/masked-labels.npz"
+    # The labels live under the node's state-dir, keyed by run and partition, one file per
+    # round's version (client_app.state): the newest holds the count.
+    versions = (run / "state" / "supernode-1").glob(
+        f"run-{run_id}/partition-1/masked-labels.round-*.npz"
     )
+    state_file = max(versions, key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     with np.load(state_file) as stored:
         assert int(stored["masked-rounds"]) == received
         assert stored["label-logits"].shape[1] == 10
