@@ -172,3 +172,43 @@ def test_sigterm_stops_a_run_and_everything_it_started(tmp_path):
     summary = json.loads((out / "long" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["error"]  # no longer "running"
     assert not list((out / "long").glob("*.tmp*"))
+
+
+def test_a_run_stopped_under_flower_resumes_to_the_uninterrupted_numbers(tmp_path):
+    """maskedoptim under Flower's runtime, stopped after round 4 (its detection came after
+    round 3), resumed with --resume under Flower's runtime: every round's test accuracy and
+    corrected-label accuracy equal an uninterrupted in-process run's."""
+    import signal
+    import time
+
+    home, out = tmp_path / "flwr", tmp_path / "out"
+    settings = (*SIX_CLIENTS_THREE_NOISY, "--set", "checkpoint-every=2", "--set", "run-name=r")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "simulation.py"), "--flwr-home", str(home), "--quiet",
+         "--set", "strategy=maskedoptim", *settings, "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    metrics = out / "r" / "metrics.csv"
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 6):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert json.loads((out / "r" / "summary.json").read_text())["status"] == "interrupted"
+
+    resumed = launch(tmp_path, "--quiet", "--resume", str(out / "r"), timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    whole = launch(
+        tmp_path, "--runtime", "inprocess", "--quiet", "--set", "strategy=maskedoptim",
+        *settings, "--out", str(tmp_path / "whole"),
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    rows = [list(csv.DictReader((folder / "r" / "metrics.csv").open()))
+            for folder in (out, tmp_path / "whole")]  # fmt: skip
+    for key in ("test_accuracy", "label_acc_corrected", "detected_noisy"):
+        assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]], key
+    config = json.loads((out / "r" / "config.json").read_text())
+    assert config["resumed"][0]["after_round"] in (2, 4, 6)  # 4 unless stopped mid-write
