@@ -271,9 +271,24 @@ def own_example(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> Path:
+    """A run folder as a killed run leaves it: a checkpoint after round 1, status running."""
+    out = tmp_path_factory.mktemp("killed")
+    code = simulation.main(
+        ["--runtime", "inprocess", "--quiet", "--num-clients", "3", "--set", "num-rounds=2",
+         "--set", "checkpoint-every=1", "--set", "strategy=fedavg", "--set", f"out-dir={out}",
+         "--set", "run-name=r"]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "r" / "summary.json").read_text())
+    (out / "r" / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
+    return out / "r"
+
+
 @pytest.mark.parametrize(("where", "command"), documented_commands())
 def test_every_documented_command_passes_the_preflight(
-    capsys, tmp_path, cifar_like, own_example, where, command
+    capsys, tmp_path, cifar_like, own_example, killed_run, where, command
 ):
     """Each command as written, with its CIFAR-10 folder replaced by a generated one in the
     official layout (docs/own-data.md's example folders by the ones its command writes),
@@ -288,6 +303,8 @@ def test_every_documented_command_passes_the_preflight(
         replaced.append(item.replace("/tmp/own-example", str(own_example)))
     module = simulation if script == "simulation.py" else deploy_local
     extra = ["--set", f"out-dir={tmp_path / 'results'}"]
+    if "--resume" in replaced:  # a run folder as a killed run leaves it
+        replaced[replaced.index("--resume") + 1] = str(killed_run)
     if "--out" in replaced:
         replaced[replaced.index("--out") + 1] = str(tmp_path / "cmp")
     if module is deploy_local:
