@@ -157,6 +157,8 @@ def train_locally(
                 loss = loss + settings.proximal_norm * torch.sqrt(proximal_term(model, anchor))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.max_grad_norm > 0:  # the whole model's gradient, as one vector
+                nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimiser.step()
             loss_sum += loss.detach()  # stays on the device: no sync per step
             steps += 1

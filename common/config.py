@@ -109,6 +109,7 @@ class RunConfig:
     fedelc_entropy_weight: float
     sce_alpha: float
     sce_beta: float
+    max_grad_norm: float
     fednoro_kd_weight: float
     fednoro_temperature: float
     fedcorr_iterations: int

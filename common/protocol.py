@@ -99,6 +99,7 @@ class LocalTraining(Settings):
     kd_temperature: float = 0.8  # la-distill: the teacher's temperature (fednoro-temperature)
     mixup_alpha: float = 0.0  # FedCorr's mixup (Beta(a, a) mixing of each batch); 0: off
     proximal_norm: float = 0.0  # FedCorr's coefficient of the *unsquared* ||w - w_global||
+    max_grad_norm: float = 0.0  # clipping: every step's gradient norm is clipped to it; 0: off
 
 
 # Terms the small-loss mask can apply to (fidelity §11.2 row 6: the authors mask only "compat").

@@ -25,6 +25,7 @@ from strategies.flower import (
 )
 from strategies.maskedoptim import FedElc, FedNoRo, MaskedOptim
 from strategies.rules import (
+    Clipping,
     FedExpStrategy,
     KrumFnbenchStrategy,
     MedianTorch,
@@ -48,6 +49,7 @@ STRATEGIES: tuple[type[SeededStrategy], ...] = (
     TrimmedMeanFnbenchStrategy,
     KrumFnbenchStrategy,
     FedExpStrategy,
+    Clipping,
     SymmetricCe,
     FedElc,
     FedNoRo,

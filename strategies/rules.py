@@ -185,6 +185,33 @@ class FedExpStrategy(RuleStrategy):
 
 
 @dataclass(frozen=True)
+class ClippingParams(StrategyParams):
+    max_grad_norm: float
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        if self.max_grad_norm <= 0:
+            raise ConfigError(
+                f"max-grad-norm={self.max_grad_norm} is not allowed: clipping needs a norm > 0"
+            )
+
+
+class Clipping(RuleStrategy):
+    """FNBench's `clipping` (fl_components/update.py, LocalUpdateClipping): CE training whose
+    every step's gradient, the whole model's as one vector, is clipped to norm `max-grad-norm`
+    (torch.nn.utils.clip_grad_norm_, FNBench's default 5.0); FedAvg's sample-weighted mean."""
+
+    names = ("clipping",)
+    description = "FedAvg whose clients clip every step's gradient norm to max-grad-norm (FNBench)"
+    Params = ClippingParams
+    local_loss = "ce"
+    make_rule = staticmethod(lambda params: SampleWeightedMean())
+
+    def round_training(self, server_round: int) -> LocalTraining:
+        training = super().round_training(server_round)
+        return dataclasses.replace(training, max_grad_norm=self.params.max_grad_norm)
+
+
+@dataclass(frozen=True)
 class SymmetricCeParams(StrategyParams):
     sce_alpha: float
     sce_beta: float

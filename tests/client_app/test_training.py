@@ -154,6 +154,23 @@ def test_proximal_mu_keeps_the_model_closer_to_its_start():
     assert 0 < distance(prox, start) < distance(plain, start)
 
 
+def test_max_grad_norm_bounds_every_step_to_lr_times_the_norm():
+    """Plain SGD (no momentum, no weight decay) moves by lr * the clipped gradient: with
+    max-grad-norm 0.01, one epoch of 4 steps moves the weights by at most 4 * lr * 0.01; without
+    clipping the same steps move them further (FNBench's `clipping`)."""
+    data = separable_data()
+    start_model = fresh_model()
+    start = weights(start_model)
+    plain, clipped = copy.deepcopy(start_model), copy.deepcopy(start_model)
+    sgd = dict(local_epochs=1, momentum=0.0, weight_decay=0.0, lr=0.5)
+    train_locally(plain, data, PIPELINE, settings(**sgd), torch.Generator().manual_seed(5))
+    train_locally(clipped, data, PIPELINE, settings(**sgd, max_grad_norm=0.01),
+                  torch.Generator().manual_seed(5))  # fmt: skip
+    moved = math.sqrt(distance(clipped, start))
+    assert 0 < moved <= 4 * 0.5 * 0.01 * (1 + 1e-5)
+    assert math.sqrt(distance(plain, start)) > 10 * moved
+
+
 # --- the loop ----------------------------------------------------------------------------------
 
 
