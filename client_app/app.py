@@ -42,6 +42,7 @@ from client_app.fedcorr import (
     lid_per_sample,
     relabel,
 )
+from client_app.joint_optim import LabelHistory
 from client_app.label_export import (
     change_summary,
     corrected_labels_path,
@@ -64,6 +65,7 @@ from common.protocol import (
     SERVER_ROUND,
     ClassLossQuery,
     CorrSettings,
+    JointOptimSettings,
     LabelsQuery,
     LocalTraining,
     MaskedSettings,
@@ -370,6 +372,42 @@ def train_masked(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+@app.train("joint")
+def train_joint(msg: Message, context: Context) -> Message:
+    """Joint Optimization's local training (client_app.joint_optim) on soft labels kept, with
+    the history of predictions they follow, across rounds (client_app.state)."""
+    client = local_client(context)
+    server_config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    joint = JointOptimSettings.from_config(server_config)
+    server_round = settings_round(msg)
+    store = ClientStateStore(context, "joint-optim", client.data.partition_id, server_round)
+    stored = store.load()
+    device = client.data.inputs.device
+    if stored is None:  # the client's first round: one-hot observed labels, no history
+        history = LabelHistory.start(
+            client.data.observed_labels, client.data.num_classes, joint.label_history,
+            joint.correcting,
+        )  # fmt: skip
+    else:
+        history = LabelHistory.restore(stored, device, joint.label_history, joint.correcting)
+    generator = shuffle_generator(client, server_round)
+    started = time.perf_counter()
+    stats = train_locally(
+        model,
+        client.data,
+        client.pipeline,
+        LocalTraining.from_config(server_config),
+        generator,
+        client.options,
+        labels=history,
+    )
+    store.save(history.arrays())
+    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
+    arrays = client.upload(model.state_dict(), msg.content["arrays"], server_round)
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
 class CorrectedLabels:

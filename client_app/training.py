@@ -16,13 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from client_app.joint_optim import LabelHistory, joint_optimisation_loss
 from common.acceleration import DeviceOptions
 from common.protocol import LocalTraining
 from data.client_data import ClientData
 from data.transforms import InputPipeline
 
-# "la-distill" is FedNoRo's noisy-client loss; the others are run-config `local-loss` values.
-LOSSES = ("ce", "logit-adjusted", "symmetric-ce", "la-distill")
+# "la-distill" is FedNoRo's noisy-client loss and "joint-optim" Joint Optimization's (with soft
+# labels, client_app.joint_optim); the others are run-config `local-loss` values.
+LOSSES = ("ce", "logit-adjusted", "symmetric-ce", "la-distill", "joint-optim")
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,17 @@ def train_locally(
     settings: LocalTraining,
     generator: torch.Generator,
     options: DeviceOptions = DeviceOptions(),  # noqa: B008 (frozen)
+    labels: LabelHistory | None = None,
 ) -> TrainStats:
     """Train `model` in place on the client's observed labels for `settings.local_epochs` epochs
-    (`options`: precision and memory layout, common.acceleration)."""
+    (`options`: precision and memory layout, common.acceleration); with the `joint-optim` loss,
+    on the soft labels of `labels`, which records every batch's predictions and updates its
+    labels at the end of each epoch (client_app.joint_optim)."""
     if settings.local_loss not in LOSSES:
         allowed = ", ".join(LOSSES)
         raise ValueError(f"unknown local loss {settings.local_loss!r}; allowed: {allowed}")
+    if (settings.local_loss == "joint-optim") != (labels is not None):
+        raise ValueError("the joint-optim loss and a LabelHistory go together")
     if settings.mixup_alpha > 0 and settings.local_loss != "ce":
         raise ValueError(f"mixup goes with the 'ce' loss, not {settings.local_loss!r}")
     teacher = None
@@ -145,6 +152,17 @@ def train_locally(
                 loss = share * F.cross_entropy(logits, targets) + (1 - share) * F.cross_entropy(
                     logits, targets[partner]
                 )
+            elif labels is not None:
+                with options.autocast(device):
+                    logits = model(inputs)
+                logits = logits.float()
+                loss = joint_optimisation_loss(
+                    logits,
+                    labels.targets(idx),
+                    settings.joint_optim_alpha,
+                    settings.joint_optim_beta,
+                )
+                labels.observe(idx, F.softmax(logits.detach(), dim=1))
             else:
                 with options.autocast(device):
                     logits = model(inputs)
@@ -162,6 +180,8 @@ def train_locally(
             optimiser.step()
             loss_sum += loss.detach()  # stays on the device: no sync per step
             steps += 1
+        if labels is not None:
+            labels.end_epoch()
     return TrainStats(mean_loss=float(loss_sum) / max(steps, 1), num_steps=steps)
 
 

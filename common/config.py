@@ -110,6 +110,10 @@ class RunConfig:
     sce_alpha: float
     sce_beta: float
     max_grad_norm: float
+    joint_optim_alpha: float
+    joint_optim_beta: float
+    label_history: int
+    label_warmup_rounds: int
     fednoro_kd_weight: float
     fednoro_temperature: float
     fedcorr_iterations: int

@@ -14,6 +14,8 @@ Messages (type: what the server sends -> what the client replies):
   plus labels: `corrected-confusion`, `masked-rounds`.
 - `train.corr`: arrays; config: LocalTraining + CorrSettings + `server-round` -> the same
   metrics plus `lid`.
+- `train.joint`: arrays; config: LocalTraining + JointOptimSettings + `server-round` -> the
+  `train` reply (Joint Optimization's soft labels stay on the client).
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
   `class-present`; labels: `observed-confusion`.
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
@@ -48,6 +50,7 @@ CLASS_LOSS_QUERY = "query.class_loss"
 RELABEL_QUERY = "query.relabel"
 WHOAMI_QUERY = "query.whoami"
 LABELS_QUERY = "query.labels"
+JOINT_TRAIN = "train.joint"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
@@ -100,6 +103,8 @@ class LocalTraining(Settings):
     mixup_alpha: float = 0.0  # FedCorr's mixup (Beta(a, a) mixing of each batch); 0: off
     proximal_norm: float = 0.0  # FedCorr's coefficient of the *unsquared* ||w - w_global||
     max_grad_norm: float = 0.0  # clipping: every step's gradient norm is clipped to it; 0: off
+    joint_optim_alpha: float = 1.2  # joint-optim: weight of the prior term L_p
+    joint_optim_beta: float = 0.8  # joint-optim: weight of the entropy term L_e
 
 
 # Terms the small-loss mask can apply to (fidelity §11.2 row 6: the authors mask only "compat").
@@ -160,6 +165,14 @@ class ClassLossQuery(Settings):
 
     server_round: int
     class_loss_batch_size: int
+
+
+@dataclass(frozen=True)
+class JointOptimSettings(Settings):
+    """Joint Optimization's label state on the client (client_app.joint_optim)."""
+
+    label_history: int  # predictions kept per sample
+    correcting: bool  # after the warm-up: the soft labels follow the predictions
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from strategies.maskedoptim import FedElc, FedNoRo, MaskedOptim
 from strategies.rules import (
     Clipping,
     FedExpStrategy,
+    JointOptim,
     KrumFnbenchStrategy,
     MedianTorch,
     Rfa,
@@ -50,6 +51,7 @@ STRATEGIES: tuple[type[SeededStrategy], ...] = (
     KrumFnbenchStrategy,
     FedExpStrategy,
     Clipping,
+    JointOptim,
     SymmetricCe,
     FedElc,
     FedNoRo,

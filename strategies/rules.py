@@ -18,9 +18,10 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from common.errors import ConfigError
-from common.protocol import LocalTraining
+from common.protocol import JOINT_TRAIN, JointOptimSettings, LocalTraining
 from strategies import aggregation
 from strategies.base import SeededStrategy, StrategyParams
 
@@ -209,6 +210,62 @@ class Clipping(RuleStrategy):
     def round_training(self, server_round: int) -> LocalTraining:
         training = super().round_training(server_round)
         return dataclasses.replace(training, max_grad_norm=self.params.max_grad_norm)
+
+
+@dataclass(frozen=True)
+class JointOptimParams(StrategyParams):
+    joint_optim_alpha: float
+    joint_optim_beta: float
+    label_history: int
+    label_warmup_rounds: int
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        if self.label_history < 1:
+            raise ConfigError(f"label-history={self.label_history} must be at least 1")
+        for key, value in (
+            ("joint-optim-alpha", self.joint_optim_alpha),
+            ("joint-optim-beta", self.joint_optim_beta),
+            ("label-warmup-rounds", self.label_warmup_rounds),
+        ):
+            if value < 0:
+                raise ConfigError(f"{key}={value} is not allowed: it must be >= 0")
+
+
+class JointOptim(RuleStrategy):
+    """Joint Optimization (Tanaka et al., CVPR 2018) as local training under FedAvg, as FNBench
+    runs it (client_app.joint_optim): clients train on soft labels with the prior and entropy
+    terms; after `label-warmup-rounds` their soft labels follow their recorded predictions."""
+
+    names = ("joint-optim",)
+    description = (
+        "FedAvg whose clients train with Joint Optimization (Tanaka et al., CVPR 2018): soft "
+        "labels updated from each sample's recent predictions, prior and entropy terms"
+    )
+    Params = JointOptimParams
+    local_loss = "joint-optim"
+    make_rule = staticmethod(lambda params: SampleWeightedMean())
+
+    def round_training(self, server_round: int) -> LocalTraining:
+        training = super().round_training(server_round)
+        return dataclasses.replace(
+            training,
+            joint_optim_alpha=self.params.joint_optim_alpha,
+            joint_optim_beta=self.params.joint_optim_beta,
+        )
+
+    def configure_sampled(self, server_round, arrays, config, view):
+        # FNBench corrects once its 0-based round counter reaches the warm-up
+        joint = JointOptimSettings(
+            label_history=self.params.label_history,
+            correcting=server_round > self.params.label_warmup_rounds,
+        )
+        messages = []
+        for message in super().configure_sampled(server_round, arrays, config, view):
+            record = ConfigRecord({**dict(message.content["config"]), **joint.to_config()})
+            content = RecordDict({"arrays": message.content["arrays"], "config": record})
+            destination = message.metadata.dst_node_id
+            messages.append(Message(content, dst_node_id=destination, message_type=JOINT_TRAIN))
+        return messages
 
 
 @dataclass(frozen=True)

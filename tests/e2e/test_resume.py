@@ -63,13 +63,19 @@ def killed_after(
 
 @pytest.mark.parametrize(
     "strategy, every, kill_after",
-    [("fedavg", 3, 4), ("maskedoptim", 1, 1), ("maskedoptim", 2, 7)],
-    ids=["fedavg", "maskedoptim-detection-after-the-kill", "maskedoptim-detection-before"],
+    [("fedavg", 3, 4), ("maskedoptim", 1, 1), ("maskedoptim", 2, 7), ("joint-optim", 2, 5)],
+    ids=[
+        "fedavg",
+        "maskedoptim-detection-after-the-kill",
+        "maskedoptim-detection-before",
+        "joint-optim-soft-labels",
+    ],  # fmt: skip
 )
 def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(
     tmp_path, strategy, every, kill_after
 ):
-    sets = ("--set", f"strategy={strategy}", "--set", f"checkpoint-every={every}")
+    sets = ("--set", f"strategy={strategy}", "--set", f"checkpoint-every={every}",
+            "--set", "label-warmup-rounds=2")  # fmt: skip
     finished(simulation(tmp_path, *SETTINGS, "--out", str(tmp_path / "whole"), *sets))
     killed_after(tmp_path, tmp_path / "killed", kill_after, *sets)
     run = tmp_path / "killed" / "r"
