@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server_app.results import read_detection, read_summary
+from server_app.results import read_detection, read_json, read_summary
 
 
 def print_summary(results_dir: Path) -> dict[str, Any] | None:
@@ -36,6 +36,11 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
             value = summary[key]
             shown = f"{value:.2f}" if isinstance(value, float) else value
             print(f"  {label:<28} {shown}")
+    attack = (read_json(results_dir, "config.json") or {}).get("attack") or {}
+    if attack.get("attack", "none") != "none":
+        attackers = attack.get("attackers", [])
+        print(f"  {'attack':<28} {attack['attack']}: {len(attackers)} attacker(s) {attackers}, "
+              f"simulated at the {attack.get('simulated_at')}")  # fmt: skip
     report = read_detection(results_dir)
     if report is not None:
         detection = report.get("detection") or {}

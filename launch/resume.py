@@ -27,6 +27,8 @@ def resume_mapping(
     from launch.preflight import resolve_run_config
 
     run_dir = run_dir.expanduser().resolve()
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such folder")
     stored = read_json(run_dir, "config.json")
     if stored is None or "run_config" not in stored:
         raise ConfigError(f"--resume {run_dir}: not a run folder (no readable config.json there)")

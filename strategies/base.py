@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any, ClassVar
 
 import numpy as np
@@ -229,6 +229,7 @@ class SeededStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
     ) -> Iterable[Message]:
         if self.restored(server_round):
+            log(INFO, "round %d was restored from the checkpoint: nothing to run", server_round)
             return []
         self._grid = grid
         self._current = arrays  # the global model this round's clients start from
