@@ -53,6 +53,7 @@ from client_app.masked import (
     masked_train_locally,
     per_class_loss,
 )
+from client_app.selfie import SelfieState
 from client_app.state import ClientStateStore
 from client_app.training import train_locally
 from common import seeding
@@ -65,11 +66,11 @@ from common.protocol import (
     SERVER_ROUND,
     ClassLossQuery,
     CorrSettings,
-    JointOptimSettings,
     LabelsQuery,
     LocalTraining,
     MaskedSettings,
     RelabelQuery,
+    SampleLabelSettings,
 )
 from data.client_data import ClientData
 from data.datasets import load_own_training_data
@@ -378,21 +379,47 @@ def train_masked(msg: Message, context: Context) -> Message:
 def train_joint(msg: Message, context: Context) -> Message:
     """Joint Optimization's local training (client_app.joint_optim) on soft labels kept, with
     the history of predictions they follow, across rounds (client_app.state)."""
+
+    def state(client: LocalClient, stored, settings: SampleLabelSettings) -> LabelHistory:
+        if stored is None:  # the client's first round: one-hot observed labels, no history
+            return LabelHistory.start(
+                client.data.observed_labels, client.data.num_classes, settings.label_history,
+                settings.correcting,
+            )  # fmt: skip
+        device = client.data.inputs.device
+        return LabelHistory.restore(stored, device, settings.label_history, settings.correcting)
+
+    return train_with_label_state(msg, context, "joint-optim", state)
+
+
+@app.train("selfie")
+def train_selfie(msg: Message, context: Context) -> Message:
+    """SELFIE's local training (client_app.selfie) with its prediction history and refurbished
+    labels kept across rounds (client_app.state)."""
+
+    def state(client: LocalClient, stored, settings: SampleLabelSettings) -> SelfieState:
+        data, size = client.data, settings.label_history
+        if stored is None:
+            return SelfieState.start(
+                len(data), data.num_classes, size, data.inputs.device, settings.correcting
+            )
+        return SelfieState.restore(
+            stored, data.inputs.device, data.num_classes, size, settings.correcting
+        )
+
+    return train_with_label_state(msg, context, "selfie", state)
+
+
+def train_with_label_state(msg: Message, context: Context, name: str, make_state) -> Message:
+    """Train with a per-sample label state (`make_state(client, stored arrays or None,
+    settings)`) loaded from and saved to the client's store `name`."""
     client = local_client(context)
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
-    joint = JointOptimSettings.from_config(server_config)
+    settings = SampleLabelSettings.from_config(server_config)
     server_round = settings_round(msg)
-    store = ClientStateStore(context, "joint-optim", client.data.partition_id, server_round)
-    stored = store.load()
-    device = client.data.inputs.device
-    if stored is None:  # the client's first round: one-hot observed labels, no history
-        history = LabelHistory.start(
-            client.data.observed_labels, client.data.num_classes, joint.label_history,
-            joint.correcting,
-        )  # fmt: skip
-    else:
-        history = LabelHistory.restore(stored, device, joint.label_history, joint.correcting)
+    store = ClientStateStore(context, name, client.data.partition_id, server_round)
+    history = make_state(client, store.load(), settings)
     generator = shuffle_generator(client, server_round)
     started = time.perf_counter()
     stats = train_locally(

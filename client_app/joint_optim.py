@@ -24,9 +24,13 @@ the filled slots only (the same once a sample has been seen `label-history` time
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from common.protocol import LocalTraining
 
 
 def joint_optimisation_loss(
@@ -92,6 +96,22 @@ class LabelHistory:
 
     def targets(self, idx: torch.Tensor) -> torch.Tensor:
         return self.soft[idx]
+
+    def batch_loss(
+        self,
+        idx: torch.Tensor,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        settings: LocalTraining,
+    ) -> torch.Tensor:
+        """The joint optimisation loss on the batch's soft labels; its predictions recorded."""
+        logits = forward(inputs)
+        loss = joint_optimisation_loss(
+            logits, self.targets(idx), settings.joint_optim_alpha, settings.joint_optim_beta
+        )
+        self.observe(idx, F.softmax(logits.detach(), dim=1))
+        return loss
 
     def observe(self, idx: torch.Tensor, probabilities: torch.Tensor) -> None:
         """Record a batch's predictions (softmax [b, C]) in the samples' next history slots."""

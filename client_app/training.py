@@ -9,22 +9,44 @@ shuffled batches of B with the last partial batch dropped.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from client_app.joint_optim import LabelHistory, joint_optimisation_loss
 from common.acceleration import DeviceOptions
 from common.protocol import LocalTraining
 from data.client_data import ClientData
 from data.transforms import InputPipeline
 
-# "la-distill" is FedNoRo's noisy-client loss and "joint-optim" Joint Optimization's (with soft
-# labels, client_app.joint_optim); the others are run-config `local-loss` values.
-LOSSES = ("ce", "logit-adjusted", "symmetric-ce", "la-distill", "joint-optim")
+# "la-distill" is FedNoRo's noisy-client loss; "joint-optim" and "selfie" are computed by the
+# client's per-sample label state (client_app.joint_optim, client_app.selfie); the others are
+# run-config `local-loss` values.
+PER_SAMPLE_LOSSES = ("joint-optim", "selfie")
+LOSSES = ("ce", "logit-adjusted", "symmetric-ce", "la-distill", *PER_SAMPLE_LOSSES)
+
+
+class SampleLabels(Protocol):
+    """A client's per-sample label state that computes its own batch loss (Joint Optimization's
+    soft labels, SELFIE's prediction history)."""
+
+    def batch_loss(
+        self,
+        idx: torch.Tensor,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        settings: LocalTraining,
+    ) -> torch.Tensor:
+        """The loss of the batch of samples `idx` (observed labels `targets`); `forward` gives
+        float32 logits of any inputs."""
+        ...
+
+    def end_epoch(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -109,17 +131,17 @@ def train_locally(
     settings: LocalTraining,
     generator: torch.Generator,
     options: DeviceOptions = DeviceOptions(),  # noqa: B008 (frozen)
-    labels: LabelHistory | None = None,
+    labels: SampleLabels | None = None,
 ) -> TrainStats:
     """Train `model` in place on the client's observed labels for `settings.local_epochs` epochs
-    (`options`: precision and memory layout, common.acceleration); with the `joint-optim` loss,
-    on the soft labels of `labels`, which records every batch's predictions and updates its
-    labels at the end of each epoch (client_app.joint_optim)."""
+    (`options`: precision and memory layout, common.acceleration); with a per-sample loss
+    (`joint-optim`, `selfie`), `labels` computes each batch's loss from its own state and is told
+    when an epoch ends."""
     if settings.local_loss not in LOSSES:
         allowed = ", ".join(LOSSES)
         raise ValueError(f"unknown local loss {settings.local_loss!r}; allowed: {allowed}")
-    if (settings.local_loss == "joint-optim") != (labels is not None):
-        raise ValueError("the joint-optim loss and a LabelHistory go together")
+    if (settings.local_loss in PER_SAMPLE_LOSSES) != (labels is not None):
+        raise ValueError(f"the {PER_SAMPLE_LOSSES} losses and a label state go together")
     if settings.mixup_alpha > 0 and settings.local_loss != "ce":
         raise ValueError(f"mixup goes with the 'ce' loss, not {settings.local_loss!r}")
     teacher = None
@@ -153,16 +175,12 @@ def train_locally(
                     logits, targets[partner]
                 )
             elif labels is not None:
-                with options.autocast(device):
-                    logits = model(inputs)
-                logits = logits.float()
-                loss = joint_optimisation_loss(
-                    logits,
-                    labels.targets(idx),
-                    settings.joint_optim_alpha,
-                    settings.joint_optim_beta,
-                )
-                labels.observe(idx, F.softmax(logits.detach(), dim=1))
+
+                def forward(batch: torch.Tensor) -> torch.Tensor:
+                    with options.autocast(device):
+                        return model(batch).float()
+
+                loss = labels.batch_loss(idx, inputs, targets, forward, settings)
             else:
                 with options.autocast(device):
                     logits = model(inputs)

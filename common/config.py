@@ -114,6 +114,8 @@ class RunConfig:
     joint_optim_beta: float
     label_history: int
     label_warmup_rounds: int
+    selfie_noise_rate: float
+    selfie_uncertainty: float
     fednoro_kd_weight: float
     fednoro_temperature: float
     fedcorr_iterations: int

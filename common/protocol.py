@@ -14,8 +14,9 @@ Messages (type: what the server sends -> what the client replies):
   plus labels: `corrected-confusion`, `masked-rounds`.
 - `train.corr`: arrays; config: LocalTraining + CorrSettings + `server-round` -> the same
   metrics plus `lid`.
-- `train.joint`: arrays; config: LocalTraining + JointOptimSettings + `server-round` -> the
-  `train` reply (Joint Optimization's soft labels stay on the client).
+- `train.joint`, `train.selfie`: arrays; config: LocalTraining + SampleLabelSettings +
+  `server-round` -> the `train` reply (Joint Optimization's soft labels, SELFIE's prediction
+  history and refurbished labels stay on the client).
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
   `class-present`; labels: `observed-confusion`.
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
@@ -51,6 +52,7 @@ RELABEL_QUERY = "query.relabel"
 WHOAMI_QUERY = "query.whoami"
 LABELS_QUERY = "query.labels"
 JOINT_TRAIN = "train.joint"
+SELFIE_TRAIN = "train.selfie"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
@@ -105,6 +107,8 @@ class LocalTraining(Settings):
     max_grad_norm: float = 0.0  # clipping: every step's gradient norm is clipped to it; 0: off
     joint_optim_alpha: float = 1.2  # joint-optim: weight of the prior term L_p
     joint_optim_beta: float = 0.8  # joint-optim: weight of the entropy term L_e
+    selfie_noise_rate: float = 0.2  # selfie: the share of each batch left out as high-loss
+    selfie_uncertainty: float = 0.05  # selfie: the largest normalised entropy to refurbish
 
 
 # Terms the small-loss mask can apply to (fidelity §11.2 row 6: the authors mask only "compat").
@@ -168,8 +172,8 @@ class ClassLossQuery(Settings):
 
 
 @dataclass(frozen=True)
-class JointOptimSettings(Settings):
-    """Joint Optimization's label state on the client (client_app.joint_optim)."""
+class SampleLabelSettings(Settings):
+    """A client's per-sample label state (client_app.joint_optim, client_app.selfie)."""
 
     label_history: int  # predictions kept per sample
     correcting: bool  # after the warm-up: the soft labels follow the predictions

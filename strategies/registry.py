@@ -31,6 +31,7 @@ from strategies.rules import (
     KrumFnbenchStrategy,
     MedianTorch,
     Rfa,
+    Selfie,
     SymmetricCe,
     TrimmedMeanFnbenchStrategy,
 )
@@ -52,6 +53,7 @@ STRATEGIES: tuple[type[SeededStrategy], ...] = (
     FedExpStrategy,
     Clipping,
     JointOptim,
+    Selfie,
     SymmetricCe,
     FedElc,
     FedNoRo,

@@ -21,7 +21,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from common.errors import ConfigError
-from common.protocol import JOINT_TRAIN, JointOptimSettings, LocalTraining
+from common.protocol import JOINT_TRAIN, SELFIE_TRAIN, LocalTraining, SampleLabelSettings
 from strategies import aggregation
 from strategies.base import SeededStrategy, StrategyParams
 
@@ -213,25 +213,56 @@ class Clipping(RuleStrategy):
 
 
 @dataclass(frozen=True)
-class JointOptimParams(StrategyParams):
-    joint_optim_alpha: float
-    joint_optim_beta: float
+class SampleLabelParams(StrategyParams):
     label_history: int
     label_warmup_rounds: int
 
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
         if self.label_history < 1:
             raise ConfigError(f"label-history={self.label_history} must be at least 1")
+        if self.label_warmup_rounds < 0:
+            raise ConfigError(f"label-warmup-rounds={self.label_warmup_rounds} must be >= 0")
+
+
+class SampleLabelStrategy(RuleStrategy):
+    """FedAvg whose clients keep a per-sample label state (`message_type`'s handler) that
+    starts correcting after `label-warmup-rounds`."""
+
+    message_type: str = ""
+
+    def configure_sampled(self, server_round, arrays, config, view):
+        # FNBench corrects once its 0-based round counter reaches the warm-up
+        state = SampleLabelSettings(
+            label_history=self.params.label_history,
+            correcting=server_round > self.params.label_warmup_rounds,
+        )
+        messages = []
+        for message in super().configure_sampled(server_round, arrays, config, view):
+            record = ConfigRecord({**dict(message.content["config"]), **state.to_config()})
+            content = RecordDict({"arrays": message.content["arrays"], "config": record})
+            destination = message.metadata.dst_node_id
+            messages.append(
+                Message(content, dst_node_id=destination, message_type=self.message_type)
+            )
+        return messages
+
+
+@dataclass(frozen=True)
+class JointOptimParams(SampleLabelParams):
+    joint_optim_alpha: float
+    joint_optim_beta: float
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        super().check(sampled=sampled, num_clients=num_clients, num_rounds=num_rounds)
         for key, value in (
             ("joint-optim-alpha", self.joint_optim_alpha),
             ("joint-optim-beta", self.joint_optim_beta),
-            ("label-warmup-rounds", self.label_warmup_rounds),
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be >= 0")
 
 
-class JointOptim(RuleStrategy):
+class JointOptim(SampleLabelStrategy):
     """Joint Optimization (Tanaka et al., CVPR 2018) as local training under FedAvg, as FNBench
     runs it (client_app.joint_optim): clients train on soft labels with the prior and entropy
     terms; after `label-warmup-rounds` their soft labels follow their recorded predictions."""
@@ -243,6 +274,7 @@ class JointOptim(RuleStrategy):
     )
     Params = JointOptimParams
     local_loss = "joint-optim"
+    message_type = JOINT_TRAIN
     make_rule = staticmethod(lambda params: SampleWeightedMean())
 
     def round_training(self, server_round: int) -> LocalTraining:
@@ -253,19 +285,45 @@ class JointOptim(RuleStrategy):
             joint_optim_beta=self.params.joint_optim_beta,
         )
 
-    def configure_sampled(self, server_round, arrays, config, view):
-        # FNBench corrects once its 0-based round counter reaches the warm-up
-        joint = JointOptimSettings(
-            label_history=self.params.label_history,
-            correcting=server_round > self.params.label_warmup_rounds,
+
+@dataclass(frozen=True)
+class SelfieParams(SampleLabelParams):
+    selfie_noise_rate: float
+    selfie_uncertainty: float
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        super().check(sampled=sampled, num_clients=num_clients, num_rounds=num_rounds)
+        if not 0.0 <= self.selfie_noise_rate < 1.0:
+            raise ConfigError(
+                f"selfie-noise-rate={self.selfie_noise_rate} must be in [0, 1): the share of "
+                "each batch left out as high-loss"
+            )
+        if not 0.0 <= self.selfie_uncertainty <= 1.0:
+            raise ConfigError(f"selfie-uncertainty={self.selfie_uncertainty} is outside [0, 1]")
+
+
+class Selfie(SampleLabelStrategy):
+    """SELFIE (Song et al., ICML 2019) as local training under FedAvg, as FNBench runs it
+    (client_app.selfie): after `label-warmup-rounds`, each batch trains on its small-loss samples
+    and on the samples whose prediction history is certain, with that history's label."""
+
+    names = ("selfie",)
+    description = (
+        "FedAvg whose clients train with SELFIE (Song et al., ICML 2019): small-loss samples "
+        "plus samples refurbished with the label of a certain prediction history"
+    )
+    Params = SelfieParams
+    local_loss = "selfie"
+    message_type = SELFIE_TRAIN
+    make_rule = staticmethod(lambda params: SampleWeightedMean())
+
+    def round_training(self, server_round: int) -> LocalTraining:
+        training = super().round_training(server_round)
+        return dataclasses.replace(
+            training,
+            selfie_noise_rate=self.params.selfie_noise_rate,
+            selfie_uncertainty=self.params.selfie_uncertainty,
         )
-        messages = []
-        for message in super().configure_sampled(server_round, arrays, config, view):
-            record = ConfigRecord({**dict(message.content["config"]), **joint.to_config()})
-            content = RecordDict({"arrays": message.content["arrays"], "config": record})
-            destination = message.metadata.dst_node_id
-            messages.append(Message(content, dst_node_id=destination, message_type=JOINT_TRAIN))
-        return messages
 
 
 @dataclass(frozen=True)
