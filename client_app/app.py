@@ -36,6 +36,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.coteaching import seeded_state, train_two_networks
 from client_app.fedcorr import (
     double_softmax_losses,
     estimated_noise_fraction,
@@ -63,9 +64,11 @@ from common.config import RunConfig
 from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
 from common.protocol import (
+    PEER_ARRAYS,
     SERVER_ROUND,
     ClassLossQuery,
     CorrSettings,
+    CoteachSettings,
     LabelsQuery,
     LocalTraining,
     MaskedSettings,
@@ -100,6 +103,20 @@ class LocalClient:
         with _deserializing:
             state = arrays.to_torch_state_dict()
         load_weights(model, state)  # through pinned memory to a GPU
+        return model
+
+    def load_peer(self, arrays: ArrayRecord | None) -> Classifier:
+        """This thread's second network (Co-teaching) holding `arrays`, or, in the first round
+        (None), the weights every client initialises it with (seeded by the run's seed)."""
+        model = self.models.get(slot=1)
+        if arrays is None:
+            seed = int(seeding.numpy_rng(self.config.seed, seeding.PEER_INIT).integers(2**62))
+            state = seeded_state(self.models.build, seed)
+            load_weights(model, {k: torch.as_tensor(v) for k, v in state.items()})
+            return model
+        with _deserializing:
+            state = arrays.to_torch_state_dict()
+        load_weights(model, state)
         return model
 
     def upload(self, state: dict[str, torch.Tensor], received: ArrayRecord, server_round: int):
@@ -176,11 +193,18 @@ class ThreadModels:
         self._build = build
         self._of_thread = threading.local()
 
-    def get(self) -> Classifier:
-        model = getattr(self._of_thread, "model", None)
-        if model is None:
-            model = self._of_thread.model = self._build()
-        return model
+    def get(self, slot: int = 0) -> Classifier:
+        """This thread's model number `slot` (Co-teaching trains a second one, slot 1)."""
+        models = getattr(self._of_thread, "models", None)
+        if models is None:
+            models = self._of_thread.models = {}
+        if slot not in models:
+            models[slot] = self._build()
+        return models[slot]
+
+    def build(self) -> Classifier:
+        """A new model, not kept."""
+        return self._build()
 
 
 @dataclass(frozen=True, eq=False)
@@ -408,6 +432,42 @@ def train_selfie(msg: Message, context: Context) -> Message:
         )
 
     return train_with_label_state(msg, context, "selfie", state)
+
+
+@app.train("coteach")
+def train_coteach(msg: Message, context: Context) -> Message:
+    """Co-teaching / Co-teaching+ (client_app.coteaching): the received global model and the
+    second network's (`peer-arrays`; seeded in round 1) trained together; both uploaded."""
+    client = local_client(context)
+    server_config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    received_peer = msg.content.array_records.get(PEER_ARRAYS)
+    peer = client.load_peer(received_peer)
+    peer_start = ArrayRecord(peer.state_dict()) if received_peer is None else received_peer
+    settings = CoteachSettings.from_config(server_config)
+    server_round = settings_round(msg)
+    generator = shuffle_generator(client, server_round)
+    started = time.perf_counter()
+    stats = train_two_networks(
+        model,
+        peer,
+        client.data,
+        client.pipeline,
+        LocalTraining.from_config(server_config),
+        settings.forget_rate,
+        settings.disagreement,
+        generator,
+        client.options,
+    )
+    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
+    content = RecordDict(
+        {
+            "arrays": client.upload(model.state_dict(), msg.content["arrays"], server_round),
+            PEER_ARRAYS: client.upload(peer.state_dict(), peer_start, server_round),
+            "metrics": metrics,
+        }
+    )
+    return Message(content=content, reply_to=msg)
 
 
 def train_with_label_state(msg: Message, context: Context, name: str, make_state) -> Message:

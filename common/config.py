@@ -116,6 +116,9 @@ class RunConfig:
     label_warmup_rounds: int
     selfie_noise_rate: float
     selfie_uncertainty: float
+    forget_rate: float
+    coteaching_ramp_rounds: int
+    disagreement_start_round: int
     fednoro_kd_weight: float
     fednoro_temperature: float
     fedcorr_iterations: int

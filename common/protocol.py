@@ -17,6 +17,9 @@ Messages (type: what the server sends -> what the client replies):
 - `train.joint`, `train.selfie`: arrays; config: LocalTraining + SampleLabelSettings +
   `server-round` -> the `train` reply (Joint Optimization's soft labels, SELFIE's prediction
   history and refurbished labels stay on the client).
+- `train.coteach`: arrays, and from round 2 `peer-arrays` (the second network's global model);
+  config: LocalTraining + CoteachSettings + `server-round` -> the `train` reply plus
+  `peer-arrays` (the client's second network).
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
   `class-present`; labels: `observed-confusion`.
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
@@ -53,12 +56,14 @@ WHOAMI_QUERY = "query.whoami"
 LABELS_QUERY = "query.labels"
 JOINT_TRAIN = "train.joint"
 SELFIE_TRAIN = "train.selfie"
+COTEACH_TRAIN = "train.coteach"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 LABELS = "labels"
+PEER_ARRAYS = "peer-arrays"  # Co-teaching's second network
 
 SERVER_ROUND = "server-round"
 
@@ -177,6 +182,14 @@ class SampleLabelSettings(Settings):
 
     label_history: int  # predictions kept per sample
     correcting: bool  # after the warm-up: the soft labels follow the predictions
+
+
+@dataclass(frozen=True)
+class CoteachSettings(Settings):
+    """Co-teaching's round (client_app.coteaching)."""
+
+    forget_rate: float  # this round's R(t)
+    disagreement: bool  # Co-teaching+: exchange only on the samples the networks disagree on
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,8 @@ from strategies.flower import (
 from strategies.maskedoptim import FedElc, FedNoRo, MaskedOptim
 from strategies.rules import (
     Clipping,
+    Coteaching,
+    CoteachingPlus,
     FedExpStrategy,
     JointOptim,
     KrumFnbenchStrategy,
@@ -54,6 +56,8 @@ STRATEGIES: tuple[type[SeededStrategy], ...] = (
     Clipping,
     JointOptim,
     Selfie,
+    Coteaching,
+    CoteachingPlus,
     SymmetricCe,
     FedElc,
     FedNoRo,

@@ -18,10 +18,18 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from common.errors import ConfigError
-from common.protocol import JOINT_TRAIN, SELFIE_TRAIN, LocalTraining, SampleLabelSettings
+from common.protocol import (
+    COTEACH_TRAIN,
+    JOINT_TRAIN,
+    PEER_ARRAYS,
+    SELFIE_TRAIN,
+    CoteachSettings,
+    LocalTraining,
+    SampleLabelSettings,
+)
 from strategies import aggregation
 from strategies.base import SeededStrategy, StrategyParams
 
@@ -324,6 +332,118 @@ class Selfie(SampleLabelStrategy):
             selfie_noise_rate=self.params.selfie_noise_rate,
             selfie_uncertainty=self.params.selfie_uncertainty,
         )
+
+
+@dataclass(frozen=True)
+class CoteachingParams(StrategyParams):
+    forget_rate: float
+    coteaching_ramp_rounds: int
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        if not 0.0 <= self.forget_rate < 1.0:
+            raise ConfigError(f"forget-rate={self.forget_rate} must be in [0, 1)")
+        if self.coteaching_ramp_rounds < 0:
+            raise ConfigError(
+                f"coteaching-ramp-rounds={self.coteaching_ramp_rounds} must be 0 or more"
+            )
+
+
+class Coteaching(RuleStrategy):
+    """Co-teaching (Han et al., NeurIPS 2018) as local training under FedAvg, as FNBench runs it
+    (client_app.coteaching): every client trains the global model and a second network that
+    exchange their small-loss samples; both are uploaded and each is averaged as FedAvg does.
+    The first is the run's global model (evaluated, checkpointed like any); the second is this
+    strategy's state, sent as `peer-arrays` (from round 2: in round 1 every client starts it
+    from the same seeded initialisation)."""
+
+    names = ("coteaching",)
+    description = (
+        "FedAvg of two networks per client that train on each other's small-loss samples "
+        "(Co-teaching, Han et al., NeurIPS 2018), with the forget-rate schedule"
+    )
+    Params = CoteachingParams
+    local_loss = "ce"
+    make_rule = staticmethod(lambda params: SampleWeightedMean())
+    state_keys = ("peer_model",)
+
+    def __init__(self, params, **base) -> None:
+        super().__init__(params, **base)
+        self.peer_model: dict[str, np.ndarray] | None = None  # the second network's global model
+
+    def disagreement(self, server_round: int) -> bool:
+        return False
+
+    def configure_sampled(self, server_round, arrays, config, view):
+        from client_app.coteaching import forget_rate  # the one schedule (pure, torch-free)
+
+        settings = CoteachSettings(
+            forget_rate=forget_rate(
+                server_round, self.params.forget_rate, self.params.coteaching_ramp_rounds
+            ),
+            disagreement=self.disagreement(server_round),
+        )
+        messages = []
+        for message in super().configure_sampled(server_round, arrays, config, view):
+            record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
+            content = RecordDict({"arrays": message.content["arrays"], "config": record})
+            if self.peer_model is not None:
+                content[PEER_ARRAYS] = ArrayRecord(
+                    array_dict={
+                        k: Array(np.array(v, order="C")) for k, v in self.peer_model.items()
+                    }
+                )
+            destination = message.metadata.dst_node_id
+            messages.append(Message(content, dst_node_id=destination, message_type=COTEACH_TRAIN))
+        return messages
+
+    def aggregate_models(self, server_round: int, replies: list[Message]):
+        """The global model as FedAvg; the second network the same way, over the replies
+        whose second network is finite (none: it stays as it was)."""
+        peers = []  # taken out first: Flower's checks want one ArrayRecord per reply
+        for reply in replies:
+            if PEER_ARRAYS in reply.content:
+                peer = reply.content[PEER_ARRAYS]
+                del reply.content[PEER_ARRAYS]
+                if aggregation.is_finite_model([a.numpy() for a in peer.values()]):
+                    peers.append((peer, int(reply.content["metrics"]["num-examples"])))
+        arrays, metrics = super().aggregate_models(server_round, replies)
+        if peers:
+            keys = list(peers[0][0].keys())
+            models = [[peer[k].numpy() for k in keys] for peer, _ in peers]
+            examples = [count for _, count in peers]
+            self.peer_model = dict(
+                zip(keys, aggregation.weighted_mean(models, examples), strict=True)
+            )
+        return arrays, metrics
+
+
+@dataclass(frozen=True)
+class CoteachingPlusParams(CoteachingParams):
+    disagreement_start_round: int
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        super().check(sampled=sampled, num_clients=num_clients, num_rounds=num_rounds)
+        if self.disagreement_start_round < 0:
+            raise ConfigError(
+                f"disagreement-start-round={self.disagreement_start_round} must be 0 or more"
+            )
+
+
+class CoteachingPlus(Coteaching):
+    """Co-teaching+ (Yu et al., ICML 2019): Co-teaching until `disagreement-start-round`
+    (FNBench's `init_epoch`, 10), then the exchange only on the samples the two networks
+    disagree on."""
+
+    names = ("coteaching-plus",)
+    description = (
+        "Co-teaching+ (Yu et al., ICML 2019): Co-teaching, then the small-loss exchange only "
+        "on the samples where the two networks disagree"
+    )
+    Params = CoteachingPlusParams
+
+    def disagreement(self, server_round: int) -> bool:
+        # FNBench switches once its 0-based round counter reaches init_epoch
+        return server_round > self.params.disagreement_start_round
 
 
 @dataclass(frozen=True)

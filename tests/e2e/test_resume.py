@@ -63,13 +63,20 @@ def killed_after(
 
 @pytest.mark.parametrize(
     "strategy, every, kill_after",
-    [("fedavg", 3, 4), ("maskedoptim", 1, 1), ("maskedoptim", 2, 7), ("joint-optim", 2, 5)],
+    [
+        ("fedavg", 3, 4),
+        ("maskedoptim", 1, 1),
+        ("maskedoptim", 2, 7),
+        ("joint-optim", 2, 5),
+        ("coteaching", 2, 5),
+    ],
     ids=[
         "fedavg",
         "maskedoptim-detection-after-the-kill",
         "maskedoptim-detection-before",
         "joint-optim-soft-labels",
-    ],  # fmt: skip
+        "coteaching-second-network",
+    ],
 )
 def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(
     tmp_path, strategy, every, kill_after

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from common.config import config_with
 from strategies.registry import STRATEGY_NAMES, build_strategy
@@ -171,3 +171,29 @@ def test_server_side_attacks_replace_the_attackers_uploads(attack):
 def test_without_an_attack_no_upload_is_counted_as_an_attacker():
     strategy, _ = run_rounds("fedavg", rounds=1)
     assert strategy.last_attackers == 0 and strategy.attack.attack == "none"
+
+
+def test_coteaching_averages_the_second_networks_and_sends_them_back():
+    from common.protocol import PEER_ARRAYS
+
+    strategy = build_strategy(config_with(strategy="coteaching", **SETTINGS), ROSTER)
+    arrays = ArrayRecord(small_model_state())
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))
+    assert all(PEER_ARRAYS not in m.content for m in messages)  # round 1: clients seed it
+    replies = replies_to(messages, 1)
+    peers = {}
+    for reply in replies:
+        partition = ROSTER.partition_of(reply.metadata.src_node_id)
+        peer = {k: np.full(a.numpy().shape, partition, a.numpy().dtype)
+                for k, a in reply.content["arrays"].items()}  # fmt: skip
+        peers[partition] = peer
+        reply.content[PEER_ARRAYS] = ArrayRecord(array_dict={k: Array(v) for k, v in peer.items()})
+    new, _ = strategy.aggregate_train(1, replies)
+    assert set(new.keys()) == set(arrays.keys())  # the global model holds the first network only
+    weights = {p: 40 + p for p in peers}
+    expected = sum(weights[p] * p for p in peers) / sum(weights.values())
+    assert strategy.peer_model["0.weight"] == pytest.approx(np.full((3, 4), expected))
+    again = list(strategy.configure_train(2, new, ConfigRecord(), Grid()))
+    sent = again[0].content[PEER_ARRAYS]["0.weight"].numpy()
+    assert sent == pytest.approx(np.full((3, 4), expected))
+    assert again[0].metadata.message_type == "train.coteach"
