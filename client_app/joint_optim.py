@@ -47,6 +47,18 @@ def joint_optimisation_loss(
     return cross_entropy + alpha * prior + beta * entropy
 
 
+def stored_history(stored: dict[str, np.ndarray], device, size: int) -> torch.Tensor:
+    """A stored per-sample history [n, size, ...] on `device`; ValueError naming the key when it
+    was kept with another `label-history`."""
+    history = torch.as_tensor(stored["history"]).to(device)
+    if history.shape[1] != size:
+        raise ValueError(
+            f"the stored history holds {history.shape[1]} predictions per sample, not "
+            f"label-history={size}"
+        )
+    return history
+
+
 class LabelHistory:
     """One client's soft labels [n, C] and the history of its last `size` predictions per sample
     [n, size, C] (with how many were recorded, [n]), on the training device."""
@@ -77,12 +89,7 @@ class LabelHistory:
         cls, stored: dict[str, np.ndarray], device: torch.device, size: int, correcting: bool
     ) -> LabelHistory:
         """From `arrays()`; ValueError when the stored history has another size."""
-        history = torch.as_tensor(stored["history"]).to(device)
-        if history.shape[1] != size:
-            raise ValueError(
-                f"the stored label history holds {history.shape[1]} predictions per sample, "
-                f"not label-history={size}"
-            )
+        history = stored_history(stored, device, size)
         soft = torch.as_tensor(stored["soft-labels"]).to(device)
         counts = torch.as_tensor(stored["counts"]).to(device)
         return cls(soft, history, counts, correcting)

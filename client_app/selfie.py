@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from client_app.joint_optim import stored_history
 from common.protocol import LocalTraining
 
 
@@ -83,12 +84,7 @@ class SelfieState:
         correcting: bool,
     ) -> SelfieState:
         """From `arrays()`; ValueError when the stored history has another size."""
-        history = torch.as_tensor(stored["history"]).to(device)
-        if history.shape[1] != size:
-            raise ValueError(
-                f"the stored prediction history holds {history.shape[1]} predictions per "
-                f"sample, not label-history={size}"
-            )
+        history = stored_history(stored, device, size)
         counts = torch.as_tensor(stored["counts"]).to(device)
         refurbished = torch.as_tensor(stored["refurbished"]).to(device)
         return cls(history, counts, refurbished, num_classes, correcting)

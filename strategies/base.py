@@ -130,10 +130,22 @@ class SeededStrategy(FedAvg):
 
     def round_training(self, server_round: int) -> LocalTraining:
         """The complete local-training settings sent with this round's `train` messages: the
-        run's, with the strategy's own loss."""
-        if self.local_loss is None:
-            return self.training
-        return dataclasses.replace(self.training, local_loss=self.local_loss)
+        run's, with the strategy's own loss, and each of its parameters that is also a
+        LocalTraining field (the protocol names a knob after its run-config key, so
+        `sce_alpha`, `max_grad_norm`, ... reach the clients by name)."""
+        training = self.training
+        if self.local_loss is not None:
+            training = dataclasses.replace(training, local_loss=self.local_loss)
+        return dataclasses.replace(training, **self.params_for(LocalTraining))
+
+    def params_for(self, settings: type) -> dict[str, Any]:
+        """The strategy's parameters that are fields of the dataclass `settings`."""
+        names = {field.name for field in dataclasses.fields(settings)}
+        return {
+            field.name: getattr(self.params, field.name)
+            for field in dataclasses.fields(self.params)
+            if field.name in names
+        }
 
     def configure_sampled(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, view: SampledGrid

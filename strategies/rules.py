@@ -14,7 +14,6 @@ Flower's messages.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,6 @@ from common.protocol import (
     PEER_ARRAYS,
     SELFIE_TRAIN,
     CoteachSettings,
-    LocalTraining,
     SampleLabelSettings,
 )
 from strategies import aggregation
@@ -215,10 +213,6 @@ class Clipping(RuleStrategy):
     local_loss = "ce"
     make_rule = staticmethod(lambda params: SampleWeightedMean())
 
-    def round_training(self, server_round: int) -> LocalTraining:
-        training = super().round_training(server_round)
-        return dataclasses.replace(training, max_grad_norm=self.params.max_grad_norm)
-
 
 @dataclass(frozen=True)
 class SampleLabelParams(StrategyParams):
@@ -285,14 +279,6 @@ class JointOptim(SampleLabelStrategy):
     message_type = JOINT_TRAIN
     make_rule = staticmethod(lambda params: SampleWeightedMean())
 
-    def round_training(self, server_round: int) -> LocalTraining:
-        training = super().round_training(server_round)
-        return dataclasses.replace(
-            training,
-            joint_optim_alpha=self.params.joint_optim_alpha,
-            joint_optim_beta=self.params.joint_optim_beta,
-        )
-
 
 @dataclass(frozen=True)
 class SelfieParams(SampleLabelParams):
@@ -324,14 +310,6 @@ class Selfie(SampleLabelStrategy):
     local_loss = "selfie"
     message_type = SELFIE_TRAIN
     make_rule = staticmethod(lambda params: SampleWeightedMean())
-
-    def round_training(self, server_round: int) -> LocalTraining:
-        training = super().round_training(server_round)
-        return dataclasses.replace(
-            training,
-            selfie_noise_rate=self.params.selfie_noise_rate,
-            selfie_uncertainty=self.params.selfie_uncertainty,
-        )
 
 
 @dataclass(frozen=True)
@@ -458,9 +436,3 @@ class SymmetricCe(RuleStrategy):
     Params = SymmetricCeParams
     local_loss = "symmetric-ce"
     make_rule = staticmethod(lambda params: SampleWeightedMean())
-
-    def round_training(self, server_round: int) -> LocalTraining:
-        training = super().round_training(server_round)
-        return dataclasses.replace(
-            training, sce_alpha=self.params.sce_alpha, sce_beta=self.params.sce_beta
-        )
