@@ -9,6 +9,7 @@ keys (a resumed run that computed something else would not be the run it claims 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,11 @@ def resume_mapping(
     if summary.get("status") == "completed":
         raise ConfigError(f"--resume {run_dir}: the run is complete; there is nothing to resume")
     try:
-        checkpoint, _ = latest_checkpoint(run_dir)
+        checkpoint, refused = latest_checkpoint(run_dir)
     except CheckpointError as err:
         raise ConfigError(f"--resume: {err}; run it again from the start instead") from None
+    for problem in refused:
+        print(f"warning: checkpoint refused: {problem}; the previous one is used", file=sys.stderr)
     stored_config = dict(stored["run_config"])
     typed = resolve_run_config({**stored_config, **overrides})
     differences = config_differences(stored_config, typed)
