@@ -36,7 +36,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app.coteaching import seeded_state, train_two_networks
+from client_app.coteaching import train_two_networks
 from client_app.fedcorr import (
     double_softmax_losses,
     estimated_noise_fraction,
@@ -105,15 +105,9 @@ class LocalClient:
         load_weights(model, state)  # through pinned memory to a GPU
         return model
 
-    def load_peer(self, arrays: ArrayRecord | None) -> Classifier:
-        """This thread's second network (Co-teaching) holding `arrays`, or, in the first round
-        (None), the weights every client initialises it with (seeded by the run's seed)."""
+    def load_peer(self, arrays: ArrayRecord) -> Classifier:
+        """This thread's second network (Co-teaching) holding `arrays`."""
         model = self.models.get(slot=1)
-        if arrays is None:
-            seed = int(seeding.numpy_rng(self.config.seed, seeding.PEER_INIT).integers(2**62))
-            state = seeded_state(self.models.build, seed)
-            load_weights(model, {k: torch.as_tensor(v) for k, v in state.items()})
-            return model
         with _deserializing:
             state = arrays.to_torch_state_dict()
         load_weights(model, state)
@@ -201,10 +195,6 @@ class ThreadModels:
         if slot not in models:
             models[slot] = self._build()
         return models[slot]
-
-    def build(self) -> Classifier:
-        """A new model, not kept."""
-        return self._build()
 
 
 @dataclass(frozen=True, eq=False)
@@ -437,13 +427,14 @@ def train_selfie(msg: Message, context: Context) -> Message:
 @app.train("coteach")
 def train_coteach(msg: Message, context: Context) -> Message:
     """Co-teaching / Co-teaching+ (client_app.coteaching): the received global model and the
-    second network's (`peer-arrays`; seeded in round 1) trained together; both uploaded."""
+    second network's (`peer-arrays`) trained together; both uploaded."""
     client = local_client(context)
     server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
-    received_peer = msg.content.array_records.get(PEER_ARRAYS)
-    peer = client.load_peer(received_peer)
-    peer_start = ArrayRecord(peer.state_dict()) if received_peer is None else received_peer
+    if PEER_ARRAYS not in msg.content:
+        raise ValueError(f"the server's co-teaching message has no '{PEER_ARRAYS}'")
+    peer_start = msg.content[PEER_ARRAYS]
+    peer = client.load_peer(peer_start)
     settings = CoteachSettings.from_config(server_config)
     server_round = settings_round(msg)
     generator = shuffle_generator(client, server_round)

@@ -20,7 +20,6 @@ logits and the disagreement mask as the paper defines them.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,13 +100,3 @@ def train_two_networks(
             loss_sum += loss1.detach()
             steps += 1
     return TrainStats(mean_loss=float(loss_sum) / max(steps, 1), num_steps=steps)
-
-
-def seeded_state(build, seed: int) -> dict[str, np.ndarray]:
-    """The state of a model built by `build()` with torch's CPU RNG seeded by `seed` (the
-    second network's initial weights, the same on every client); torch's global RNG is left
-    as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build()
-    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}

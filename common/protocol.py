@@ -17,7 +17,7 @@ Messages (type: what the server sends -> what the client replies):
 - `train.joint`, `train.selfie`: arrays; config: LocalTraining + SampleLabelSettings +
   `server-round` -> the `train` reply (Joint Optimization's soft labels, SELFIE's prediction
   history and refurbished labels stay on the client).
-- `train.coteach`: arrays, and from round 2 `peer-arrays` (the second network's global model);
+- `train.coteach`: arrays and `peer-arrays` (the second network's global model);
   config: LocalTraining + CoteachSettings + `server-round` -> the `train` reply plus
   `peer-arrays` (the client's second network).
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,

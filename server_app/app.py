@@ -103,10 +103,11 @@ def discover_clients(grid: Grid, wait_seconds: float = CLIENT_WAIT_SECONDS) -> C
         time.sleep(1.0)
 
 
-def initial_model(config: RunConfig, dataset):
-    """The global model's seeded initialisation (torch's global RNG is left untouched)."""
+def initial_model(config: RunConfig, dataset, purpose: int = seeding.MODEL_INIT):
+    """The global model's seeded initialisation (torch's global RNG is left untouched); another
+    seeding `purpose` gives another network (Co-teaching's second, seeding.PEER_INIT)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seeding.numpy_rng(config.seed, seeding.MODEL_INIT).integers(2**62)))
+        torch.manual_seed(int(seeding.numpy_rng(config.seed, purpose).integers(2**62)))
         model = build_model(
             config.model,
             dataset.num_classes,
@@ -353,6 +354,11 @@ def main(grid: Grid, context: Context) -> None:
     attacked = attack.attack != "none"
     watch = DivergenceWatch()
     initial_arrays = ArrayRecord(model.state_dict())
+    if getattr(strategy, "needs_peer_model", False) and checkpoint is None:
+        # Co-teaching's second network, built here once: the clients' threads share torch's
+        # global RNG, so a seeded build on each client would race with the others'
+        peer = initial_model(config, dataset, seeding.PEER_INIT)
+        strategy.peer_model = {k: v.detach().cpu().numpy() for k, v in peer.state_dict().items()}
     if checkpoint is not None:  # the global model after the checkpoint's round
         watch.first = checkpoint.payload["diverged"]
         initial_arrays = ArrayRecord(

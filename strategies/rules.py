@@ -331,8 +331,8 @@ class Coteaching(RuleStrategy):
     (client_app.coteaching): every client trains the global model and a second network that
     exchange their small-loss samples; both are uploaded and each is averaged as FedAvg does.
     The first is the run's global model (evaluated, checkpointed like any); the second is this
-    strategy's state, sent as `peer-arrays` (from round 2: in round 1 every client starts it
-    from the same seeded initialisation)."""
+    strategy's state, sent as `peer-arrays`, initialised by the ServerApp (`needs_peer_model`)
+    with its own seed."""
 
     names = ("coteaching",)
     description = (
@@ -343,6 +343,7 @@ class Coteaching(RuleStrategy):
     local_loss = "ce"
     make_rule = staticmethod(lambda params: SampleWeightedMean())
     state_keys = ("peer_model",)
+    needs_peer_model = True  # the ServerApp sets peer_model to a seeded initialisation
 
     def __init__(self, params, **base) -> None:
         super().__init__(params, **base)
@@ -364,12 +365,11 @@ class Coteaching(RuleStrategy):
         for message in super().configure_sampled(server_round, arrays, config, view):
             record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
             content = RecordDict({"arrays": message.content["arrays"], "config": record})
-            if self.peer_model is not None:
-                content[PEER_ARRAYS] = ArrayRecord(
-                    array_dict={
-                        k: Array(np.array(v, order="C")) for k, v in self.peer_model.items()
-                    }
-                )
+            if self.peer_model is None:
+                raise RuntimeError("coteaching: no second network (the ServerApp sets it)")
+            content[PEER_ARRAYS] = ArrayRecord(
+                array_dict={k: Array(np.array(v, order="C")) for k, v in self.peer_model.items()}
+            )
             destination = message.metadata.dst_node_id
             messages.append(Message(content, dst_node_id=destination, message_type=COTEACH_TRAIN))
         return messages

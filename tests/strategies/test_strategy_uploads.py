@@ -91,6 +91,8 @@ def run_rounds(name: str, rounds: int, poison_first: int = 0):
     per_round = {"clients_per_round": 3} if name == "fedcorr" else {}
     strategy = build_strategy(config_with(strategy=name, **SETTINGS | per_round), ROSTER)
     arrays = ArrayRecord(small_model_state())
+    if getattr(strategy, "needs_peer_model", False):  # as the ServerApp does
+        strategy.peer_model = {k: a.numpy() for k, a in arrays.items()}
     history = []
     for server_round in range(1, rounds + 1):
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), Grid()))
@@ -178,8 +180,9 @@ def test_coteaching_averages_the_second_networks_and_sends_them_back():
 
     strategy = build_strategy(config_with(strategy="coteaching", **SETTINGS), ROSTER)
     arrays = ArrayRecord(small_model_state())
+    strategy.peer_model = {k: a.numpy() for k, a in arrays.items()}  # as the ServerApp does
     messages = list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))
-    assert all(PEER_ARRAYS not in m.content for m in messages)  # round 1: clients seed it
+    assert all(PEER_ARRAYS in m.content for m in messages)
     replies = replies_to(messages, 1)
     peers = {}
     for reply in replies:
