@@ -1,6 +1,7 @@
 """A run killed with SIGKILL mid-way and resumed with `simulation.py --resume RUN_DIR` (in
-process) ends with the per-round numbers of an uninterrupted run: FedAvg, and MaskedOptim with
-its detection before and after the kill; a damaged newest checkpoint is refused and the one
+process) ends with the per-round numbers of an uninterrupted run: MaskedOptim with its detection
+before and after the kill, Joint Optimization's client state, Co-teaching's second network, and
+FedAvg through the comparison runner; a damaged newest checkpoint is refused and the one
 before it used; a resume that would compute something else is refused."""
 
 from __future__ import annotations
@@ -64,14 +65,12 @@ def killed_after(
 @pytest.mark.parametrize(
     "strategy, every, kill_after",
     [
-        ("fedavg", 3, 4),
         ("maskedoptim", 1, 1),
         ("maskedoptim", 2, 7),
         ("joint-optim", 2, 5),
         ("coteaching", 2, 5),
     ],
     ids=[
-        "fedavg",
         "maskedoptim-detection-after-the-kill",
         "maskedoptim-detection-before",
         "joint-optim-soft-labels",
