@@ -231,6 +231,7 @@ class SampleLabelStrategy(RuleStrategy):
     starts correcting after `label-warmup-rounds`."""
 
     message_type: str = ""
+    make_rule = staticmethod(lambda params: SampleWeightedMean())
 
     def configure_sampled(self, server_round, arrays, config, view):
         # FNBench corrects once its 0-based round counter reaches the warm-up
@@ -277,7 +278,6 @@ class JointOptim(SampleLabelStrategy):
     Params = JointOptimParams
     local_loss = "joint-optim"
     message_type = JOINT_TRAIN
-    make_rule = staticmethod(lambda params: SampleWeightedMean())
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,6 @@ class Selfie(SampleLabelStrategy):
     Params = SelfieParams
     local_loss = "selfie"
     message_type = SELFIE_TRAIN
-    make_rule = staticmethod(lambda params: SampleWeightedMean())
 
 
 @dataclass(frozen=True)
