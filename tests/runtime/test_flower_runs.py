@@ -174,10 +174,12 @@ def test_sigterm_stops_a_run_and_everything_it_started(tmp_path):
     assert not list((out / "long").glob("*.tmp*"))
 
 
-def test_a_run_stopped_under_flower_resumes_to_the_uninterrupted_numbers(tmp_path):
-    """maskedoptim under Flower's runtime, stopped after round 4 (its detection came after
-    round 3), resumed with --resume under Flower's runtime: every round's test accuracy and
-    corrected-label accuracy equal an uninterrupted in-process run's."""
+@pytest.mark.parametrize("strategy", ["fedavg", "maskedoptim"])
+def test_a_run_stopped_under_flower_resumes_to_the_uninterrupted_numbers(tmp_path, strategy):
+    """A run under Flower's runtime, stopped after round 4 (maskedoptim's detection came after
+    round 3), resumed with --resume under Flower's runtime: every round's test accuracy (and
+    maskedoptim's corrected-label accuracy and flagged count) equal an uninterrupted in-process
+    run's."""
     import signal
     import time
 
@@ -185,7 +187,7 @@ def test_a_run_stopped_under_flower_resumes_to_the_uninterrupted_numbers(tmp_pat
     settings = (*SIX_CLIENTS_THREE_NOISY, "--set", "checkpoint-every=2", "--set", "run-name=r")
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "simulation.py"), "--flwr-home", str(home), "--quiet",
-         "--set", "strategy=maskedoptim", *settings, "--out", str(out)],
+         "--set", f"strategy={strategy}", *settings, "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )  # fmt: skip
     deadline = time.monotonic() + 600
@@ -202,7 +204,7 @@ def test_a_run_stopped_under_flower_resumes_to_the_uninterrupted_numbers(tmp_pat
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
     whole = launch(
-        tmp_path, "--runtime", "inprocess", "--quiet", "--set", "strategy=maskedoptim",
+        tmp_path, "--runtime", "inprocess", "--quiet", "--set", f"strategy={strategy}",
         *settings, "--out", str(tmp_path / "whole"),
     )  # fmt: skip
     assert whole.returncode == 0, whole.stderr[-3000:]
