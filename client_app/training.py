@@ -169,7 +169,7 @@ def train_locally(
                 share = float(mixing.beta(settings.mixup_alpha, settings.mixup_alpha))
                 partner = torch.randperm(len(idx), generator=generator).to(device)
                 with options.autocast(device):
-                    logits = model(share * inputs + (1 - share) * inputs[partner])
+                    logits = model.mixed_forward(inputs, partner, share)
                 logits = logits.float()
                 loss = share * F.cross_entropy(logits, targets) + (1 - share) * F.cross_entropy(
                     logits, targets[partner]

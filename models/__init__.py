@@ -37,6 +37,14 @@ class Classifier(nn.Module):
         feats = self.features(x)
         return self.head(feats), feats
 
+    def mixed_forward(self, x: torch.Tensor, partner: torch.Tensor, share: float) -> torch.Tensor:
+        """Logits of mixup's blend `share * x + (1 - share) * x[partner]` (Zhang et al., ICLR 2018).
+
+        x: a batch, (B, ...) float; partner: (B,) int64 row indices; share in [0, 1]. Models whose
+        inputs cannot be blended (token ids) override this to blend a representation instead.
+        """
+        return self(share * x + (1 - share) * x[partner])
+
 
 class DigitsNet(Classifier):
     """A small CNN for scikit-learn's 1x8x8 digits (the embedded CPU demo)."""
@@ -150,6 +158,16 @@ class FastText(Classifier):
         keep = (tokens != self.pad_index).unsqueeze(-1).float()
         summed = (self.embedding(tokens) * keep).sum(1)
         return self.fc(summed / keep.sum(1).clamp_min(1.0))
+
+    def mixed_forward(
+        self, tokens: torch.Tensor, partner: torch.Tensor, share: float
+    ) -> torch.Tensor:
+        """Mixup for token ids, which cannot be blended: blend the sentence embeddings (the
+        features) instead, "senMixup" (Guo et al., "Augmenting Data with Mixup for Sentence
+        Classification", 2019). tokens: (B, L) int64; partner: (B,) int64; returns (B, classes).
+        The model after the embedding mean is affine, so this equals blending the features."""
+        feats = self.features(tokens)
+        return self.head(share * feats + (1 - share) * feats[partner])
 
 
 class ResNet50(Classifier):

@@ -180,3 +180,27 @@ def test_pretrained_weights_load_into_the_backbone_and_leave_the_new_head(tmp_pa
     assert torch.equal(model.head.weight, head)
     with pytest.raises(ValueError, match="pretrained weights fit only resnet50"):
         load_pretrained(build_model("lenet", 10), tmp_path / "w.pth")
+
+
+# --- mixup's forward ---------------------------------------------------------------------------
+
+
+def test_image_mixup_blends_the_inputs():
+    torch.manual_seed(0)
+    model = build_model("digitsnet", 10).eval()
+    x, partner = image_batch(1, 8, 8, n=3), torch.tensor([2, 0, 1])
+    expected = model(0.3 * x + 0.7 * x[partner])
+    assert torch.allclose(model.mixed_forward(x, partner, 0.3), expected)
+
+
+def test_fasttext_mixup_blends_the_sentence_embeddings():
+    torch.manual_seed(0)
+    model = build_model("fasttext", 4, vocab_size=VOCAB)
+    tokens, partner = token_batch(), torch.tensor([1, 2, 0])
+    # by hand: the mean of each row's non-padding embeddings, blended, then fc and head
+    rows = [model.embedding(t[t != 1]).mean(0) for t in tokens]
+    means = torch.stack(rows)
+    blended = 0.25 * means + 0.75 * means[partner]
+    expected = model.head(model.fc(blended))
+    assert torch.allclose(model.mixed_forward(tokens, partner, 0.25), expected, atol=1e-5)
+    assert torch.allclose(model.mixed_forward(tokens, partner, 1.0), model(tokens), atol=1e-6)
