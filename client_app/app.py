@@ -6,6 +6,8 @@ Messages it answers:
   `proximal-mu`; replies with the weights, `num-examples`, `train-loss`, `train-seconds`.
 - `train.masked`: MaskedOptim's (and FedELC's) noisy-client training (client_app.masked) with
   per-sample label logits kept in `context.state` across rounds; plus label diagnostics.
+- `train.joint`, `train.selfie`, `train.coteach`, `train.robustfl`: the baselines' local training
+  (client_app.joint_optim, .selfie, .coteaching, .robustfl) with their own state.
 - `train.corr`, `query.relabel`: FedCorr's training on corrected labels and its relabelling
   (client_app.fedcorr), with the corrected labels kept in `context.state`.
 - `query.class_loss`: the per-class mean loss of the received model, for noisy-client detection.
@@ -54,6 +56,7 @@ from client_app.masked import (
     masked_train_locally,
     per_class_loss,
 )
+from client_app.robustfl import train_robustfl
 from client_app.selfie import SelfieState
 from client_app.state import ClientStateStore
 from client_app.training import train_locally
@@ -64,6 +67,7 @@ from common.config import RunConfig
 from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
 from common.protocol import (
+    CENTROIDS,
     PEER_ARRAYS,
     SERVER_ROUND,
     ClassLossQuery,
@@ -73,6 +77,7 @@ from common.protocol import (
     LocalTraining,
     MaskedSettings,
     RelabelQuery,
+    RobustflSettings,
     SampleLabelSettings,
 )
 from data.client_data import ClientData
@@ -455,6 +460,48 @@ def train_coteach(msg: Message, context: Context) -> Message:
         {
             "arrays": client.upload(model.state_dict(), msg.content["arrays"], server_round),
             PEER_ARRAYS: client.upload(peer.state_dict(), peer_start, server_round),
+            "metrics": metrics,
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.train("robustfl")
+def train_robustfl_message(msg: Message, context: Context) -> Message:
+    """RobustFL (client_app.robustfl): training guided by the server's class centroids
+    (`centroids`, absent in round 1); the model and the client's centroids uploaded."""
+    client = local_client(context)
+    server_config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    settings = RobustflSettings.from_config(server_config)
+    centroids = None
+    if CENTROIDS in msg.content:
+        with _deserializing:
+            received = msg.content[CENTROIDS][CENTROIDS].numpy()
+        centroids = torch.as_tensor(received).to(client.data.inputs.device)
+    server_round = settings_round(msg)
+    started = time.perf_counter()
+    stats, mine = train_robustfl(
+        model,
+        client.data,
+        client.pipeline,
+        LocalTraining.from_config(server_config),
+        centroids,
+        settings.forget_rate,
+        settings.lambda_cen,
+        settings.robustfl_lambda_e,
+        settings.use_pseudo,
+        shuffle_generator(client, server_round),
+        client.config.eval_batch_size,
+        client.options,
+    )
+    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
+    content = RecordDict(
+        {
+            "arrays": client.upload(model.state_dict(), msg.content["arrays"], server_round),
+            CENTROIDS: ArrayRecord(
+                array_dict={CENTROIDS: Array(np.array(mine.detach().cpu().numpy(), order="C"))}
+            ),
             "metrics": metrics,
         }
     )

@@ -10,8 +10,8 @@ exchanges as above; a batch without disagreement trains both on all of it.
 
 R(t), the forget rate of round t, follows Han et al.'s schedule over global rounds: linear from 0
 in round 1 to `forget-rate` tau in round T_k (`coteaching-ramp-rounds`, 10), then tau
-(`numpy.linspace(0, tau, T_k)`, as their code). FNBench keeps R = tau from round 1:
-`coteaching-ramp-rounds = 0`.
+(`numpy.linspace(0, tau, T_k)`, as their code). FNBench ramps over its `warmup_epochs`, 30
+rounds: `coteaching-ramp-rounds = 30`.
 
 Departures from FNBench's Co-teaching+: it feeds softmax probabilities to a CE that applies a
 softmax again, and keeps a sample-index mask that can drop disagreeing samples; we use the

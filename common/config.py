@@ -119,6 +119,10 @@ class RunConfig:
     forget_rate: float
     coteaching_ramp_rounds: int
     disagreement_start_round: int
+    robustfl_ramp_rounds: int
+    robustfl_pseudo_rounds: int
+    robustfl_lambda_cen: float
+    robustfl_lambda_e: float
     fednoro_kd_weight: float
     fednoro_temperature: float
     fedcorr_iterations: int

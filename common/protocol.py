@@ -20,6 +20,9 @@ Messages (type: what the server sends -> what the client replies):
 - `train.coteach`: arrays and `peer-arrays` (the second network's global model);
   config: LocalTraining + CoteachSettings + `server-round` -> the `train` reply plus
   `peer-arrays` (the client's second network).
+- `train.robustfl`: arrays and, after round 1, `centroids` (the global class centroids);
+  config: LocalTraining + RobustflSettings + `server-round` -> the `train` reply plus
+  `centroids` (the client's).
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
   `class-present`; labels: `observed-confusion`.
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
@@ -57,6 +60,7 @@ LABELS_QUERY = "query.labels"
 JOINT_TRAIN = "train.joint"
 SELFIE_TRAIN = "train.selfie"
 COTEACH_TRAIN = "train.coteach"
+ROBUSTFL_TRAIN = "train.robustfl"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
@@ -64,6 +68,7 @@ CONFIG = "config"
 METRICS = "metrics"
 LABELS = "labels"
 PEER_ARRAYS = "peer-arrays"  # Co-teaching's second network
+CENTROIDS = "centroids"  # RobustFL's class-wise feature centroids, one (C, D) array
 
 SERVER_ROUND = "server-round"
 
@@ -190,6 +195,16 @@ class CoteachSettings(Settings):
 
     forget_rate: float  # this round's R(t)
     disagreement: bool  # Co-teaching+: exchange only on the samples the networks disagree on
+
+
+@dataclass(frozen=True)
+class RobustflSettings(Settings):
+    """RobustFL's round (client_app.robustfl)."""
+
+    forget_rate: float  # this round's R(t)
+    lambda_cen: float  # this round's centroid-loss weight (ramped over the pseudo-label rounds)
+    robustfl_lambda_e: float  # the entropy term's weight
+    use_pseudo: bool  # unconfident small-loss samples train on the global model's prediction
 
 
 @dataclass(frozen=True)

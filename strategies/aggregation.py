@@ -395,3 +395,42 @@ def distance_aware_weights(
     if distances.max() > 0:
         weights = weights * np.exp(-distances / distances.max())
     return weights / weights.sum()
+
+
+def similarity_weighted_centroids(
+    current: np.ndarray | None, uploads: Sequence[np.ndarray], examples: Sequence[int]
+) -> np.ndarray:
+    """RobustFL's server step (Yang et al., 2022; FNBench main_fed_LNL.py): each class's global
+    centroid becomes the mean of the clients' centroids of that class weighted by their cosine
+    similarity to the current global one, f_G[c] = sum_k s_kc f_k[c] / sum_k s_kc.
+
+    current: (C, D) or None before the first round; uploads: K arrays (C, D); examples: K sample
+    counts. Returns (C, D) float32. Departures, each where FNBench's formula is undefined or
+    arbitrary: a negative similarity counts 0 (features without a final ReLU, fastText's, can
+    point away), and a class whose weights sum to 0 keeps its current centroid; with no current
+    centroids (FNBench: random numbers), the clients' non-zero rows (a zero row: a class the
+    client did not hold) are averaged by sample count. Raises ValueError on no uploads or
+    mismatched shapes."""
+    if not uploads:
+        raise ValueError("no centroids to aggregate")
+    stacked = np.stack([np.asarray(u, dtype=np.float64) for u in uploads])  # (K, C, D)
+    if stacked.ndim != 3 or len(examples) != len(uploads):
+        raise ValueError(
+            f"expected K (C, D) centroid arrays and K sample counts; got shape {stacked.shape} "
+            f"and {len(examples)} counts"
+        )
+    if current is None:
+        held = np.abs(stacked).sum(axis=2) > 0  # (K, C)
+        weights = held * np.asarray(examples, dtype=np.float64)[:, None]
+        total = weights.sum(axis=0)  # (C,)
+        mean = (weights[:, :, None] * stacked).sum(axis=0) / np.maximum(total, 1e-12)[:, None]
+        return mean.astype(np.float32)
+    reference = np.asarray(current, dtype=np.float64)
+    if reference.shape != stacked.shape[1:]:
+        raise ValueError(f"current centroids {reference.shape}, uploads {stacked.shape[1:]}")
+    norms = np.linalg.norm(stacked, axis=2) * np.linalg.norm(reference, axis=1)[None, :]
+    cosine = (stacked * reference[None]).sum(axis=2) / np.maximum(norms, 1e-8)  # (K, C)
+    weights = np.clip(cosine, 0.0, None)
+    total = weights.sum(axis=0)
+    mean = (weights[:, :, None] * stacked).sum(axis=0) / np.maximum(total, 1e-12)[:, None]
+    return np.where((total > 0)[:, None], mean, reference).astype(np.float32)

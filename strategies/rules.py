@@ -21,11 +21,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from common.errors import ConfigError
 from common.protocol import (
+    CENTROIDS,
     COTEACH_TRAIN,
     JOINT_TRAIN,
     PEER_ARRAYS,
+    ROBUSTFL_TRAIN,
     SELFIE_TRAIN,
     CoteachSettings,
+    RobustflSettings,
     SampleLabelSettings,
 )
 from strategies import aggregation
@@ -421,6 +424,96 @@ class CoteachingPlus(Coteaching):
     def disagreement(self, server_round: int) -> bool:
         # FNBench switches once its 0-based round counter reaches init_epoch
         return server_round > self.params.disagreement_start_round
+
+
+@dataclass(frozen=True)
+class RobustflParams(StrategyParams):
+    forget_rate: float
+    robustfl_ramp_rounds: int
+    robustfl_pseudo_rounds: int
+    robustfl_lambda_cen: float
+    robustfl_lambda_e: float
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        if not 0.0 <= self.forget_rate < 1.0:
+            raise ConfigError(f"forget-rate={self.forget_rate} must be in [0, 1)")
+        for key, value in (
+            ("robustfl-ramp-rounds", self.robustfl_ramp_rounds),
+            ("robustfl-pseudo-rounds", self.robustfl_pseudo_rounds),
+            ("robustfl-lambda-cen", self.robustfl_lambda_cen),
+            ("robustfl-lambda-e", self.robustfl_lambda_e),
+        ):
+            if value < 0:
+                raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")
+
+    def settings(self, server_round: int) -> RobustflSettings:
+        """Round `server_round`'s settings (FNBench's 0-based round g = server_round - 1): the
+        forget-rate ramp, lambda_cen * g / T_pl while g < T_pl, pseudo-labels once g >= T_pl."""
+        from client_app.coteaching import forget_rate  # the one schedule (pure, torch-free)
+
+        done = server_round - 1
+        pseudo = self.robustfl_pseudo_rounds
+        ramp = min(1.0, done / pseudo) if pseudo > 0 else 1.0
+        return RobustflSettings(
+            forget_rate=forget_rate(server_round, self.forget_rate, self.robustfl_ramp_rounds),
+            lambda_cen=self.robustfl_lambda_cen * ramp,
+            robustfl_lambda_e=self.robustfl_lambda_e,
+            use_pseudo=done >= pseudo,
+        )
+
+
+class Robustfl(RuleStrategy):
+    """RobustFL (Yang et al., IEEE Intelligent Systems 2022) as FNBench runs it
+    (client_app.robustfl): clients train with small-loss selection, centroid-guided
+    pseudo-labels, a centroid loss and an entropy term, and upload their class-wise feature
+    centroids with their model; the model is averaged as FedAvg does, the centroids by their
+    similarity to the global ones (aggregation.similarity_weighted_centroids). The global
+    centroids are this strategy's state (None until round 1's uploads)."""
+
+    names = ("robustfl",)
+    description = (
+        "RobustFL (Yang et al., 2022): small-loss samples, labels checked against class-wise "
+        "feature centroids shared by the server, global-guided pseudo-labels; FedAvg"
+    )
+    Params = RobustflParams
+    local_loss = "ce"
+    make_rule = staticmethod(lambda params: SampleWeightedMean())
+    state_keys = ("centroids",)
+
+    def __init__(self, params, **base) -> None:
+        super().__init__(params, **base)
+        self.centroids: np.ndarray | None = None  # (C, D) float32, the global class centroids
+
+    def configure_sampled(self, server_round, arrays, config, view):
+        settings = self.params.settings(server_round)
+        messages = []
+        for message in super().configure_sampled(server_round, arrays, config, view):
+            record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
+            content = RecordDict({"arrays": message.content["arrays"], "config": record})
+            if self.centroids is not None:
+                content[CENTROIDS] = ArrayRecord(
+                    array_dict={CENTROIDS: Array(np.array(self.centroids, order="C"))}
+                )
+            destination = message.metadata.dst_node_id
+            messages.append(Message(content, dst_node_id=destination, message_type=ROBUSTFL_TRAIN))
+        return messages
+
+    def aggregate_models(self, server_round: int, replies: list[Message]):
+        """The model as FedAvg; the centroids of the replies whose centroids are finite (none:
+        the global ones stay as they were)."""
+        uploads = []  # taken out first: Flower's checks want one ArrayRecord per reply
+        for reply in replies:
+            if CENTROIDS in reply.content:
+                centroids = reply.content[CENTROIDS][CENTROIDS].numpy()
+                del reply.content[CENTROIDS]
+                if np.isfinite(centroids).all():
+                    uploads.append((centroids, int(reply.content["metrics"]["num-examples"])))
+        arrays, metrics = super().aggregate_models(server_round, replies)
+        if uploads:
+            self.centroids = aggregation.similarity_weighted_centroids(
+                self.centroids, [c for c, _ in uploads], [n for _, n in uploads]
+            )
+        return arrays, metrics
 
 
 @dataclass(frozen=True)

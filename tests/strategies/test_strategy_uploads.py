@@ -200,3 +200,29 @@ def test_coteaching_averages_the_second_networks_and_sends_them_back():
     sent = again[0].content[PEER_ARRAYS]["0.weight"].numpy()
     assert sent == pytest.approx(np.full((3, 4), expected))
     assert again[0].metadata.message_type == "train.coteach"
+
+
+def test_robustfl_sends_the_centroids_its_clients_uploaded():
+    from common.protocol import CENTROIDS
+
+    strategy = build_strategy(config_with(strategy="robustfl", **SETTINGS), ROSTER)
+    arrays = ArrayRecord(small_model_state())
+    first = list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))
+    assert all(CENTROIDS not in m.content for m in first)  # none yet: clients use their own
+    assert first[0].metadata.message_type == "train.robustfl"
+    replies = replies_to(first, 1)
+    for reply in replies:
+        partition = ROSTER.partition_of(reply.metadata.src_node_id)
+        centroids = np.full((2, 3), float(partition), dtype=np.float32)
+        reply.content[CENTROIDS] = ArrayRecord(array_dict={CENTROIDS: Array(centroids)})
+    new, _ = strategy.aggregate_train(1, replies)
+    assert set(new.keys()) == set(arrays.keys())
+    # round 1: the non-zero rows averaged by sample count (partition 0's rows are zeros)
+    held = [ROSTER.partition_of(r.metadata.src_node_id) for r in replies]
+    held = [p for p in held if p != 0]
+    expected = sum((40 + p) * p for p in held) / sum(40 + p for p in held)
+    assert strategy.centroids == pytest.approx(np.full((2, 3), expected))
+    again = list(strategy.configure_train(2, new, ConfigRecord(), Grid()))
+    assert again[0].content[CENTROIDS][CENTROIDS].numpy() == pytest.approx(strategy.centroids)
+    state = strategy.checkpoint_state()
+    assert state["centroids"] is strategy.centroids  # the checkpoint carries them
