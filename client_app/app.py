@@ -6,8 +6,8 @@ Messages it answers:
   `proximal-mu`; replies with the weights, `num-examples`, `train-loss`, `train-seconds`.
 - `train.masked`: MaskedOptim's (and FedELC's) noisy-client training (client_app.masked) with
   per-sample label logits kept in `context.state` across rounds; plus label diagnostics.
-- `train.joint`, `train.selfie`, `train.coteach`, `train.robustfl`: the baselines' local training
-  (client_app.joint_optim, .selfie, .coteaching, .robustfl) with their own state.
+- `train.joint`, `train.selfie`, `train.coteach`, `train.robustfl`, `train.fedrn`: the
+  baselines' local training (client_app.joint_optim, .selfie, .coteaching, .robustfl, .fedrn).
 - `train.corr`, `query.relabel`: FedCorr's training on corrected labels and its relabelling
   (client_app.fedcorr), with the corrected labels kept in `context.state`.
 - `query.class_loss`: the per-class mean loss of the received model, for noisy-client detection.
@@ -45,6 +45,7 @@ from client_app.fedcorr import (
     lid_per_sample,
     relabel,
 )
+from client_app.fedrn import probe_input, reliability_report, select_clean_samples, subset
 from client_app.joint_optim import LabelHistory
 from client_app.label_export import (
     change_summary,
@@ -68,11 +69,15 @@ from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
 from common.protocol import (
     CENTROIDS,
+    FEDRN_REPORT,
+    NEIGHBOUR_ARRAYS,
     PEER_ARRAYS,
+    PREVIOUS_ARRAYS,
     SERVER_ROUND,
     ClassLossQuery,
     CorrSettings,
     CoteachSettings,
+    FedrnSettings,
     LabelsQuery,
     LocalTraining,
     MaskedSettings,
@@ -110,9 +115,10 @@ class LocalClient:
         load_weights(model, state)  # through pinned memory to a GPU
         return model
 
-    def load_peer(self, arrays: ArrayRecord) -> Classifier:
-        """This thread's second network (Co-teaching) holding `arrays`."""
-        model = self.models.get(slot=1)
+    def load_peer(self, arrays: ArrayRecord, slot: int = 1) -> Classifier:
+        """This thread's model number `slot` holding `arrays`: Co-teaching's second network
+        (1), FedRN's previous and neighbour models (1, 2, ...)."""
+        model = self.models.get(slot=slot)
         with _deserializing:
             state = arrays.to_torch_state_dict()
         load_weights(model, state)
@@ -503,6 +509,54 @@ def train_robustfl_message(msg: Message, context: Context) -> Message:
                 array_dict={CENTROIDS: Array(np.array(mine.detach().cpu().numpy(), order="C"))}
             ),
             "metrics": metrics,
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.train("fedrn")
+def train_fedrn(msg: Message, context: Context) -> Message:
+    """FedRN (client_app.fedrn): after the warm-up, CE on the samples that the client's previous
+    model and its neighbours' (`previous-arrays`, `neighbour-arrays-<i>`) deem clean; before,
+    CE on all. Replies with the model's expertise and probe output (`fedrn`)."""
+    client = local_client(context)
+    server_config = msg.content["config"]
+    settings = FedrnSettings.from_config(server_config)
+    training = LocalTraining.from_config(server_config)
+    server_round = settings_round(msg)
+    generator = shuffle_generator(client, server_round)
+    started = time.perf_counter()
+    data = client.data
+    if settings.selecting:
+        # the received models go into the thread's spare model slots (1: previous, 2+: the
+        # neighbours), so the global model's slot 0 is loaded last, for training
+        previous = None
+        if settings.has_previous:
+            previous = client.load_peer(msg.content[PREVIOUS_ARRAYS], slot=1)
+        count = len(settings.scores) - int(settings.has_previous)
+        neighbours = [
+            client.load_peer(msg.content[f"{NEIGHBOUR_ARRAYS}-{rank}"], slot=2 + rank)
+            for rank in range(count)
+        ]
+        rows = select_clean_samples(
+            previous, neighbours, settings.scores, data, client.pipeline, training,
+            settings.fedrn_p_threshold, client.config.seed, generator,
+            client.config.eval_batch_size, client.options,
+        )  # fmt: skip
+        data = subset(data, rows)
+    model = client.load(msg.content["arrays"])
+    stats = train_locally(model, data, client.pipeline, training, generator, client.options)
+    probe_generator = seeding.torch_generator(client.config.seed, seeding.FEDRN_PROBE)
+    probe = probe_input(model, client.data, client.pipeline, probe_generator)
+    expertise, probe_output = reliability_report(
+        model, client.data, client.pipeline, probe, client.config.eval_batch_size, client.options
+    )
+    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
+    content = RecordDict(
+        {
+            "arrays": client.upload(model.state_dict(), msg.content["arrays"], server_round),
+            "metrics": metrics,
+            FEDRN_REPORT: ConfigRecord({"expertise": expertise, "probe-output": probe_output}),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -123,6 +123,9 @@ class RunConfig:
     robustfl_pseudo_rounds: int
     robustfl_lambda_cen: float
     robustfl_lambda_e: float
+    fedrn_neighbours: int
+    fedrn_alpha: float
+    fedrn_p_threshold: float
     fednoro_kd_weight: float
     fednoro_temperature: float
     fedcorr_iterations: int

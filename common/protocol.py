@@ -23,6 +23,10 @@ Messages (type: what the server sends -> what the client replies):
 - `train.robustfl`: arrays and, after round 1, `centroids` (the global class centroids);
   config: LocalTraining + RobustflSettings + `server-round` -> the `train` reply plus
   `centroids` (the client's).
+- `train.fedrn`: arrays, and after the warm-up `previous-arrays` (the client's last upload,
+  when the server has one) and `neighbour-arrays-0` ... (its reliable neighbours' last
+  uploads, best first); config: LocalTraining + FedrnSettings + `server-round` -> the `train`
+  reply plus `fedrn` (a config record: `expertise`, `probe-output`).
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
   `class-present`; labels: `observed-confusion`.
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
@@ -61,6 +65,7 @@ JOINT_TRAIN = "train.joint"
 SELFIE_TRAIN = "train.selfie"
 COTEACH_TRAIN = "train.coteach"
 ROBUSTFL_TRAIN = "train.robustfl"
+FEDRN_TRAIN = "train.fedrn"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
@@ -69,6 +74,9 @@ METRICS = "metrics"
 LABELS = "labels"
 PEER_ARRAYS = "peer-arrays"  # Co-teaching's second network
 CENTROIDS = "centroids"  # RobustFL's class-wise feature centroids, one (C, D) array
+PREVIOUS_ARRAYS = "previous-arrays"  # FedRN: the client's own last uploaded model
+NEIGHBOUR_ARRAYS = "neighbour-arrays"  # FedRN: `neighbour-arrays-0`, `-1`, ...: best first
+FEDRN_REPORT = "fedrn"  # FedRN's reply: `expertise`, `probe-output`
 
 SERVER_ROUND = "server-round"
 
@@ -92,7 +100,13 @@ class Settings:
             key = field.name.replace("_", "-")
             if key not in config:
                 raise ValueError(f"the server's message has no '{key}' ({cls.__name__})")
-            kind = {"int": int, "float": float, "bool": bool, "str": str}[str(field.type)]
+            kind = {
+                "int": int,
+                "float": float,
+                "bool": bool,
+                "str": str,
+                "list[float]": lambda values: [float(v) for v in values],
+            }[str(field.type)]
             values[field.name] = kind(config[key])
         return cls(**values)
 
@@ -195,6 +209,16 @@ class CoteachSettings(Settings):
 
     forget_rate: float  # this round's R(t)
     disagreement: bool  # Co-teaching+: exchange only on the samples the networks disagree on
+
+
+@dataclass(frozen=True)
+class FedrnSettings(Settings):
+    """FedRN's round (client_app.fedrn)."""
+
+    selecting: bool  # select samples with the sent models (after the warm-up)
+    has_previous: bool  # `previous-arrays` is sent; its score is the first of `scores`
+    scores: list[float]  # reliability scores: the previous model's (if sent), the neighbours'
+    fedrn_p_threshold: float  # a sample is kept when its combined clean probability exceeds it
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ FEDCORR_PASS = 8  # FedCorr's pre-processing: one client order per iteration
 ATTACKERS = 9  # which clients attack (common.attacks)
 ATTACK_NOISE = 10  # a gaussian attacker's noise, per round and partition
 PEER_INIT = 11  # Co-teaching's second network's initial weights
+FEDRN_PROBE = 12  # FedRN's random probe input, the same on every client
 
 
 def numpy_rng(seed: int, purpose: int, *keys: int) -> np.random.Generator:

@@ -14,6 +14,7 @@ from common.errors import ConfigError
 from common.protocol import LocalTraining
 from strategies.base import SeededStrategy
 from strategies.fedcorr import FedCorr
+from strategies.fedrn import Fedrn
 from strategies.flower import (
     SeededBulyan,
     SeededFedAvg,
@@ -60,6 +61,7 @@ STRATEGIES: tuple[type[SeededStrategy], ...] = (
     Coteaching,
     CoteachingPlus,
     Robustfl,
+    Fedrn,
     SymmetricCe,
     FedElc,
     FedNoRo,

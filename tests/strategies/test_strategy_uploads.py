@@ -226,3 +226,38 @@ def test_robustfl_sends_the_centroids_its_clients_uploaded():
     assert again[0].content[CENTROIDS][CENTROIDS].numpy() == pytest.approx(strategy.centroids)
     state = strategy.checkpoint_state()
     assert state["centroids"] is strategy.centroids  # the checkpoint carries them
+
+
+def test_fedrn_sends_previous_and_neighbour_models_after_the_warm_up():
+    from common.protocol import FEDRN_REPORT, NEIGHBOUR_ARRAYS, PREVIOUS_ARRAYS
+
+    config = config_with(strategy="fedrn", label_warmup_rounds=1, **SETTINGS)
+    strategy = build_strategy(config, ROSTER)
+    arrays = ArrayRecord(small_model_state())
+    first = list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))
+    assert first[0].metadata.message_type == "train.fedrn"
+    assert all(len(m.content.array_records) == 1 for m in first)  # the warm-up: global only
+    assert not first[0].content["config"]["selecting"]
+    replies = replies_to(first, 1)
+    trained = []
+    for reply in replies:
+        partition = ROSTER.partition_of(reply.metadata.src_node_id)
+        trained.append(partition)
+        report = {"expertise": partition / 10, "probe-output": [1.0, float(partition)]}
+        reply.content[FEDRN_REPORT] = ConfigRecord(report)
+    new, _ = strategy.aggregate_train(1, replies)
+    assert sorted(strategy.local_models) == sorted(trained)
+    assert strategy.expertise == {p: p / 10 for p in trained}
+    second = list(strategy.configure_train(2, new, ConfigRecord(), Grid()))
+    for message in second:
+        partition = ROSTER.partition_of(message.metadata.dst_node_id)
+        config = message.content["config"]
+        assert config["selecting"]
+        assert (PREVIOUS_ARRAYS in message.content) == (partition in trained)
+        assert config["has-previous"] == (partition in trained)
+        assert f"{NEIGHBOUR_ARRAYS}-0" in message.content
+        assert len(config["scores"]) == 1 + int(partition in trained)
+        neighbour = message.content[f"{NEIGHBOUR_ARRAYS}-0"]["0.weight"].numpy()
+        recorded = [strategy.local_models[p]["0.weight"] for p in trained if p != partition]
+        assert any(np.array_equal(neighbour, model) for model in recorded)
+    assert set(strategy.checkpoint_state()) == {"local_models", "expertise", "probes"}
