@@ -1,6 +1,7 @@
 """Every strategy's numbers, pinned: the per-round test accuracy and loss of a short fixed run
-(digits, 10 clients, seed 1, 8 rounds, warm-ups of 3 rounds, FedCorr shortened, in process) must
-equal the recorded ones to the last written digit. Moving code must not change a number; an
+(digits, 10 clients, seed 1, 8 rounds, warm-ups of 3 rounds so that every method's later stage
+runs too, FedCorr shortened, in process) must equal the recorded ones to the last written
+digit. Moving code must not change a number; an
 intended change is its own commit that re-records the fixture and says why:
 
     .venv/bin/python tests/test_numbers.py --record
@@ -22,6 +23,8 @@ SETTINGS = (
     "--set", "seed=1", "--set", "num-rounds=8", "--set", "clients-per-round=5",
     "--set", "warmup-rounds=3", "--set", "baseline-warmup-rounds=3",
     "--set", "fedcorr-iterations=2", "--set", "fedcorr-finetune-rounds=2",
+    "--set", "label-warmup-rounds=3", "--set", "disagreement-start-round=3",
+    "--set", "robustfl-pseudo-rounds=3",
     "--federation-config", "client-resources-num-cpus=1",
 )  # fmt: skip
 STRATEGIES = json.loads(FIXTURE.read_text()) if FIXTURE.is_file() else {}
