@@ -6,8 +6,9 @@ Messages it answers:
   `proximal-mu`; replies with the weights, `num-examples`, `train-loss`, `train-seconds`.
 - `train.masked`: MaskedOptim's (and FedELC's) noisy-client training (client_app.masked) with
   per-sample label logits kept in `context.state` across rounds; plus label diagnostics.
-- `train.joint`, `train.selfie`, `train.coteach`, `train.robustfl`, `train.fedrn`: the
-  baselines' local training (client_app.joint_optim, .selfie, .coteaching, .robustfl, .fedrn).
+- `train.joint`, `train.selfie`, `train.coteach`, `train.robustfl`, `train.fedrn`,
+  `train.fedlsr`: the baselines' local training (client_app.joint_optim, .selfie, .coteaching,
+  .robustfl, .fedrn, .fedlsr).
 - `train.corr`, `query.relabel`: FedCorr's training on corrected labels and its relabelling
   (client_app.fedcorr), with the corrected labels kept in `context.state`.
 - `query.class_loss`: the per-class mean loss of the received model, for noisy-client detection.
@@ -45,6 +46,7 @@ from client_app.fedcorr import (
     lid_per_sample,
     relabel,
 )
+from client_app.fedlsr import train_fedlsr
 from client_app.fedrn import probe_input, reliability_report, select_clean_samples, subset
 from client_app.joint_optim import LabelHistory
 from client_app.label_export import (
@@ -77,6 +79,7 @@ from common.protocol import (
     ClassLossQuery,
     CorrSettings,
     CoteachSettings,
+    FedlsrSettings,
     FedrnSettings,
     LabelsQuery,
     LocalTraining,
@@ -560,6 +563,31 @@ def train_fedrn(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+@app.train("fedlsr")
+def train_fedlsr_message(msg: Message, context: Context) -> Message:
+    """FedLSR (client_app.fedlsr): two views per batch, self-distillation and entropy terms."""
+    client = local_client(context)
+    server_config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    settings = FedlsrSettings.from_config(server_config)
+    server_round = settings_round(msg)
+    started = time.perf_counter()
+    stats = train_fedlsr(
+        model,
+        client.data,
+        client.pipeline,
+        LocalTraining.from_config(server_config),
+        settings.gamma,
+        settings.fedlsr_gamma_e,
+        settings.fedlsr_temperature,
+        shuffle_generator(client, server_round),
+        client.options,
+    )
+    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
+    arrays = client.upload(model.state_dict(), msg.content["arrays"], server_round)
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
 def train_with_label_state(msg: Message, context: Context, name: str, make_state) -> Message:

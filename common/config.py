@@ -126,6 +126,10 @@ class RunConfig:
     fedrn_neighbours: int
     fedrn_alpha: float
     fedrn_p_threshold: float
+    fedlsr_gamma: float
+    fedlsr_gamma_e: float
+    fedlsr_temperature: float
+    fedlsr_warmup_ratio: float
     fednoro_kd_weight: float
     fednoro_temperature: float
     fedcorr_iterations: int

@@ -27,6 +27,8 @@ Messages (type: what the server sends -> what the client replies):
   when the server has one) and `neighbour-arrays-0` ... (its reliable neighbours' last
   uploads, best first); config: LocalTraining + FedrnSettings + `server-round` -> the `train`
   reply plus `fedrn` (a config record: `expertise`, `probe-output`).
+- `train.fedlsr`: arrays; config: LocalTraining + FedlsrSettings + `server-round` -> the
+  `train` reply.
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
   `class-present`; labels: `observed-confusion`.
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
@@ -66,6 +68,7 @@ SELFIE_TRAIN = "train.selfie"
 COTEACH_TRAIN = "train.coteach"
 ROBUSTFL_TRAIN = "train.robustfl"
 FEDRN_TRAIN = "train.fedrn"
+FEDLSR_TRAIN = "train.fedlsr"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
@@ -219,6 +222,15 @@ class FedrnSettings(Settings):
     has_previous: bool  # `previous-arrays` is sent; its score is the first of `scores`
     scores: list[float]  # reliability scores: the previous model's (if sent), the neighbours'
     fedrn_p_threshold: float  # a sample is kept when its combined clean probability exceeds it
+
+
+@dataclass(frozen=True)
+class FedlsrSettings(Settings):
+    """FedLSR's round (client_app.fedlsr)."""
+
+    gamma: float  # this round's self-distillation weight (ramped over the warm-up)
+    fedlsr_gamma_e: float
+    fedlsr_temperature: float
 
 
 @dataclass(frozen=True)

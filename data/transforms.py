@@ -90,6 +90,93 @@ def crop_flip(
     return padded.view(b, c, -1).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
 
 
+GRAYSCALE_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] in [0, 1] -> [B, 1, H, W] luma (a 1-channel batch is returned as is)."""
+    if x.shape[1] == 1:
+        return x
+    weights = torch.as_tensor(GRAYSCALE_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
+def rotate_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Shift each image's hue by `shift` [B] turns (in [-0.5, 0.5]) in HSV space, as
+    torchvision's adjust_hue does for one factor, with a factor per image (batched; the RGB <->
+    HSV conversion written out because torchvision's is private). x: [B, 3, H, W] in [0, 1]."""
+    r, g, b = x.unbind(dim=1)
+    value, _ = x.max(dim=1)
+    delta = value - x.min(dim=1).values
+    saturation = torch.where(value > 0, delta / value.clamp_min(1e-12), torch.zeros_like(value))
+    safe = delta.clamp_min(1e-12)
+    hue = torch.where(
+        value == r,
+        ((g - b) / safe) % 6,
+        torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4),
+    )
+    hue = torch.where(delta > 0, hue / 6, torch.zeros_like(hue))
+    hue = (hue + shift.to(x.device, x.dtype).view(-1, 1, 1)) % 1.0
+    sector = torch.floor(hue * 6)
+    fraction = hue * 6 - sector
+    p = value * (1 - saturation)
+    q = value * (1 - saturation * fraction)
+    t = value * (1 - saturation * (1 - fraction))
+    choices = torch.stack(
+        [
+            torch.stack([value, t, p], dim=1),
+            torch.stack([q, value, p], dim=1),
+            torch.stack([p, value, t], dim=1),
+            torch.stack([p, q, value], dim=1),
+            torch.stack([t, p, value], dim=1),
+            torch.stack([value, p, q], dim=1),
+        ]
+    )  # [6, B, 3, H, W]
+    index = (sector.long() % 6).unsqueeze(0).unsqueeze(2).expand(1, *x.shape)
+    return choices.gather(0, index).squeeze(0)
+
+
+def colour_augment(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    strength: float = 1.0,
+    jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+) -> torch.Tensor:
+    """FedLSR's second view (SimCLR's colour distortion, as FNBench builds it):
+    RandomHorizontalFlip -> RandomApply(ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s), p=0.8) ->
+    RandomGrayscale(p=0.2), with every random draw per image (torchvision on a batch tensor
+    draws once for the whole batch). x: [B, C, H, W] float in [0, 1] (before normalisation);
+    returns the same shape in [0, 1]. Departures from torchvision: the four jitters run in a
+    fixed order (brightness, contrast, saturation, hue; torchvision shuffles them per call).
+    Saturation, hue and grayscale leave a
+    1-channel image unchanged. Random numbers are drawn on the CPU from `generator`."""
+    b, c = x.shape[:2]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        draw = torch.rand(b, generator=generator) * (high - low) + low
+        return draw.to(x.device, x.dtype).view(b, 1, 1, 1)
+
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device).view(b, 1, 1, 1)
+    x = torch.where(flip, x.flip(3), x)
+    jitter = (torch.rand(b, generator=generator) < jitter_p).to(x.device).view(b, 1, 1, 1)
+    spread = 0.8 * strength
+    brightness, contrast = uniform(1 - spread, 1 + spread), uniform(1 - spread, 1 + spread)
+    saturation = uniform(1 - spread, 1 + spread)
+    hue = uniform(-0.2 * strength, 0.2 * strength).view(b)
+    jittered = (x * brightness).clamp(0, 1)
+    mean = grayscale(jittered).mean(dim=(1, 2, 3), keepdim=True)
+    jittered = (contrast * jittered + (1 - contrast) * mean).clamp(0, 1)
+    if c == 3:
+        jittered = (saturation * jittered + (1 - saturation) * grayscale(jittered)).clamp(0, 1)
+        jittered = rotate_hue(jittered, hue).clamp(0, 1)
+    x = torch.where(jitter, jittered, x)
+    if c == 3:
+        gray = (torch.rand(b, generator=generator) < grayscale_p).to(x.device).view(b, 1, 1, 1)
+        x = torch.where(gray, grayscale(x).expand_as(x), x)
+    return x
+
+
 class ImagePipeline(InputPipeline):
     """uint8 images -> float ``x / scale`` -> optional normalisation; optional crop+flip."""
 
@@ -115,6 +202,20 @@ class ImagePipeline(InputPipeline):
 
     def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self._to_float(x)
+
+    def train_pair(
+        self, x: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """FedLSR's two views of a batch: the training transform, and the same crop further
+        distorted by `colour_augment` in pixel space before the normalisation."""
+        if self.crop_padding is not None:
+            top, left, flip = draw_crop_flip(x.shape[0], self.crop_padding, generator)
+            x = crop_flip(x, top, left, flip, self.crop_padding)
+        pixels = x.float().div(self.scale)
+        second = colour_augment(pixels, generator)
+        if self.mean is None:
+            return pixels, second
+        return normalize(pixels, self.mean, self.std), normalize(second, self.mean, self.std)
 
 
 class TokenPipeline(InputPipeline):

@@ -87,6 +87,8 @@ class SeededStrategy(FedAvg):
     # The attributes that carry over from round to round (a checkpoint saves them; see
     # checkpoint_state). Sampling needs none: it is a pure function of (seed, round).
     state_keys: ClassVar[tuple[str, ...]] = ()
+    # What the model's inputs may be (models.MODEL_INPUTS): checked before a run starts
+    input_kinds: ClassVar[tuple[str, ...]] = ("image", "text")
 
     def __init__(
         self,

@@ -12,6 +12,7 @@ from common.attacks import AttackSettings, check_attack
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.protocol import LocalTraining
+from models import MODEL_INPUTS
 from strategies.base import SeededStrategy
 from strategies.fedcorr import FedCorr
 from strategies.fedrn import Fedrn
@@ -30,6 +31,7 @@ from strategies.rules import (
     Coteaching,
     CoteachingPlus,
     FedExpStrategy,
+    Fedlsr,
     JointOptim,
     KrumFnbenchStrategy,
     MedianTorch,
@@ -62,6 +64,7 @@ STRATEGIES: tuple[type[SeededStrategy], ...] = (
     CoteachingPlus,
     Robustfl,
     Fedrn,
+    Fedlsr,
     SymmetricCe,
     FedElc,
     FedNoRo,
@@ -82,6 +85,12 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
     """Reject a strategy name or settings the strategy cannot run with, before any training
     (ConfigError)."""
     cls = strategy_class(config.strategy)
+    kind = MODEL_INPUTS[config.model][0]
+    if kind not in cls.input_kinds:
+        raise ConfigError(
+            f"strategy='{config.strategy}' needs {' or '.join(cls.input_kinds)} inputs; "
+            f"model='{config.model}' takes {kind}"
+        )
     check_attack(config, num_clients)
     cls.Params.from_config(config).check(
         sampled=config.clients_sampled(num_clients),

@@ -23,11 +23,13 @@ from common.errors import ConfigError
 from common.protocol import (
     CENTROIDS,
     COTEACH_TRAIN,
+    FEDLSR_TRAIN,
     JOINT_TRAIN,
     PEER_ARRAYS,
     ROBUSTFL_TRAIN,
     SELFIE_TRAIN,
     CoteachSettings,
+    FedlsrSettings,
     RobustflSettings,
     SampleLabelSettings,
 )
@@ -514,6 +516,64 @@ class Robustfl(RuleStrategy):
                 self.centroids, [c for c, _ in uploads], [n for _, n in uploads]
             )
         return arrays, metrics
+
+
+@dataclass(frozen=True)
+class FedlsrParams(StrategyParams):
+    fedlsr_gamma: float
+    fedlsr_gamma_e: float
+    fedlsr_temperature: float
+    fedlsr_warmup_ratio: float
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        for key, value in (
+            ("fedlsr-gamma", self.fedlsr_gamma),
+            ("fedlsr-gamma-e", self.fedlsr_gamma_e),
+        ):
+            if value < 0:
+                raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")
+        if self.fedlsr_temperature <= 0:
+            raise ConfigError(f"fedlsr-temperature={self.fedlsr_temperature} must be > 0")
+        if not 0.0 <= self.fedlsr_warmup_ratio <= 1.0:
+            raise ConfigError(f"fedlsr-warmup-ratio={self.fedlsr_warmup_ratio} is outside [0, 1]")
+
+    def settings(self, server_round: int, num_rounds: int) -> FedlsrSettings:
+        """Round `server_round`'s settings: gamma * g / W while g < W (FNBench's 0-based round
+        g = server_round - 1, W = ratio x rounds), then gamma."""
+        warmup = self.fedlsr_warmup_ratio * num_rounds
+        done = server_round - 1
+        gamma = self.fedlsr_gamma * done / warmup if done < warmup else self.fedlsr_gamma
+        return FedlsrSettings(
+            gamma=gamma,
+            fedlsr_gamma_e=self.fedlsr_gamma_e,
+            fedlsr_temperature=self.fedlsr_temperature,
+        )
+
+
+class Fedlsr(RuleStrategy):
+    """FedLSR (Jiang et al., CIKM 2022) as local training under FedAvg, as FNBench runs it
+    (client_app.fedlsr): two views per batch, a sharpened mixed prediction, self-distillation
+    between the views and entropy regularisation."""
+
+    names = ("fedlsr",)
+    description = (
+        "FedLSR (Jiang et al., CIKM 2022): local self-regularisation, two augmented views with "
+        "a sharpened mixed prediction, self-distillation and entropy terms; FedAvg"
+    )
+    Params = FedlsrParams
+    local_loss = "ce"
+    make_rule = staticmethod(lambda params: SampleWeightedMean())
+    input_kinds = ("image",)  # its second view is a colour distortion
+
+    def configure_sampled(self, server_round, arrays, config, view):
+        settings = self.params.settings(server_round, self.num_rounds)
+        messages = []
+        for message in super().configure_sampled(server_round, arrays, config, view):
+            record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
+            content = RecordDict({"arrays": message.content["arrays"], "config": record})
+            destination = message.metadata.dst_node_id
+            messages.append(Message(content, dst_node_id=destination, message_type=FEDLSR_TRAIN))
+        return messages
 
 
 @dataclass(frozen=True)

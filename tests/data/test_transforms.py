@@ -146,3 +146,58 @@ def test_pipeline_types_and_unknown_name():
         pipeline_for("mnist")
     for name in ("mnist", "digits", "cifar10", "cifar10n", "agnews", "clothing1m"):
         assert name in str(err.value)
+
+
+# --- FedLSR's colour distortion, against torchvision's per-image functions ------------------
+
+
+def test_rotate_hue_matches_torchvision_per_image():
+    import torchvision.transforms.v2.functional as TF
+
+    from data.transforms import rotate_hue
+
+    x = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    shifts = torch.tensor([0.1, -0.15, 0.2, 0.0, -0.5])
+    ours = rotate_hue(x, shifts)
+    for i, shift in enumerate(shifts.tolist()):
+        assert torch.allclose(ours[i], TF.adjust_hue(x[i], shift), atol=1e-5)
+
+
+def test_colour_augment_matches_torchvision_with_the_same_draws():
+    """Replays colour_augment's draws (flip, jitter mask, the four factors, grayscale mask, in
+    that order) through torchvision's functions, image by image."""
+    import torchvision.transforms.v2.functional as TF
+
+    from data.transforms import colour_augment
+
+    b = 12
+    x = torch.rand(b, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ours = colour_augment(x, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    flip = torch.rand(b, generator=g) < 0.5
+    jitter = torch.rand(b, generator=g) < 0.8
+    factors = [torch.rand(b, generator=g) * 1.6 + 0.2 for _ in range(3)]
+    hue = torch.rand(b, generator=g) * 0.4 - 0.2
+    gray = torch.rand(b, generator=g) < 0.2
+    assert jitter.any() and (~jitter).any() and gray.any()  # the draws cover every branch
+    for i in range(b):
+        image = TF.horizontal_flip(x[i]) if flip[i] else x[i]
+        if jitter[i]:
+            image = TF.adjust_brightness(image, float(factors[0][i]))
+            image = TF.adjust_contrast(image, float(factors[1][i]))
+            image = TF.adjust_saturation(image, float(factors[2][i]))
+            image = TF.adjust_hue(image, float(hue[i]))
+        if gray[i]:
+            image = TF.rgb_to_grayscale(image, num_output_channels=3)
+        assert torch.allclose(ours[i], image, atol=1e-5), i
+
+
+def test_train_pair_shares_the_crop_and_normalises_both_views():
+    pipeline = pipeline_for("cifar10")
+    first, second = pipeline.train_pair(cifar_batch(8), torch.Generator().manual_seed(0))
+    again = pipeline.train_batch(cifar_batch(8), torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)  # the first view is the training transform
+    assert second.shape == first.shape and not torch.equal(first, second)
+    digits = pipeline_for("digits")
+    one, two = digits.train_pair(torch.full((4, 1, 8, 8), 8, dtype=torch.uint8))
+    assert one.shape == two.shape == (4, 1, 8, 8) and float(one.max()) == 0.5
