@@ -40,6 +40,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client_app.coteaching import train_two_networks
+from client_app.dividemix import train_dividemix
 from client_app.fedcorr import (
     double_softmax_losses,
     estimated_noise_fraction,
@@ -79,6 +80,7 @@ from common.protocol import (
     ClassLossQuery,
     CorrSettings,
     CoteachSettings,
+    DivideMixSettings,
     FedlsrSettings,
     FedrnSettings,
     LabelsQuery,
@@ -543,7 +545,7 @@ def train_fedrn(msg: Message, context: Context) -> Message:
         ]
         rows = select_clean_samples(
             previous, neighbours, settings.scores, data, client.pipeline, training,
-            settings.fedrn_p_threshold, client.config.seed, generator,
+            settings.p_threshold, client.config.seed, generator,
             client.config.eval_batch_size, client.options,
         )  # fmt: skip
         data = subset(data, rows)
@@ -588,6 +590,42 @@ def train_fedlsr_message(msg: Message, context: Context) -> Message:
     metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
     arrays = client.upload(model.state_dict(), msg.content["arrays"], server_round)
     return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@app.train("dividemix")
+def train_dividemix_message(msg: Message, context: Context) -> Message:
+    """DivideMix (client_app.dividemix): the received global model and the second network's
+    (`peer-arrays`) trained together; both uploaded."""
+    client = local_client(context)
+    server_config = msg.content["config"]
+    model = client.load(msg.content["arrays"])
+    if PEER_ARRAYS not in msg.content:
+        raise ValueError(f"the server's DivideMix message has no '{PEER_ARRAYS}'")
+    peer_start = msg.content[PEER_ARRAYS]
+    peer = client.load_peer(peer_start)
+    server_round = settings_round(msg)
+    started = time.perf_counter()
+    stats = train_dividemix(
+        model,
+        peer,
+        client.data,
+        client.pipeline,
+        LocalTraining.from_config(server_config),
+        DivideMixSettings.from_config(server_config),
+        client.config.seed,
+        shuffle_generator(client, server_round),
+        client.config.eval_batch_size,
+        client.options,
+    )
+    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
+    content = RecordDict(
+        {
+            "arrays": client.upload(model.state_dict(), msg.content["arrays"], server_round),
+            PEER_ARRAYS: client.upload(peer.state_dict(), peer_start, server_round),
+            "metrics": metrics,
+        }
+    )
+    return Message(content=content, reply_to=msg)
 
 
 def train_with_label_state(msg: Message, context: Context, name: str, make_state) -> Message:

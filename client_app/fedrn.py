@@ -11,7 +11,7 @@ local models of its k reliable neighbours (chosen by the server: strategies.fedr
    the samples step 1 deems clean, then takes each neighbour's clean probabilities the same way;
 3. averages the probabilities weighted by the normalised reliability scores the server sent
    (`combined_clean`) and trains the global model with CE on the samples whose combined
-   probability passes `fedrn-p-threshold`.
+   probability passes `p-threshold`.
 Every round it reports its model's *expertise* (accuracy on its own given labels) and its
 *probe output* (the logits of a fixed random input, the same on every client), from which the
 server measures reliability and similarity.

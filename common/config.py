@@ -125,7 +125,10 @@ class RunConfig:
     robustfl_lambda_e: float
     fedrn_neighbours: int
     fedrn_alpha: float
-    fedrn_p_threshold: float
+    p_threshold: float
+    dividemix_alpha: float
+    dividemix_lambda_u: float
+    dividemix_temperature: float
     fedlsr_gamma: float
     fedlsr_gamma_e: float
     fedlsr_temperature: float

@@ -27,6 +27,7 @@ Messages (type: what the server sends -> what the client replies):
   when the server has one) and `neighbour-arrays-0` ... (its reliable neighbours' last
   uploads, best first); config: LocalTraining + FedrnSettings + `server-round` -> the `train`
   reply plus `fedrn` (a config record: `expertise`, `probe-output`).
+- `train.dividemix`: as `train.coteach`, with DivideMixSettings.
 - `train.fedlsr`: arrays; config: LocalTraining + FedlsrSettings + `server-round` -> the
   `train` reply.
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
@@ -69,6 +70,7 @@ COTEACH_TRAIN = "train.coteach"
 ROBUSTFL_TRAIN = "train.robustfl"
 FEDRN_TRAIN = "train.fedrn"
 FEDLSR_TRAIN = "train.fedlsr"
+DIVIDEMIX_TRAIN = "train.dividemix"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
@@ -221,7 +223,19 @@ class FedrnSettings(Settings):
     selecting: bool  # select samples with the sent models (after the warm-up)
     has_previous: bool  # `previous-arrays` is sent; its score is the first of `scores`
     scores: list[float]  # reliability scores: the previous model's (if sent), the neighbours'
-    fedrn_p_threshold: float  # a sample is kept when its combined clean probability exceeds it
+    p_threshold: float  # a sample is kept when its combined clean probability exceeds it
+
+
+@dataclass(frozen=True)
+class DivideMixSettings(Settings):
+    """DivideMix's round (client_app.dividemix)."""
+
+    warm: bool  # the warm-up: both networks with CE
+    rounds_after_warmup: float  # for lambda_u's ramp
+    p_threshold: float  # a sample is labelled when its clean probability exceeds it
+    dividemix_alpha: float  # MixMatch's Beta(alpha, alpha)
+    dividemix_lambda_u: float  # the unlabelled loss's weight after its ramp
+    dividemix_temperature: float  # sharpening
 
 
 @dataclass(frozen=True)

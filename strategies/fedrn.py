@@ -85,7 +85,7 @@ class FedrnParams(StrategyParams):
     label_warmup_rounds: int
     fedrn_neighbours: int
     fedrn_alpha: float
-    fedrn_p_threshold: float
+    p_threshold: float
 
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
         if self.label_warmup_rounds < 0:
@@ -97,8 +97,8 @@ class FedrnParams(StrategyParams):
             )
         if not 0.0 <= self.fedrn_alpha <= 1.0:
             raise ConfigError(f"fedrn-alpha={self.fedrn_alpha} is outside [0, 1]")
-        if not 0.0 <= self.fedrn_p_threshold < 1.0:
-            raise ConfigError(f"fedrn-p-threshold={self.fedrn_p_threshold} must be in [0, 1)")
+        if not 0.0 <= self.p_threshold < 1.0:
+            raise ConfigError(f"p-threshold={self.p_threshold} must be in [0, 1)")
 
 
 def _record(model: dict[str, np.ndarray]) -> ArrayRecord:
@@ -149,7 +149,7 @@ class Fedrn(RuleStrategy):
                 selecting=bool(scores),  # nothing recorded yet: it trains as FedAvg's clients
                 has_previous=own is not None,
                 scores=scores,
-                fedrn_p_threshold=self.params.fedrn_p_threshold,
+                p_threshold=self.params.p_threshold,
             )
             content["config"] = ConfigRecord(
                 {**dict(message.content["config"]), **settings.to_config()}

@@ -23,12 +23,14 @@ from common.errors import ConfigError
 from common.protocol import (
     CENTROIDS,
     COTEACH_TRAIN,
+    DIVIDEMIX_TRAIN,
     FEDLSR_TRAIN,
     JOINT_TRAIN,
     PEER_ARRAYS,
     ROBUSTFL_TRAIN,
     SELFIE_TRAIN,
     CoteachSettings,
+    DivideMixSettings,
     FedlsrSettings,
     RobustflSettings,
     SampleLabelSettings,
@@ -330,52 +332,42 @@ class CoteachingParams(StrategyParams):
             )
 
 
-class Coteaching(RuleStrategy):
-    """Co-teaching (Han et al., NeurIPS 2018) as local training under FedAvg, as FNBench runs it
-    (client_app.coteaching): every client trains the global model and a second network that
-    exchange their small-loss samples; both are uploaded and each is averaged as FedAvg does.
-    The first is the run's global model (evaluated, checkpointed like any); the second is this
+class TwoNetworks(RuleStrategy):
+    """FedAvg of two networks per client (Co-teaching, DivideMix): every client trains the
+    global model and a second network, both uploaded and each averaged as FedAvg does. The
+    first is the run's global model (evaluated, checkpointed like any); the second is this
     strategy's state, sent as `peer-arrays`, initialised by the ServerApp (`needs_peer_model`)
-    with its own seed."""
+    with its own seed. A subclass names its `message_type` and its `round_settings`."""
 
-    names = ("coteaching",)
-    description = (
-        "FedAvg of two networks per client that train on each other's small-loss samples "
-        "(Co-teaching, Han et al., NeurIPS 2018), with the forget-rate schedule"
-    )
-    Params = CoteachingParams
     local_loss = "ce"
     make_rule = staticmethod(lambda params: SampleWeightedMean())
     state_keys = ("peer_model",)
     needs_peer_model = True  # the ServerApp sets peer_model to a seeded initialisation
+    message_type: str = ""
 
     def __init__(self, params, **base) -> None:
         super().__init__(params, **base)
         self.peer_model: dict[str, np.ndarray] | None = None  # the second network's global model
 
-    def disagreement(self, server_round: int) -> bool:
-        return False
+    def round_settings(self, server_round: int):
+        """The protocol Settings of the round's training messages."""
+        raise NotImplementedError
 
     def configure_sampled(self, server_round, arrays, config, view):
-        from client_app.coteaching import forget_rate  # the one schedule (pure, torch-free)
-
-        settings = CoteachSettings(
-            forget_rate=forget_rate(
-                server_round, self.params.forget_rate, self.params.coteaching_ramp_rounds
-            ),
-            disagreement=self.disagreement(server_round),
-        )
+        settings = self.round_settings(server_round)
         messages = []
         for message in super().configure_sampled(server_round, arrays, config, view):
             record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
             content = RecordDict({"arrays": message.content["arrays"], "config": record})
             if self.peer_model is None:
-                raise RuntimeError("coteaching: no second network (the ServerApp sets it)")
+                raise RuntimeError(f"{self.names[0]}: no second network (the ServerApp sets it)")
             content[PEER_ARRAYS] = ArrayRecord(
                 array_dict={k: Array(np.array(v, order="C")) for k, v in self.peer_model.items()}
             )
             destination = message.metadata.dst_node_id
-            messages.append(Message(content, dst_node_id=destination, message_type=COTEACH_TRAIN))
+            messages.append(
+                Message(content, dst_node_id=destination, message_type=self.message_type)
+            )
         return messages
 
     def aggregate_models(self, server_round: int, replies: list[Message]):
@@ -397,6 +389,81 @@ class Coteaching(RuleStrategy):
                 zip(keys, aggregation.weighted_mean(models, examples), strict=True)
             )
         return arrays, metrics
+
+
+class Coteaching(TwoNetworks):
+    """Co-teaching (Han et al., NeurIPS 2018) as local training under FedAvg, as FNBench runs it
+    (client_app.coteaching): the two networks exchange their small-loss samples."""
+
+    names = ("coteaching",)
+    description = (
+        "FedAvg of two networks per client that train on each other's small-loss samples "
+        "(Co-teaching, Han et al., NeurIPS 2018), with the forget-rate schedule"
+    )
+    Params = CoteachingParams
+    message_type = COTEACH_TRAIN
+
+    def disagreement(self, server_round: int) -> bool:
+        return False
+
+    def round_settings(self, server_round: int) -> CoteachSettings:
+        from client_app.coteaching import forget_rate  # the one schedule (pure, torch-free)
+
+        return CoteachSettings(
+            forget_rate=forget_rate(
+                server_round, self.params.forget_rate, self.params.coteaching_ramp_rounds
+            ),
+            disagreement=self.disagreement(server_round),
+        )
+
+
+@dataclass(frozen=True)
+class DivideMixParams(StrategyParams):
+    label_warmup_rounds: int
+    p_threshold: float
+    dividemix_alpha: float
+    dividemix_lambda_u: float
+    dividemix_temperature: float
+
+    def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        if self.label_warmup_rounds < 0:
+            raise ConfigError(f"label-warmup-rounds={self.label_warmup_rounds} must be >= 0")
+        if not 0.0 <= self.p_threshold < 1.0:
+            raise ConfigError(f"p-threshold={self.p_threshold} must be in [0, 1)")
+        if self.dividemix_alpha <= 0:
+            raise ConfigError(f"dividemix-alpha={self.dividemix_alpha} must be > 0")
+        if self.dividemix_lambda_u < 0:
+            raise ConfigError(f"dividemix-lambda-u={self.dividemix_lambda_u} must be >= 0")
+        if not 0.0 < self.dividemix_temperature <= 1.0:
+            raise ConfigError(
+                f"dividemix-temperature={self.dividemix_temperature} is outside (0, 1]: "
+                "sharpening raises probabilities to the power 1/T"
+            )
+
+
+class DivideMix(TwoNetworks):
+    """DivideMix (Li et al., ICLR 2020) as local training under FedAvg, as FNBench runs it
+    (client_app.dividemix): after the warm-up, each network trains on the other's
+    Gaussian-mixture division of the samples with MixMatch."""
+
+    names = ("dividemix",)
+    description = (
+        "FedAvg of two networks per client trained with DivideMix (Li et al., ICLR 2020): "
+        "co-divided samples, label co-guessing and refinement, MixMatch"
+    )
+    Params = DivideMixParams
+    message_type = DIVIDEMIX_TRAIN
+
+    def round_settings(self, server_round: int) -> DivideMixSettings:
+        done = server_round - 1  # FNBench's 0-based round; it warms up while done <= warm-up
+        return DivideMixSettings(
+            warm=done <= self.params.label_warmup_rounds,
+            rounds_after_warmup=float(done - self.params.label_warmup_rounds),
+            p_threshold=self.params.p_threshold,
+            dividemix_alpha=self.params.dividemix_alpha,
+            dividemix_lambda_u=self.params.dividemix_lambda_u,
+            dividemix_temperature=self.params.dividemix_temperature,
+        )
 
 
 @dataclass(frozen=True)

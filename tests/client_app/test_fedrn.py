@@ -126,7 +126,7 @@ def test_selection_leaves_out_the_wrong_labels():
         ("fedrn_neighbours", 0, "fedrn-neighbours=0"),
         ("fedrn_neighbours", 10, "fedrn-neighbours=10"),
         ("fedrn_alpha", 1.5, "fedrn-alpha"),
-        ("fedrn_p_threshold", 1.0, "fedrn-p-threshold"),
+        ("p_threshold", 1.0, "p-threshold"),
     ],
 )
 def test_bad_settings_are_refused_before_the_run(key, value, match):

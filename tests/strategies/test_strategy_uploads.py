@@ -86,10 +86,11 @@ def replies_to(messages, server_round: int, poisoned: frozenset[int] = frozenset
     return replies
 
 
-def run_rounds(name: str, rounds: int, poison_first: int = 0):
+def run_rounds(name: str, rounds: int, poison_first: int = 0, **changes):
     """(strategy, global arrays after each round) for `rounds` rounds of `name`."""
     per_round = {"clients_per_round": 3} if name == "fedcorr" else {}
-    strategy = build_strategy(config_with(strategy=name, **SETTINGS | per_round), ROSTER)
+    config = config_with(strategy=name, **SETTINGS | per_round | changes)
+    strategy = build_strategy(config, ROSTER)
     arrays = ArrayRecord(small_model_state())
     if getattr(strategy, "needs_peer_model", False):  # as the ServerApp does
         strategy.peer_model = {k: a.numpy() for k, a in arrays.items()}
@@ -261,3 +262,16 @@ def test_fedrn_sends_previous_and_neighbour_models_after_the_warm_up():
         recorded = [strategy.local_models[p]["0.weight"] for p in trained if p != partition]
         assert any(np.array_equal(neighbour, model) for model in recorded)
     assert set(strategy.checkpoint_state()) == {"local_models", "expertise", "probes"}
+
+
+def test_dividemix_sends_its_second_network_with_its_settings():
+    from common.protocol import PEER_ARRAYS
+
+    config = config_with(strategy="dividemix", label_warmup_rounds=1, **SETTINGS)
+    strategy, history = run_rounds("dividemix", 2, label_warmup_rounds=1)
+    assert all(model is not None for model in history)
+    messages = list(strategy.configure_train(3, history[-1], ConfigRecord(), Grid()))
+    assert messages[0].metadata.message_type == "train.dividemix"
+    assert all(PEER_ARRAYS in m.content for m in messages)
+    assert not messages[0].content["config"]["warm"]  # 0-based round 2 > warm-up of 1
+    assert build_strategy(config, ROSTER).round_settings(2).warm
