@@ -6,9 +6,10 @@ Messages it answers:
   `proximal-mu`; replies with the weights, `num-examples`, `train-loss`, `train-seconds`.
 - `train.masked`: MaskedOptim's (and FedELC's) noisy-client training (client_app.masked) with
   per-sample label logits kept in `context.state` across rounds; plus label diagnostics.
-- `train.joint`, `train.selfie`, `train.coteach`, `train.robustfl`, `train.fedrn`,
-  `train.fedlsr`: the baselines' local training (client_app.joint_optim, .selfie, .coteaching,
-  .robustfl, .fedrn, .fedlsr).
+- `train.joint`, `train.selfie`, `train.coteach`, `train.dividemix`, `train.robustfl`,
+  `train.fedrn`, `train.fedlsr`, `train.feddiv`: the baselines' local training
+  (client_app.joint_optim, .selfie, .coteaching, .dividemix, .robustfl, .fedrn, .fedlsr,
+  .feddiv).
 - `train.corr`, `query.relabel`: FedCorr's training on corrected labels and its relabelling
   (client_app.fedcorr), with the corrected labels kept in `context.state`.
 - `query.class_loss`: the per-class mean loss of the received model, for noisy-client detection.
@@ -47,6 +48,13 @@ from client_app.fedcorr import (
     lid_per_sample,
     relabel,
 )
+from client_app.feddiv import (
+    NoiseFilter,
+    fit_local_filter,
+    normalised,
+    select_samples,
+    updated_prior,
+)
 from client_app.fedlsr import train_fedlsr
 from client_app.fedrn import probe_input, reliability_report, select_clean_samples, subset
 from client_app.joint_optim import LabelHistory
@@ -72,6 +80,7 @@ from common.evaluation import evaluate_model, predict_logits, resolve_device
 from common.label_metrics import label_confusion
 from common.protocol import (
     CENTROIDS,
+    FEDDIV_REPORT,
     FEDRN_REPORT,
     NEIGHBOUR_ARRAYS,
     PEER_ARRAYS,
@@ -81,6 +90,7 @@ from common.protocol import (
     CorrSettings,
     CoteachSettings,
     DivideMixSettings,
+    FeddivSettings,
     FedlsrSettings,
     FedrnSettings,
     LabelsQuery,
@@ -623,6 +633,88 @@ def train_dividemix_message(msg: Message, context: Context) -> Message:
             "arrays": client.upload(model.state_dict(), msg.content["arrays"], server_round),
             PEER_ARRAYS: client.upload(peer.state_dict(), peer_start, server_round),
             "metrics": metrics,
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def logits_and_losses(client: LocalClient, model) -> tuple[np.ndarray, np.ndarray]:
+    """The model's logits (n, C) and per-sample CE losses (n,) on the client's given labels
+    (eval mode and transform), as float64 numpy arrays."""
+    with torch.no_grad():
+        logits = predict_logits(
+            model, client.data.inputs, client.pipeline, client.config.eval_batch_size,
+            client.options,
+        )  # fmt: skip
+        losses = torch.nn.functional.cross_entropy(
+            logits, client.data.observed_labels, reduction="none"
+        )
+    return logits.double().cpu().numpy(), losses.double().cpu().numpy()
+
+
+@app.train("feddiv")
+def train_feddiv(msg: Message, context: Context) -> Message:
+    """FedDiv (client_app.feddiv): after the warm-up, CE on the samples that the global noise
+    filter and predictive consistency select (some relabelled for this round); then the local
+    noise filter (uploaded as `feddiv`) and the de-biased predictions (kept, client_app.state)."""
+    client = local_client(context)
+    server_config = msg.content["config"]
+    settings = FeddivSettings.from_config(server_config)
+    training = LocalTraining.from_config(server_config)
+    server_round = settings_round(msg)
+    data, seed = client.data, client.config.seed
+    store = ClientStateStore(context, "feddiv", data.partition_id, server_round)
+    state = store.load() or {
+        "prior": np.full(data.num_classes, 1.0 / data.num_classes),
+        "debiased-labels": np.zeros(len(data), dtype=np.int64),
+        "rounds": np.array(0, dtype=np.int64),
+    }
+    global_filter = None
+    if settings.filter_means:
+        global_filter = NoiseFilter.sorted(
+            settings.filter_means, settings.filter_variances, settings.filter_weights
+        )
+    model = client.load(msg.content["arrays"])
+    started = time.perf_counter()
+    train_data = data
+    rounds_done = int(state["rounds"])
+    if not settings.warm:
+        logits, losses = logits_and_losses(client, model)
+        values = normalised(losses)
+        split_filter = global_filter or fit_local_filter(values, None, seed)
+        probabilities = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
+        if rounds_done == 0:  # the authors start the de-biased labels at the global model's
+            state["debiased-labels"] = probabilities.argmax(axis=1)
+        selection = select_samples(
+            split_filter.clean_probability(values), probabilities,
+            data.observed_labels.cpu().numpy(), state["debiased-labels"], rounds_done,
+            settings.p_threshold, settings.feddiv_clean_threshold,
+        )  # fmt: skip
+        relabelled = dataclasses.replace(
+            data, observed_labels=torch.as_tensor(selection.labels).to(data.inputs.device)
+        )
+        train_data = subset(relabelled, selection.rows)
+    stats = None
+    if len(train_data) >= training.batch_size:  # the authors: too few to train, send it back
+        generator = shuffle_generator(client, server_round)
+        stats = train_locally(
+            model, train_data, client.pipeline, training, generator, client.options
+        )
+    logits, losses = logits_and_losses(client, model)
+    local_filter = fit_local_filter(normalised(losses), global_filter, seed)
+    if not settings.warm:
+        labels, prior = updated_prior(
+            logits, state["prior"], settings.feddiv_xi, settings.feddiv_momentum
+        )
+        state = {"prior": prior, "debiased-labels": labels, "rounds": np.array(rounds_done + 1)}
+    store.save(state)
+    mean_loss = stats.mean_loss if stats is not None else float(losses.mean())
+    metrics = train_metrics(client, mean_loss, time.perf_counter() - started)
+    content = RecordDict(
+        {
+            "arrays": client.upload(model.state_dict(), msg.content["arrays"], server_round),
+            "metrics": metrics,
+            FEDDIV_REPORT: ConfigRecord(local_filter.to_lists()),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -129,6 +129,9 @@ class RunConfig:
     dividemix_alpha: float
     dividemix_lambda_u: float
     dividemix_temperature: float
+    feddiv_clean_threshold: float
+    feddiv_xi: float
+    feddiv_momentum: float
     fedlsr_gamma: float
     fedlsr_gamma_e: float
     fedlsr_temperature: float

@@ -28,6 +28,9 @@ Messages (type: what the server sends -> what the client replies):
   uploads, best first); config: LocalTraining + FedrnSettings + `server-round` -> the `train`
   reply plus `fedrn` (a config record: `expertise`, `probe-output`).
 - `train.dividemix`: as `train.coteach`, with DivideMixSettings.
+- `train.feddiv`: arrays; config: LocalTraining + FeddivSettings + `server-round` -> the
+  `train` reply plus `feddiv` (a config record: the local noise filter's `means`, `variances`,
+  `weights`).
 - `train.fedlsr`: arrays; config: LocalTraining + FedlsrSettings + `server-round` -> the
   `train` reply.
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
@@ -71,6 +74,7 @@ ROBUSTFL_TRAIN = "train.robustfl"
 FEDRN_TRAIN = "train.fedrn"
 FEDLSR_TRAIN = "train.fedlsr"
 DIVIDEMIX_TRAIN = "train.dividemix"
+FEDDIV_TRAIN = "train.feddiv"
 
 # Record keys of a message's content
 ARRAYS = "arrays"
@@ -82,6 +86,7 @@ CENTROIDS = "centroids"  # RobustFL's class-wise feature centroids, one (C, D) a
 PREVIOUS_ARRAYS = "previous-arrays"  # FedRN: the client's own last uploaded model
 NEIGHBOUR_ARRAYS = "neighbour-arrays"  # FedRN: `neighbour-arrays-0`, `-1`, ...: best first
 FEDRN_REPORT = "fedrn"  # FedRN's reply: `expertise`, `probe-output`
+FEDDIV_REPORT = "feddiv"  # FedDiv's reply: the client's local noise filter
 
 SERVER_ROUND = "server-round"
 
@@ -236,6 +241,20 @@ class DivideMixSettings(Settings):
     dividemix_alpha: float  # MixMatch's Beta(alpha, alpha)
     dividemix_lambda_u: float  # the unlabelled loss's weight after its ramp
     dividemix_temperature: float  # sharpening
+
+
+@dataclass(frozen=True)
+class FeddivSettings(Settings):
+    """FedDiv's round (client_app.feddiv)."""
+
+    warm: bool  # the warm-up: CE on every sample (the local filter is still fitted)
+    filter_means: list[float]  # the global noise filter; empty before the first one
+    filter_variances: list[float]
+    filter_weights: list[float]
+    p_threshold: float
+    feddiv_clean_threshold: float
+    feddiv_xi: float
+    feddiv_momentum: float
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from common.protocol import LocalTraining
 from models import MODEL_INPUTS
 from strategies.base import SeededStrategy
 from strategies.fedcorr import FedCorr
+from strategies.feddiv import Feddiv
 from strategies.fedrn import Fedrn
 from strategies.flower import (
     SeededBulyan,
@@ -71,6 +72,7 @@ STRATEGIES: tuple[type[SeededStrategy], ...] = (
     FedElc,
     FedNoRo,
     FedCorr,
+    Feddiv,
 )
 BY_NAME: dict[str, type[SeededStrategy]] = {name: cls for cls in STRATEGIES for name in cls.names}
 STRATEGY_NAMES = tuple(BY_NAME)

@@ -275,3 +275,31 @@ def test_dividemix_sends_its_second_network_with_its_settings():
     assert all(PEER_ARRAYS in m.content for m in messages)
     assert not messages[0].content["config"]["warm"]  # 0-based round 2 > warm-up of 1
     assert build_strategy(config, ROSTER).round_settings(2).warm
+
+
+def test_feddiv_aggregates_the_clients_filters_and_sends_the_global_one():
+    from common.protocol import FEDDIV_REPORT
+
+    config = config_with(strategy="feddiv", **SETTINGS | {"baseline_warmup_rounds": 1})
+    strategy = build_strategy(config, ROSTER)
+    arrays = ArrayRecord(small_model_state())
+    first = list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))
+    assert first[0].metadata.message_type == "train.feddiv"
+    assert first[0].content["config"]["warm"] and first[0].content["config"]["filter-means"] == []
+    replies = replies_to(first, 1)
+    sizes = {}
+    for reply in replies:
+        partition = ROSTER.partition_of(reply.metadata.src_node_id)
+        sizes[partition] = 40 + partition
+        local = {"means": [0.1, 0.5 + partition / 100], "variances": [0.01, 0.02],
+                 "weights": [0.7, 0.3]}  # fmt: skip
+        reply.content[FEDDIV_REPORT] = ConfigRecord(local)
+    new, _ = strategy.aggregate_train(1, replies)
+    total = sum(sizes.values())
+    expected_high = sum(n / total * (0.5 + p / 100) for p, n in sizes.items())
+    assert strategy.global_filter[0] == pytest.approx([0.1, expected_high])
+    second = list(strategy.configure_train(2, new, ConfigRecord(), Grid()))
+    config2 = second[0].content["config"]
+    assert not config2["warm"]
+    assert config2["filter-means"] == pytest.approx([0.1, expected_high])
+    assert set(strategy.checkpoint_state()) == {"local_filters", "global_filter"}
