@@ -2,7 +2,8 @@
 
 Two layers: the default one (`make test`: unit tests and end-to-end checks through the
 in-process runtime) and the `runtime` layer (`make test-runtime`: everything under
-tests/runtime/, which starts Flower's SuperLink, Ray or SuperNodes). `.ci/run` runs both.
+tests/runtime/, which starts Flower's SuperLink, Ray or SuperNodes, or kills runs and resumes
+them). `.ci/run` runs both.
 Tests marked `cuda` need a GPU and import nothing of Flower (bench/gpu_check.py runs them).
 """
 
@@ -17,7 +18,9 @@ RUNTIME = Path(__file__).parent / "runtime"
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "runtime: starts Flower's runtime (SuperLink, Ray, SuperNodes); slow"
+        "markers",
+        "runtime: starts Flower's runtime (SuperLink, Ray, SuperNodes) or kills and resumes "
+        "runs; slow",
     )
     config.addinivalue_line(
         "markers", "cuda: needs a CUDA GPU (skipped without one; bench/gpu_check.py runs them)"
