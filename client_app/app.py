@@ -450,32 +450,19 @@ def train_selfie(msg: Message, context: Context) -> Message:
     return train_with_label_state(msg, context, "selfie", state)
 
 
-@app.train("coteach")
-def train_coteach(msg: Message, context: Context) -> Message:
-    """Co-teaching / Co-teaching+ (client_app.coteaching): the received global model and the
-    second network's (`peer-arrays`) trained together; both uploaded."""
+def train_two_networks_message(msg: Message, context: Context, train) -> Message:
+    """A method with a second network (`peer-arrays`): `train(client, model, peer, config,
+    generator)` trains both in place and returns their TrainStats; both are uploaded."""
     client = local_client(context)
-    server_config = msg.content["config"]
     model = client.load(msg.content["arrays"])
     if PEER_ARRAYS not in msg.content:
-        raise ValueError(f"the server's co-teaching message has no '{PEER_ARRAYS}'")
+        raise ValueError(f"the server's {msg.metadata.message_type} message has no '{PEER_ARRAYS}'")
     peer_start = msg.content[PEER_ARRAYS]
     peer = client.load_peer(peer_start)
-    settings = CoteachSettings.from_config(server_config)
     server_round = settings_round(msg)
-    generator = shuffle_generator(client, server_round)
     started = time.perf_counter()
-    stats = train_two_networks(
-        model,
-        peer,
-        client.data,
-        client.pipeline,
-        LocalTraining.from_config(server_config),
-        settings.forget_rate,
-        settings.disagreement,
-        generator,
-        client.options,
-    )
+    config = msg.content["config"]
+    stats = train(client, model, peer, config, shuffle_generator(client, server_round))
     metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
     content = RecordDict(
         {
@@ -485,6 +472,20 @@ def train_coteach(msg: Message, context: Context) -> Message:
         }
     )
     return Message(content=content, reply_to=msg)
+
+
+@app.train("coteach")
+def train_coteach(msg: Message, context: Context) -> Message:
+    """Co-teaching / Co-teaching+ (client_app.coteaching)."""
+
+    def train(client: LocalClient, model, peer, config, generator):
+        settings = CoteachSettings.from_config(config)
+        return train_two_networks(
+            model, peer, client.data, client.pipeline, LocalTraining.from_config(config),
+            settings.forget_rate, settings.disagreement, generator, client.options,
+        )  # fmt: skip
+
+    return train_two_networks_message(msg, context, train)
 
 
 @app.train("robustfl")
@@ -604,38 +605,16 @@ def train_fedlsr_message(msg: Message, context: Context) -> Message:
 
 @app.train("dividemix")
 def train_dividemix_message(msg: Message, context: Context) -> Message:
-    """DivideMix (client_app.dividemix): the received global model and the second network's
-    (`peer-arrays`) trained together; both uploaded."""
-    client = local_client(context)
-    server_config = msg.content["config"]
-    model = client.load(msg.content["arrays"])
-    if PEER_ARRAYS not in msg.content:
-        raise ValueError(f"the server's DivideMix message has no '{PEER_ARRAYS}'")
-    peer_start = msg.content[PEER_ARRAYS]
-    peer = client.load_peer(peer_start)
-    server_round = settings_round(msg)
-    started = time.perf_counter()
-    stats = train_dividemix(
-        model,
-        peer,
-        client.data,
-        client.pipeline,
-        LocalTraining.from_config(server_config),
-        DivideMixSettings.from_config(server_config),
-        client.config.seed,
-        shuffle_generator(client, server_round),
-        client.config.eval_batch_size,
-        client.options,
-    )
-    metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
-    content = RecordDict(
-        {
-            "arrays": client.upload(model.state_dict(), msg.content["arrays"], server_round),
-            PEER_ARRAYS: client.upload(peer.state_dict(), peer_start, server_round),
-            "metrics": metrics,
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    """DivideMix (client_app.dividemix)."""
+
+    def train(client: LocalClient, model, peer, config, generator):
+        return train_dividemix(
+            model, peer, client.data, client.pipeline, LocalTraining.from_config(config),
+            DivideMixSettings.from_config(config), client.config.seed, generator,
+            client.config.eval_batch_size, client.options,
+        )  # fmt: skip
+
+    return train_two_networks_message(msg, context, train)
 
 
 def logits_and_losses(client: LocalClient, model) -> tuple[np.ndarray, np.ndarray]:

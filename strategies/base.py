@@ -29,7 +29,7 @@ from logging import INFO, WARNING
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import log
 from flwr.serverapp.strategy import FedAvg
 
@@ -375,3 +375,36 @@ def _with_layout(arrays: ArrayRecord, layout: dict[str, tuple]) -> ArrayRecord:
 
 def _finite_upload(reply: Message) -> bool:
     return is_finite_model([array.numpy() for array in reply.content["arrays"].values()])
+
+
+# --- building blocks for strategies whose messages carry more than FedAvg's -------------------
+
+
+def array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """Numpy arrays (C-ordered copies) as an ArrayRecord, in the dict's order."""
+    return ArrayRecord(array_dict={k: Array(np.array(v, order="C")) for k, v in arrays.items()})
+
+
+def retyped(
+    message: Message,
+    message_type: str,
+    settings: dict[str, Any],
+    records: dict[str, ArrayRecord | ConfigRecord] | None = None,
+) -> Message:
+    """A train message from `configure_sampled` sent as `message_type` instead, its config
+    extended by `settings` (a protocol Settings' to_config()) and with `records` added (e.g.
+    Co-teaching's `peer-arrays`)."""
+    config = ConfigRecord({**dict(message.content["config"]), **settings})
+    content = RecordDict({"arrays": message.content["arrays"], "config": config, **(records or {})})
+    return Message(content, dst_node_id=message.metadata.dst_node_id, message_type=message_type)
+
+
+def take_records(replies: list[Message], name: str) -> dict[int, Any]:
+    """Remove the record `name` from every reply that has one, before Flower's reply checks
+    (they want one ArrayRecord and one MetricRecord per reply): {source node id: record}."""
+    taken = {}
+    for reply in replies:
+        if not reply.has_error() and name in reply.content:
+            taken[reply.metadata.src_node_id] = reply.content[name]
+            del reply.content[name]
+    return taken

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message
 
 from common.errors import ConfigError
 from common.protocol import FEDDIV_REPORT, FEDDIV_TRAIN, FeddivSettings
-from strategies.base import StrategyParams
+from strategies.base import StrategyParams, retyped, take_records
 from strategies.rules import RuleStrategy, SampleWeightedMean
 
 Filter = tuple[np.ndarray, np.ndarray, np.ndarray]  # means, variances, weights: (2,) each
@@ -98,22 +98,13 @@ class Feddiv(RuleStrategy):
             feddiv_xi=self.params.feddiv_xi,
             feddiv_momentum=self.params.feddiv_momentum,
         )
-        messages = []
-        for message in super().configure_sampled(server_round, arrays, config, view):
-            record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
-            content = RecordDict({"arrays": message.content["arrays"], "config": record})
-            destination = message.metadata.dst_node_id
-            messages.append(Message(content, dst_node_id=destination, message_type=FEDDIV_TRAIN))
-        return messages
+        sampled = super().configure_sampled(server_round, arrays, config, view)
+        return [retyped(message, FEDDIV_TRAIN, settings.to_config()) for message in sampled]
 
     def aggregate_models(self, server_round: int, replies: list[Message]):
         """FedAvg; then each reply's finite filter replaces its client's, and the global filter
         is aggregated from every client's latest."""
-        reports = {}  # taken out first: Flower's checks want arrays + metrics only
-        for reply in replies:
-            if FEDDIV_REPORT in reply.content:
-                reports[reply.metadata.src_node_id] = reply.content[FEDDIV_REPORT]
-                del reply.content[FEDDIV_REPORT]
+        reports = take_records(replies, FEDDIV_REPORT)
         arrays, metrics = super().aggregate_models(server_round, replies)
         for node, report in reports.items():
             local = tuple(

@@ -18,10 +18,9 @@ trains on. Aggregation is FedAvg.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message
 
 from common.errors import ConfigError
 from common.protocol import (
@@ -32,7 +31,7 @@ from common.protocol import (
     FedrnSettings,
 )
 from strategies import aggregation
-from strategies.base import StrategyParams
+from strategies.base import StrategyParams, array_record, retyped, take_records
 from strategies.rules import RuleStrategy, SampleWeightedMean
 
 
@@ -101,10 +100,6 @@ class FedrnParams(StrategyParams):
             raise ConfigError(f"p-threshold={self.p_threshold} must be in [0, 1)")
 
 
-def _record(model: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(np.array(v, order="C")) for k, v in model.items()})
-
-
 class Fedrn(RuleStrategy):
     """FedRN: after the warm-up, each client selects the samples it trains on with its k
     reliable neighbours' models (client_app.fedrn); FedAvg aggregation. State: every client's
@@ -131,7 +126,7 @@ class Fedrn(RuleStrategy):
         messages = []
         for message in super().configure_sampled(server_round, arrays, config, view):
             partition = self.roster.partition_of(message.metadata.dst_node_id)
-            content = RecordDict({"arrays": message.content["arrays"]})
+            records = {}
             scores: list[float] = []  # the previous model's first, then the neighbours'
             own = None
             if not warm:
@@ -140,10 +135,12 @@ class Fedrn(RuleStrategy):
                     self.params.fedrn_alpha, self.params.fedrn_neighbours,
                 )  # fmt: skip
                 if own is not None:
-                    content[PREVIOUS_ARRAYS] = _record(self.local_models[partition])
+                    records[PREVIOUS_ARRAYS] = array_record(self.local_models[partition])
                     scores.append(own)
                 for rank, (neighbour, score) in enumerate(neighbours):
-                    content[f"{NEIGHBOUR_ARRAYS}-{rank}"] = _record(self.local_models[neighbour])
+                    records[f"{NEIGHBOUR_ARRAYS}-{rank}"] = array_record(
+                        self.local_models[neighbour]
+                    )
                     scores.append(score)
             settings = FedrnSettings(
                 selecting=bool(scores),  # nothing recorded yet: it trains as FedAvg's clients
@@ -151,20 +148,12 @@ class Fedrn(RuleStrategy):
                 scores=scores,
                 p_threshold=self.params.p_threshold,
             )
-            content["config"] = ConfigRecord(
-                {**dict(message.content["config"]), **settings.to_config()}
-            )
-            destination = message.metadata.dst_node_id
-            messages.append(Message(content, dst_node_id=destination, message_type=FEDRN_TRAIN))
+            messages.append(retyped(message, FEDRN_TRAIN, settings.to_config(), records))
         return messages
 
     def aggregate_models(self, server_round: int, replies: list[Message]):
         """FedAvg; then record each finite upload with its client's expertise and probe."""
-        reports: dict[int, Any] = {}  # taken out first: Flower's checks want arrays + metrics
-        for reply in replies:
-            if FEDRN_REPORT in reply.content:
-                reports[reply.metadata.src_node_id] = reply.content[FEDRN_REPORT]
-                del reply.content[FEDRN_REPORT]
+        reports = take_records(replies, FEDRN_REPORT)
         arrays, metrics = super().aggregate_models(server_round, replies)
         for reply in replies:
             node = reply.metadata.src_node_id

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message
 
 from common.errors import ConfigError
 from common.protocol import (
@@ -36,7 +36,13 @@ from common.protocol import (
     SampleLabelSettings,
 )
 from strategies import aggregation
-from strategies.base import SeededStrategy, StrategyParams
+from strategies.base import (
+    SeededStrategy,
+    StrategyParams,
+    array_record,
+    retyped,
+    take_records,
+)
 
 Models = list[list[np.ndarray]]
 
@@ -245,16 +251,9 @@ class SampleLabelStrategy(RuleStrategy):
         state = SampleLabelSettings(
             label_history=self.params.label_history,
             correcting=server_round > self.params.label_warmup_rounds,
-        )
-        messages = []
-        for message in super().configure_sampled(server_round, arrays, config, view):
-            record = ConfigRecord({**dict(message.content["config"]), **state.to_config()})
-            content = RecordDict({"arrays": message.content["arrays"], "config": record})
-            destination = message.metadata.dst_node_id
-            messages.append(
-                Message(content, dst_node_id=destination, message_type=self.message_type)
-            )
-        return messages
+        ).to_config()
+        sampled = super().configure_sampled(server_round, arrays, config, view)
+        return [retyped(message, self.message_type, state) for message in sampled]
 
 
 @dataclass(frozen=True)
@@ -354,32 +353,25 @@ class TwoNetworks(RuleStrategy):
         raise NotImplementedError
 
     def configure_sampled(self, server_round, arrays, config, view):
-        settings = self.round_settings(server_round)
-        messages = []
-        for message in super().configure_sampled(server_round, arrays, config, view):
-            record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
-            content = RecordDict({"arrays": message.content["arrays"], "config": record})
-            if self.peer_model is None:
-                raise RuntimeError(f"{self.names[0]}: no second network (the ServerApp sets it)")
-            content[PEER_ARRAYS] = ArrayRecord(
-                array_dict={k: Array(np.array(v, order="C")) for k, v in self.peer_model.items()}
-            )
-            destination = message.metadata.dst_node_id
-            messages.append(
-                Message(content, dst_node_id=destination, message_type=self.message_type)
-            )
-        return messages
+        if self.peer_model is None:
+            raise RuntimeError(f"{self.names[0]}: no second network (the ServerApp sets it)")
+        settings = self.round_settings(server_round).to_config()
+        sampled = super().configure_sampled(server_round, arrays, config, view)
+        return [
+            retyped(m, self.message_type, settings, {PEER_ARRAYS: array_record(self.peer_model)})
+            for m in sampled
+        ]
 
     def aggregate_models(self, server_round: int, replies: list[Message]):
         """The global model as FedAvg; the second network the same way, over the replies
         whose second network is finite (none: it stays as it was)."""
-        peers = []  # taken out first: Flower's checks want one ArrayRecord per reply
-        for reply in replies:
-            if PEER_ARRAYS in reply.content:
-                peer = reply.content[PEER_ARRAYS]
-                del reply.content[PEER_ARRAYS]
-                if aggregation.is_finite_model([a.numpy() for a in peer.values()]):
-                    peers.append((peer, int(reply.content["metrics"]["num-examples"])))
+        examples = {r.metadata.src_node_id: r.content["metrics"]["num-examples"]
+                    for r in replies if not r.has_error()}  # fmt: skip
+        peers = [
+            (peer, int(examples[node]))
+            for node, peer in take_records(replies, PEER_ARRAYS).items()
+            if aggregation.is_finite_model([a.numpy() for a in peer.values()])
+        ]
         arrays, metrics = super().aggregate_models(server_round, replies)
         if peers:
             keys = list(peers[0][0].keys())
@@ -554,29 +546,23 @@ class Robustfl(RuleStrategy):
         self.centroids: np.ndarray | None = None  # (C, D) float32, the global class centroids
 
     def configure_sampled(self, server_round, arrays, config, view):
-        settings = self.params.settings(server_round)
-        messages = []
-        for message in super().configure_sampled(server_round, arrays, config, view):
-            record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
-            content = RecordDict({"arrays": message.content["arrays"], "config": record})
-            if self.centroids is not None:
-                content[CENTROIDS] = ArrayRecord(
-                    array_dict={CENTROIDS: Array(np.array(self.centroids, order="C"))}
-                )
-            destination = message.metadata.dst_node_id
-            messages.append(Message(content, dst_node_id=destination, message_type=ROBUSTFL_TRAIN))
-        return messages
+        settings = self.params.settings(server_round).to_config()
+        records = {}
+        if self.centroids is not None:
+            records[CENTROIDS] = array_record({CENTROIDS: self.centroids})
+        sampled = super().configure_sampled(server_round, arrays, config, view)
+        return [retyped(m, ROBUSTFL_TRAIN, settings, records) for m in sampled]
 
     def aggregate_models(self, server_round: int, replies: list[Message]):
         """The model as FedAvg; the centroids of the replies whose centroids are finite (none:
         the global ones stay as they were)."""
-        uploads = []  # taken out first: Flower's checks want one ArrayRecord per reply
-        for reply in replies:
-            if CENTROIDS in reply.content:
-                centroids = reply.content[CENTROIDS][CENTROIDS].numpy()
-                del reply.content[CENTROIDS]
-                if np.isfinite(centroids).all():
-                    uploads.append((centroids, int(reply.content["metrics"]["num-examples"])))
+        examples = {r.metadata.src_node_id: r.content["metrics"]["num-examples"]
+                    for r in replies if not r.has_error()}  # fmt: skip
+        uploads = []
+        for node, record in take_records(replies, CENTROIDS).items():
+            centroids = record[CENTROIDS].numpy()
+            if np.isfinite(centroids).all():
+                uploads.append((centroids, int(examples[node])))
         arrays, metrics = super().aggregate_models(server_round, replies)
         if uploads:
             self.centroids = aggregation.similarity_weighted_centroids(
@@ -633,14 +619,9 @@ class Fedlsr(RuleStrategy):
     input_kinds = ("image",)  # its second view is a colour distortion
 
     def configure_sampled(self, server_round, arrays, config, view):
-        settings = self.params.settings(server_round, self.num_rounds)
-        messages = []
-        for message in super().configure_sampled(server_round, arrays, config, view):
-            record = ConfigRecord({**dict(message.content["config"]), **settings.to_config()})
-            content = RecordDict({"arrays": message.content["arrays"], "config": record})
-            destination = message.metadata.dst_node_id
-            messages.append(Message(content, dst_node_id=destination, message_type=FEDLSR_TRAIN))
-        return messages
+        settings = self.params.settings(server_round, self.num_rounds).to_config()
+        sampled = super().configure_sampled(server_round, arrays, config, view)
+        return [retyped(message, FEDLSR_TRAIN, settings) for message in sampled]
 
 
 @dataclass(frozen=True)
