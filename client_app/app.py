@@ -618,16 +618,19 @@ def train_dividemix_message(msg: Message, context: Context) -> Message:
 
 
 def logits_and_losses(client: LocalClient, model) -> tuple[np.ndarray, np.ndarray]:
-    """The model's logits (n, C) and per-sample CE losses (n,) on the client's given labels
-    (eval mode and transform), as float64 numpy arrays."""
+    """The model's logits (n, C) and FedDiv's per-sample losses (n,) on the client's given
+    labels (eval mode and transform), as float64 numpy arrays. The losses are the CE of the
+    softmax outputs taken as logits, as the authors' get_output computes them (FedCorr's
+    double softmax): a bounded, decreasing function of the given label's probability. With the
+    plain CE, the filter, fitted on trained local models' losses, deemed most of the global
+    model's samples noisy: on the CPU paper preset FedDiv fell from 39 % in round 24 to 26 % in
+    round 120, its test loss from 1.8 to 9.2."""
     with torch.no_grad():
         logits = predict_logits(
             model, client.data.inputs, client.pipeline, client.config.eval_batch_size,
             client.options,
         )  # fmt: skip
-        losses = torch.nn.functional.cross_entropy(
-            logits, client.data.observed_labels, reduction="none"
-        )
+        losses = double_softmax_losses(torch.softmax(logits, dim=1), client.data.observed_labels)
     return logits.double().cpu().numpy(), losses.double().cpu().numpy()
 
 
