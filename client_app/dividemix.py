@@ -159,7 +159,7 @@ def train_on_division(
         refined = sum(torch.softmax(o, dim=1) for o in own) / 2
         refined = w * _one_hot(data.observed_labels[rows_x], classes) + (1 - w) * refined
         targets_x = sharpen(refined, dividemix.dividemix_temperature)
-        inputs = torch.cat(views)
+        inputs = pipeline.concat(views)
         targets = torch.cat([targets_x, targets_x, targets_u, targets_u])
         share = float(mixing.beta(dividemix.dividemix_alpha, dividemix.dividemix_alpha))
         share = max(share, 1.0 - share)

@@ -305,7 +305,8 @@ def _coerce(key: str, value: Any, annotation: str) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        example = {"str": f"{key}='text'", "bool": f"{key}=true"}.get(annotation, f"{key}=3")
+        examples = {"str": f"{key}='text'", "bool": f"{key}=true", "float": f"{key}=0.5"}
+        example = examples.get(annotation, f"{key}=3")  # the form only: the key's range applies
         raise ConfigError(f"{key}={value!r} must be of type {annotation} (e.g. {example})")
     return value
 

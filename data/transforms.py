@@ -39,6 +39,10 @@ class InputPipeline:
         """Deterministic evaluation-time transform."""
         return x
 
+    def concat(self, batches: list[torch.Tensor]) -> torch.Tensor:
+        """Transformed batches as one (B1 + B2 + ..., ...) batch (DivideMix's MixMatch)."""
+        return torch.cat(batches)
+
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Per-channel ``(x - mean) / std`` on ``[B, C, H, W]``, as torchvision's Normalize."""
@@ -237,6 +241,12 @@ class TokenPipeline(InputPipeline):
 
     def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self._trim(x)
+
+    def concat(self, batches: list[torch.Tensor]) -> torch.Tensor:
+        """Token batches trimmed to different lengths, padded at the end to the longest."""
+        length = max(batch.shape[1] for batch in batches)
+        padded = [F.pad(b, (0, length - b.shape[1]), value=self.pad_index) for b in batches]
+        return torch.cat(padded)
 
 
 def pipeline_for(

@@ -35,6 +35,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from common import seeding
 from common.attacks import SERVER_ATTACKS, AttackSettings, attacked_keys, mimic_honest
+from common.errors import ConfigError
 from common.protocol import LocalTraining
 from strategies.aggregation import cast_back, is_finite_model
 from strategies.sampling import (
@@ -67,6 +68,21 @@ class StrategyParams:
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
         """Raise common.errors.ConfigError for settings the strategy cannot run with, with
         `sampled` clients per round out of `num_clients`, for `num_rounds` rounds."""
+
+
+def check_stage_starts(key: str, rounds: int, num_rounds: int, last: int | None = None) -> None:
+    """Refuse a warm-up or start round `rounds` (run-config `key`) that is negative or leaves no
+    round for the method's later stage: its last warm round is `last` (default `rounds`), which
+    must be below `num_rounds` (ConfigError)."""
+    if rounds < 0:
+        raise ConfigError(f"{key}={rounds} is not allowed: it must be 0 or more")
+    last = rounds if last is None else last
+    if last >= num_rounds:
+        raise ConfigError(
+            f"{key}={rounds} is not allowed with num-rounds={num_rounds}: the method's later "
+            f"stage would never run (round {last + 1} would be its first); lower it below "
+            f"{num_rounds - (last - rounds)}"
+        )
 
 
 @dataclass(frozen=True)

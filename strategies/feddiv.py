@@ -19,7 +19,7 @@ from flwr.app import Message
 
 from common.errors import ConfigError
 from common.protocol import FEDDIV_REPORT, FEDDIV_TRAIN, FeddivSettings
-from strategies.base import StrategyParams, retyped, take_records
+from strategies.base import StrategyParams, check_stage_starts, retyped, take_records
 from strategies.rules import RuleStrategy, SampleWeightedMean
 
 Filter = tuple[np.ndarray, np.ndarray, np.ndarray]  # means, variances, weights: (2,) each
@@ -53,6 +53,7 @@ class FeddivParams(StrategyParams):
     feddiv_momentum: float
 
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
+        check_stage_starts("baseline-warmup-rounds", self.baseline_warmup_rounds, num_rounds)
         if not 0.0 <= self.p_threshold < 1.0:
             raise ConfigError(f"p-threshold={self.p_threshold} must be in [0, 1)")
         if not 0.0 <= self.feddiv_clean_threshold < 1.0:

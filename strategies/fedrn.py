@@ -31,7 +31,13 @@ from common.protocol import (
     FedrnSettings,
 )
 from strategies import aggregation
-from strategies.base import StrategyParams, array_record, retyped, take_records
+from strategies.base import (
+    StrategyParams,
+    array_record,
+    check_stage_starts,
+    retyped,
+    take_records,
+)
 from strategies.rules import RuleStrategy, SampleWeightedMean
 
 
@@ -87,8 +93,7 @@ class FedrnParams(StrategyParams):
     p_threshold: float
 
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
-        if self.label_warmup_rounds < 0:
-            raise ConfigError(f"label-warmup-rounds={self.label_warmup_rounds} must be >= 0")
+        check_stage_starts("label-warmup-rounds", self.label_warmup_rounds, num_rounds)
         if not 1 <= self.fedrn_neighbours < num_clients:
             raise ConfigError(
                 f"fedrn-neighbours={self.fedrn_neighbours} is not allowed: between 1 and the "

@@ -40,6 +40,7 @@ from strategies.base import (
     SeededStrategy,
     StrategyParams,
     array_record,
+    check_stage_starts,
     retyped,
     take_records,
 )
@@ -235,8 +236,7 @@ class SampleLabelParams(StrategyParams):
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
         if self.label_history < 1:
             raise ConfigError(f"label-history={self.label_history} must be at least 1")
-        if self.label_warmup_rounds < 0:
-            raise ConfigError(f"label-warmup-rounds={self.label_warmup_rounds} must be >= 0")
+        check_stage_starts("label-warmup-rounds", self.label_warmup_rounds, num_rounds)
 
 
 class SampleLabelStrategy(RuleStrategy):
@@ -418,8 +418,11 @@ class DivideMixParams(StrategyParams):
     dividemix_temperature: float
 
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
-        if self.label_warmup_rounds < 0:
-            raise ConfigError(f"label-warmup-rounds={self.label_warmup_rounds} must be >= 0")
+        # FNBench warms DivideMix up while its 0-based round is <= the warm-up: one round more
+        check_stage_starts(
+            "label-warmup-rounds", self.label_warmup_rounds, num_rounds,
+            last=self.label_warmup_rounds + 1,
+        )  # fmt: skip
         if not 0.0 <= self.p_threshold < 1.0:
             raise ConfigError(f"p-threshold={self.p_threshold} must be in [0, 1)")
         if self.dividemix_alpha <= 0:
@@ -464,10 +467,7 @@ class CoteachingPlusParams(CoteachingParams):
 
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
         super().check(sampled=sampled, num_clients=num_clients, num_rounds=num_rounds)
-        if self.disagreement_start_round < 0:
-            raise ConfigError(
-                f"disagreement-start-round={self.disagreement_start_round} must be 0 or more"
-            )
+        check_stage_starts("disagreement-start-round", self.disagreement_start_round, num_rounds)
 
 
 class CoteachingPlus(Coteaching):
@@ -506,6 +506,8 @@ class RobustflParams(StrategyParams):
         ):
             if value < 0:
                 raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")
+        # pseudo-labels from the (1-based) round T_pl + 1 on
+        check_stage_starts("robustfl-pseudo-rounds", self.robustfl_pseudo_rounds, num_rounds)
 
     def settings(self, server_round: int) -> RobustflSettings:
         """Round `server_round`'s settings (FNBench's 0-based round g = server_round - 1): the

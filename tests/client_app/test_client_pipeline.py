@@ -107,3 +107,30 @@ def test_human_label_datasets_require_human_noise(tmp_path, dataset):
     config = config_with(dataset=dataset, data_dir=str(tmp_path), noise_type="symmetric")
     with pytest.raises(ConfigError, match="noise-type='human'"):
         check_data_settings(config)
+
+
+def test_dividemix_trains_on_token_inputs(tmp_path):
+    """Its MixMatch batch joins token batches trimmed to different lengths (issue: it failed
+    with "Sizes of tensors must match ... Expected size 68 but got size 71")."""
+    from client_app.dividemix import train_dividemix
+    from common.protocol import DivideMixSettings
+
+    write_csv(tmp_path / "train.csv", AGNEWS_TRAIN)
+    write_csv(tmp_path / "test.csv", AGNEWS_TEST)
+    config = config_with(
+        dataset="agnews", data_dir=str(tmp_path), model="fasttext", partition="iid",
+        batch_size=2, noise_type="none",
+    )  # fmt: skip
+    dataset = load_dataset(config.dataset, config.data_dir)
+    federation = build_federation(DataSettings.from_config(config), 1, dataset)
+    data = ClientData.from_federation(federation, 0, torch.device("cpu"))
+    models = [
+        build_model("fasttext", 4, vocab_size=dataset.vocab_size, pad_index=dataset.pad_index)
+        for _ in range(2)
+    ]
+    settings = DivideMixSettings(False, 1.0, 0.5, 4.0, 25.0, 0.5)
+    stats = train_dividemix(
+        *models, data, pipeline_for("agnews"), LocalTraining(1, 2, 0.01, 0.9, 5e-4),
+        settings, 0, torch.Generator().manual_seed(0), 8,
+    )  # fmt: skip
+    assert math.isfinite(stats.mean_loss)

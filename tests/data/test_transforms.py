@@ -201,3 +201,14 @@ def test_train_pair_shares_the_crop_and_normalises_both_views():
     digits = pipeline_for("digits")
     one, two = digits.train_pair(torch.full((4, 1, 8, 8), 8, dtype=torch.uint8))
     assert one.shape == two.shape == (4, 1, 8, 8) and float(one.max()) == 0.5
+
+
+def test_token_batches_of_different_lengths_concatenate_with_padding():
+    pipeline = pipeline_for("agnews")
+    a = torch.tensor([[5, 6, 1], [7, 1, 1]])  # trimmed to length 2
+    b = torch.tensor([[8, 9, 10]])
+    joined = pipeline.concat([pipeline.train_batch(a), pipeline.train_batch(b)])
+    assert joined.tolist() == [[5, 6, 1], [7, 1, 1], [8, 9, 10]]
+    images = pipeline_for("digits")
+    x = torch.zeros(2, 1, 8, 8)
+    assert images.concat([x, x]).shape == (4, 1, 8, 8)

@@ -536,3 +536,24 @@ def testordered_without_errors_names_failed_partitions():
     replies = [StubMessage(node_of(1)), StubMessage(node_of(6), "disk full")]
     with pytest.raises(RuntimeError, match="1 client\\(s\\) failed in x: partition 6: disk full"):
         ordered_without_errors(replies, ROSTER, "x")
+
+
+@pytest.mark.parametrize(
+    ("strategy", "key", "latest"),
+    [
+        ("joint-optim", "label_warmup_rounds", 9),
+        ("selfie", "label_warmup_rounds", 9),
+        ("fedrn", "label_warmup_rounds", 9),
+        ("dividemix", "label_warmup_rounds", 8),  # it warms up one round more, as FNBench
+        ("feddiv", "baseline_warmup_rounds", 9),
+        ("robustfl", "robustfl_pseudo_rounds", 9),
+        ("coteaching-plus", "disagreement_start_round", 9),
+    ],
+)
+def test_a_warm_up_that_leaves_no_later_round_is_refused(strategy, key, latest):
+    """With 10 rounds, `latest` is the longest warm-up that leaves the method a round."""
+    check_strategy_settings(config_with(strategy=strategy, num_rounds=10, **{key: latest}), 20)
+    too_long = config_with(strategy=strategy, num_rounds=10, **{key: latest + 1})
+    flag = key.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"{flag}={latest + 1} is not allowed with num-rounds=10"):
+        check_strategy_settings(too_long, 20)

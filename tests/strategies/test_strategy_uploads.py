@@ -37,6 +37,9 @@ SETTINGS = {
     "compromised_rate": 0.1,
     "fedcorr_iterations": 1,
     "fedcorr_finetune_rounds": 1,
+    "label_warmup_rounds": 5,
+    "robustfl_pseudo_rounds": 5,
+    "disagreement_start_round": 5,
 }
 
 
@@ -232,7 +235,7 @@ def test_robustfl_sends_the_centroids_its_clients_uploaded():
 def test_fedrn_sends_previous_and_neighbour_models_after_the_warm_up():
     from common.protocol import FEDRN_REPORT, NEIGHBOUR_ARRAYS, PREVIOUS_ARRAYS
 
-    config = config_with(strategy="fedrn", label_warmup_rounds=1, **SETTINGS)
+    config = config_with(strategy="fedrn", **SETTINGS | {"label_warmup_rounds": 1})
     strategy = build_strategy(config, ROSTER)
     arrays = ArrayRecord(small_model_state())
     first = list(strategy.configure_train(1, arrays, ConfigRecord(), Grid()))
@@ -267,7 +270,7 @@ def test_fedrn_sends_previous_and_neighbour_models_after_the_warm_up():
 def test_dividemix_sends_its_second_network_with_its_settings():
     from common.protocol import PEER_ARRAYS
 
-    config = config_with(strategy="dividemix", label_warmup_rounds=1, **SETTINGS)
+    config = config_with(strategy="dividemix", **SETTINGS | {"label_warmup_rounds": 1})
     strategy, history = run_rounds("dividemix", 2, label_warmup_rounds=1)
     assert all(model is not None for model in history)
     messages = list(strategy.configure_train(3, history[-1], ConfigRecord(), Grid()))
