@@ -15,7 +15,7 @@ from typing import Any
 
 from common.errors import ConfigError
 from server_app.checkpoint import CheckpointError, config_differences, latest_checkpoint
-from server_app.results import read_json, read_summary
+from server_app.results import read_json, read_summary, run_is_live
 
 
 def resume_mapping(
@@ -30,6 +30,13 @@ def resume_mapping(
     run_dir = run_dir.expanduser().resolve()
     if not run_dir.is_dir():
         raise ConfigError(f"--resume {run_dir}: no such folder")
+    writer = run_is_live(run_dir)
+    if writer is not None:
+        raise ConfigError(
+            f"--resume {run_dir}: the run is still going (process {writer} holds its lock): "
+            "a launcher killed with SIGKILL leaves Flower's processes running. Wait for it, or "
+            f"stop it (kill {writer}, or Ctrl-C in its terminal), then resume"
+        )
     stored = read_json(run_dir, "config.json")
     if stored is None or "run_config" not in stored:
         raise ConfigError(f"--resume {run_dir}: not a run folder (no readable config.json there)")

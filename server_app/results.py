@@ -12,6 +12,9 @@ Files are strict JSON (no bare NaN: a non-finite number is written as null and l
 `nonfinite_values` with what it was); metrics.csv writes NaN as `nan`, and an empty cell means
 "not applicable".
 - `accuracy.png`: test accuracy per round (every 10 rounds and at the end).
+- `.writer.lock`: held (flock) by the process writing the run, from its start to `finish` (which
+  removes it), and released by the kernel when that process dies; `--resume` refuses a folder whose lock is held
+  (`run_is_live`), and a second writer cannot start.
 - `detection.json` (MaskedOptim): the clients flagged noisy, the GMM votes, detection precision
   and recall against the true noise rates, label correction per client (written at detection and
   at the end).
@@ -20,6 +23,7 @@ Files are strict JSON (no bare NaN: a non-finite number is written as null and l
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
 import os
@@ -239,6 +243,47 @@ def mark_ended(directory: Path, status: str, reason: str, stopped_by_user: bool 
     return True
 
 
+LOCK_NAME = ".writer.lock"
+
+
+class RunLocked(RuntimeError):
+    """Another process is writing the run folder; `holder` is its pid as it wrote it."""
+
+    def __init__(self, directory: Path, holder: str) -> None:
+        super().__init__(
+            f"{directory}: another process (pid {holder}) is still writing this run; stop it "
+            "before running or resuming it here"
+        )
+        self.holder = holder
+
+
+def lock_run(directory: Path) -> int:
+    """An exclusive flock on `directory/.writer.lock` (its file descriptor, to keep open while
+    writing; the kernel releases it when the process dies, even by SIGKILL). Raises RunLocked
+    when another process holds it."""
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLocked(directory, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def run_is_live(directory: Path) -> str | None:
+    """The pid (as written) of the process still writing `directory`, or None."""
+    if not (directory / LOCK_NAME).exists():
+        return None  # a run from before the lock existed, or none
+    try:
+        os.close(lock_run(directory))
+    except RunLocked as locked:
+        return locked.holder
+    return None
+
+
 @dataclass
 class RunResults:
     directory: Path
@@ -246,14 +291,16 @@ class RunResults:
     rows: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     last_round_end: float = field(default_factory=time.monotonic)
+    lock: int | None = None  # the run folder's lock (lock_run), released by `finish`
 
     @classmethod
     def create(cls, directory: Path, title: str, config: dict[str, Any]) -> RunResults:
         directory.mkdir(parents=True, exist_ok=True)
+        lock = lock_run(directory)
         _write_json(directory / "config.json", config)
         with open(directory / "metrics.csv", "w", newline="") as handle:
             csv.writer(handle).writerow(METRIC_COLUMNS)
-        results = cls(directory=directory, title=title)
+        results = cls(directory=directory, title=title, lock=lock)
         _write_json(directory / "summary.json", summarise([], 0.0, "running"))
         return results
 
@@ -269,6 +316,7 @@ class RunResults:
         """Continue a run folder from a checkpoint: metrics.csv holds exactly the checkpoint's
         `rows` again (a killed run may have written later ones), the clock goes on from
         `elapsed_seconds`, and config.json lists the resume under `resumed`."""
+        lock = lock_run(directory)
         config = read_json(directory, "config.json") or {}
         config["resumed"] = [*config.get("resumed", []), note]
         _write_json(directory / "config.json", config)
@@ -285,7 +333,7 @@ class RunResults:
         os.replace(tmp, directory / "metrics.csv")
         now = time.monotonic()
         results = cls(directory=directory, title=title, rows=list(rows),
-                      started=now - elapsed_seconds, last_round_end=now)  # fmt: skip
+                      started=now - elapsed_seconds, last_round_end=now, lock=lock)  # fmt: skip
         _write_json(directory / "summary.json", results.summary("running"))
         return results
 
@@ -320,7 +368,16 @@ class RunResults:
     def finish(self, status: str, error: str = "", diverged: str = "") -> dict[str, Any]:
         """Write the final summary.json with `status` (completed, failed, diverged,
         interrupted) and `error`, its reason; `diverged` notes a divergence that the run was
-        told to go on after (on-divergence='continue')."""
+        told to go on after (on-divergence='continue'). Releases the folder's lock."""
+        try:
+            return self._write_final(status, error, diverged)
+        finally:
+            if self.lock is not None:  # the file goes with it: a finished run keeps no lock
+                (self.directory / LOCK_NAME).unlink(missing_ok=True)
+                os.close(self.lock)
+                self.lock = None
+
+    def _write_final(self, status: str, error: str, diverged: str) -> dict[str, Any]:
         summary = self.summary(status)
         if error:
             summary["error"] = error

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -214,3 +216,55 @@ def test_a_run_failing_while_the_user_stops_it_reads_as_interrupted(tmp_path):
     assert after["error_while_stopping"] == "RuntimeError: actor died"
     summary.write_text(json.dumps({"status": "completed"}))
     assert not mark_ended(tmp_path, "interrupted", "stopped", stopped_by_user=True)
+
+
+# --- the run folder's writer lock -------------------------------------------------------------
+
+
+def hold_lock_in_a_child(directory):
+    """A child process that takes the folder's lock and waits; returns it once it holds it."""
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[2]);"
+        "from server_app.results import lock_run; lock_run(Path(sys.argv[1]));"
+        "print('held', flush=True); time.sleep(60)"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, str(directory), root], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout.readline().strip() == "held"
+    time.sleep(0.05)
+    return child
+
+
+def test_a_live_writer_is_seen_and_a_dead_one_is_not(tmp_path):
+    from server_app.results import RunLocked, lock_run, run_is_live
+
+    assert run_is_live(tmp_path) is None  # no lock file: no writer
+    child = hold_lock_in_a_child(tmp_path)
+    try:
+        assert run_is_live(tmp_path) == str(child.pid)
+        with pytest.raises(RunLocked, match=f"pid {child.pid}"):
+            lock_run(tmp_path)
+    finally:
+        child.kill()  # SIGKILL: the kernel releases the lock
+        child.wait()
+    assert run_is_live(tmp_path) is None
+    os.close(lock_run(tmp_path))
+
+
+def test_resume_refuses_a_run_that_is_still_going(tmp_path):
+    from common.errors import ConfigError
+    from launch.resume import resume_mapping
+
+    child = hold_lock_in_a_child(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match=f"the run is still going \\(process {child.pid}"):
+            resume_mapping(tmp_path, {}, None)
+    finally:
+        child.kill()
+        child.wait()
