@@ -12,9 +12,9 @@ Files are strict JSON (no bare NaN: a non-finite number is written as null and l
 `nonfinite_values` with what it was); metrics.csv writes NaN as `nan`, and an empty cell means
 "not applicable".
 - `accuracy.png`: test accuracy per round (every 10 rounds and at the end).
-- `.writer.lock`: held (flock) by the process writing the run, from its start to `finish` (which
-  removes it), and released by the kernel when that process dies; `--resume` refuses a folder whose lock is held
-  (`run_is_live`), and a second writer cannot start.
+- `.writer.lock`: held (flock) by the process writing the run, from its start to `finish`
+  (which removes it), and released by the kernel when that process dies; `--resume` refuses a
+  folder whose lock is held (`run_is_live`), and a second writer cannot start.
 - `detection.json` (MaskedOptim): the clients flagged noisy, the GMM votes, detection precision
   and recall against the true noise rates, label correction per client (written at detection and
   at the end).
