@@ -9,7 +9,7 @@ added to `STRATEGIES` below; docs/adding-a-strategy.md walks through it.
 from __future__ import annotations
 
 from common.attacks import AttackSettings, check_attack
-from common.config import RunConfig
+from common.config import RunConfig, app_defaults
 from common.errors import ConfigError
 from common.protocol import LocalTraining
 from models import MODEL_INPUTS
@@ -96,11 +96,38 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
             f"model='{config.model}' takes {kind}"
         )
     check_attack(config, num_clients)
-    cls.Params.from_config(config).check(
+    context = dict(
         sampled=config.clients_sampled(num_clients),
         num_clients=num_clients,
         num_rounds=config.num_rounds,
     )
+    cls.Params.from_config(config).check(**context)
+    check_keys_of_other_strategies(config, context)
+
+
+def check_keys_of_other_strategies(config: RunConfig, context: dict) -> None:
+    """A key that only other strategies read, set away from its default, is still checked by
+    them: a bad value is refused, not silently ignored (`strategy='fedavg'` with
+    `fedrn-neighbours=-1`). Only errors about such keys count (a message starts "key=")."""
+    defaults = app_defaults()
+    mapping = config.to_mapping()
+    own = strategy_class(config.strategy).Params.keys()
+    changed = {
+        key for key, value in mapping.items()
+        if key in defaults and value != defaults[key] and key not in own
+    }  # fmt: skip
+    for other in STRATEGIES:
+        keys = other.Params.keys() & changed
+        if not keys:
+            continue
+        try:
+            other.Params.from_config(config).check(**context)
+        except ConfigError as err:
+            if str(err).split("=", 1)[0] in keys:
+                raise ConfigError(
+                    f"{err} (a key of strategy='{other.names[0]}', which this run, "
+                    f"strategy='{config.strategy}', does not read)"
+                ) from None
 
 
 def build_strategy(config: RunConfig, roster: ClientRoster) -> SeededStrategy:

@@ -106,3 +106,28 @@ def test_without_the_pretrained_weights_the_run_stops_before_it_starts(capsys, t
     assert "does not fit torchvision's ResNet-50" in capsys.readouterr().err
     assert simulation.main([*argv[:-2], "--set", "model=lenet"]) == 2
     assert "pretrained-weights is for model = resnet50" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda path: path.stem)
+def test_no_preset_sets_a_key_that_another_strategy_refuses(preset):
+    """Keys of other strategies are checked too (a bad one is refused even where the chosen
+    strategy ignores it), so a preset's own values must pass every strategy's checks."""
+    from common.config import RunConfig, app_defaults
+    from strategies.registry import check_keys_of_other_strategies
+
+    values = tomllib.loads(preset.read_text())
+    clients = values.pop("federation")["num-clients"]
+    config = RunConfig.from_mapping({**app_defaults(), **values, "strategy": "fedavg"})
+    context = dict(
+        sampled=config.clients_sampled(clients), num_clients=clients, num_rounds=config.num_rounds
+    )
+    check_keys_of_other_strategies(config, context)  # raises ConfigError on a refused key
+
+
+def test_a_bad_key_of_another_strategy_is_refused():
+    from common.config import ConfigError, config_with
+    from strategies.registry import check_strategy_settings
+
+    with pytest.raises(ConfigError, match="fedrn-neighbours=-1 .* strategy='fedrn', which"):
+        check_strategy_settings(config_with(strategy="fedavg", fedrn_neighbours=-1), 10)
+    check_strategy_settings(config_with(strategy="fedavg", fedrn_neighbours=3), 10)
