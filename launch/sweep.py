@@ -36,13 +36,18 @@ class SweepProgress:
         self.last_shown = (-1, 0.0)
 
     def estimate_left(self, done: int, round_seconds: float) -> float:
+        """Seconds left in the sweep, NaN while there is nothing to go on (no round of this run
+        and no finished run): a run not yet measured counts as long as the finished ones."""
         elapsed = time.monotonic() - self.started
-        this_run = (self.num_rounds - done) * round_seconds if done else 0.0
         per_run = (
-            sum(self.run_seconds) / len(self.run_seconds)
-            if self.run_seconds
-            else (elapsed + this_run if done else float("nan"))
+            sum(self.run_seconds) / len(self.run_seconds) if self.run_seconds else float("nan")
         )
+        if done:
+            this_run = (self.num_rounds - done) * round_seconds
+            if per_run != per_run:
+                per_run = elapsed + this_run
+        else:
+            this_run = per_run  # the round-0 line: the whole run is still ahead
         return this_run + self.runs_after * per_run
 
     def poll(self) -> None:

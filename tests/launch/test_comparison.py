@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -186,6 +187,11 @@ def test_progress_reads_rounds_and_estimates_what_is_left(tmp_path):
     assert left >= 20.0 + 2 * 20.0
     progress.run_seconds = [100.0]  # once a run has finished, its length is the estimate
     assert progress.estimate_left(done=2, round_seconds=10.0) == pytest.approx(20.0 + 200.0)
+    # round 0 of the last run: the whole run is ahead (it said "0m00s left"), or unknown
+    progress.runs_after = 0
+    assert progress.estimate_left(done=0, round_seconds=0.0) == pytest.approx(100.0)
+    progress.run_seconds = []
+    assert math.isnan(progress.estimate_left(done=0, round_seconds=0.0))
 
 
 def test_a_key_the_strategy_does_not_read_does_not_invalidate_its_run(tmp_path):
