@@ -266,13 +266,17 @@ def plot_comparison(records: list[RunRecord], path: Path, title: str, order: lis
     curves.legend(fontsize="small", loc="lower right")
     shown = list(reversed(ranked))
     positions = np.arange(len(shown))
-    bars.barh(
-        positions,
-        [r["last10_accuracy_mean"] for r in shown],
-        xerr=[r["last10_accuracy_std"] or 0.0 for r in shown],
-        color=[colours.get(r["strategy"], "0.7") for r in shown],
-        capsize=3,
-    )
+    # a dot plot, not bars: its axis need not start at 0 to be read right (a bar's length
+    # would claim a zero baseline that the zoomed axis does not have)
+    for position, r in zip(positions, shown, strict=True):
+        bars.errorbar(
+            r["last10_accuracy_mean"],
+            position,
+            xerr=r["last10_accuracy_std"] or 0.0,
+            fmt="o",
+            color=colours.get(r["strategy"], "0.5"),
+            capsize=3,
+        )
     bars.set_yticks(positions, [r["strategy"] for r in shown], fontsize="small")
     if shown:
         low = min(r["last10_accuracy_mean"] - (r["last10_accuracy_std"] or 0) for r in shown)
