@@ -259,12 +259,17 @@ class SeededStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid
     ) -> Iterable[Message]:
         if self.restored(server_round):
-            log(INFO, "round %d was restored from the checkpoint: nothing to run", server_round)
+            if server_round == 1:  # once, not for every restored round
+                log(INFO, "rounds 1-%d were restored from the checkpoint: Flower's lines for "
+                    "them run nothing", self.resume_after)  # fmt: skip
             return []
         self._grid = grid
         self._current = arrays  # the global model this round's clients start from
         self.refresh_roster(grid)
         self.last_sampled = self.sampled_partitions(server_round)
+        # Flower's next line counts the nodes this view shows ("Sampled 10 nodes (out of 10)")
+        log(INFO, "round %d: clients %s train, %d of %d (seeded sample)", server_round,
+            self.last_sampled, len(self.last_sampled), self.roster.num_clients)  # fmt: skip
         view = SampledGrid(grid, self.roster.node_ids(self.last_sampled))
         return self.configure_sampled(server_round, arrays, config, view)
 
