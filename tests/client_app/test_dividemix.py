@@ -24,7 +24,7 @@ from data.transforms import pipeline_for
 from models import build_model
 from strategies.registry import build_strategy, check_strategy_settings
 from strategies.sampling import roster_from_whoami
-from tests.client_app.test_training import separable_data
+from tests.client_app.test_training import separable_data, wrong_labels_and_a_clean_model
 
 PIPELINE = pipeline_for("digits")
 
@@ -70,17 +70,7 @@ def test_semi_supervised_loss_by_hand():
 
 
 def test_co_divide_leaves_the_wrong_labels_unlabelled():
-    from client_app.training import train_locally
-
-    data = separable_data(n=64, num_classes=4)
-    labels = data.observed_labels.clone()
-    wrong = np.arange(1, 33, 4)
-    labels[wrong] = 3
-    noisy = type(data)(**{**data.__dict__, "observed_labels": labels})
-    torch.manual_seed(0)
-    model = build_model("digitsnet", 10)
-    trained = LocalTraining(3, 8, 0.05, 0.9, 5e-4)
-    train_locally(model, data, PIPELINE, trained, torch.Generator().manual_seed(0))
+    noisy, wrong, model = wrong_labels_and_a_clean_model()
     division = co_divide(model, noisy, PIPELINE, 0.5, seed=0, batch_size=32)
     assert division.unlabelled.tolist() == wrong.tolist()
     assert len(division.labelled) == 56

@@ -22,7 +22,7 @@ from data.transforms import pipeline_for
 from models import build_model
 from strategies.fedrn import min_max, reliable_neighbours
 from strategies.registry import check_strategy_settings
-from tests.client_app.test_training import separable_data
+from tests.client_app.test_training import separable_data, wrong_labels_and_a_clean_model
 
 PIPELINE = pipeline_for("digits")
 
@@ -100,17 +100,7 @@ def test_the_probe_is_the_same_on_every_client():
 def test_selection_leaves_out_the_wrong_labels():
     """8 of the 16 class-1 samples labelled 3; a model trained on the clean labels (the
     previous one) and a copy (the neighbour) leave all 8 out and keep the 56 others."""
-    from client_app.training import train_locally
-
-    data = separable_data(n=64, num_classes=4)
-    labels = data.observed_labels.clone()
-    wrong = np.arange(1, 33, 4)
-    labels[wrong] = 3
-    noisy = type(data)(**{**data.__dict__, "observed_labels": labels})
-    torch.manual_seed(0)
-    previous = build_model("digitsnet", 10)
-    trained = LocalTraining(3, 8, 0.05, 0.9, 5e-4)
-    train_locally(previous, data, PIPELINE, trained, torch.Generator().manual_seed(0))
+    noisy, wrong, previous = wrong_labels_and_a_clean_model()
     neighbour = build_model("digitsnet", 10)
     neighbour.load_state_dict(previous.state_dict())
     rows = select_clean_samples(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -50,6 +51,21 @@ def fresh_model(seed: int = 0) -> torch.nn.Module:
     """A tiny linear classifier on 1x8x8 inputs (the loop takes any module; this keeps it fast)."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
+def wrong_labels_and_a_clean_model():
+    """(noisy data, the wrong positions, a digits CNN trained on the clean labels): 8 of the 16
+    class-1 samples of separable_data(64, 4) labelled 3, for the sample-selection tests."""
+    data = separable_data(n=64, num_classes=4)
+    labels = data.observed_labels.clone()
+    wrong = np.arange(1, 33, 4)
+    labels[wrong] = 3
+    noisy = dataclasses.replace(data, observed_labels=labels)
+    torch.manual_seed(0)
+    model = build_model("digitsnet", 10)
+    trained = LocalTraining(3, 8, 0.05, 0.9, 5e-4)
+    train_locally(model, data, PIPELINE, trained, torch.Generator().manual_seed(0))
+    return noisy, wrong, model
 
 
 def settings(**changes) -> LocalTraining:
