@@ -19,7 +19,7 @@ import torch
 
 import deploy_local
 import simulation
-from fakedata import write_fake_cifar
+from fakedata import write_csv, write_fake_cifar
 from launch.overrides import parse_set_items
 from launch.preflight import resolve_run_config
 from launch.superlink import flower_environment
@@ -258,6 +258,20 @@ def cifar_like(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def agnews_like(tmp_path_factory) -> Path:
+    """6,000 training rows in AG News's CSV layout (class, title, description), as many as
+    AG News mini: room for its preset's 20 Dirichlet clients of at least 100."""
+    data = tmp_path_factory.mktemp("agnews")
+    words = ("world talks", "sports cup", "business stocks", "science chip")
+    rows = [
+        [str(i % 4 + 1), f"{words[i % 4]} {i}", f"news {i} {words[i % 4]}"] for i in range(6000)
+    ]
+    write_csv(data / "train.csv", rows)
+    write_csv(data / "test.csv", rows[:400])
+    return data
+
+
+@pytest.fixture(scope="module")
 def own_example(tmp_path_factory) -> Path:
     """The example folders of docs/own-data.md, as its commands write them."""
     from data.own_data import main as own_data_main
@@ -288,7 +302,7 @@ def killed_run(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(("where", "command"), documented_commands())
 def test_every_documented_command_passes_the_preflight(
-    capsys, tmp_path, cifar_like, own_example, killed_run, where, command
+    capsys, tmp_path, cifar_like, agnews_like, own_example, killed_run, where, command
 ):
     """Each command as written, with its CIFAR-10 folder replaced by a generated one in the
     official layout (docs/own-data.md's example folders by the ones its command writes),
@@ -298,6 +312,7 @@ def test_every_documented_command_passes_the_preflight(
     script, argv = argv[0], argv[1:]
     replaced = []
     for item in argv:
+        item = item.replace(".data/agnews-mini", str(agnews_like))
         for placeholder in ("/data/cifar10", ".data/cifar10"):
             item = item.replace(placeholder, str(data))
         replaced.append(item.replace("/tmp/own-example", str(own_example)))
