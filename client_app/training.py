@@ -9,6 +9,8 @@ shuffled batches of B with the last partial batch dropped.
 from __future__ import annotations
 
 import copy
+import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -124,6 +126,146 @@ def local_optimiser(model: nn.Module, settings: LocalTraining) -> torch.optim.SG
     )
 
 
+# The losses a CUDA graph can record: a fixed sequence of kernels per batch, with no host-side
+# decision (mixup's Beta draw, a per-sample label state) and no second model (la-distill's teacher).
+CAPTURABLE_LOSSES = ("ce", "logit-adjusted", "symmetric-ce")
+
+
+def can_capture(
+    settings: LocalTraining, options: DeviceOptions, inputs: torch.Tensor, labels
+) -> bool:
+    """Whether train_locally records its step as a CUDA graph (`cuda-graphs`, common.acceleration):
+    on a CUDA device, for 4-D image batches and the plain step (a CAPTURABLE_LOSSES loss, gradient
+    clipping allowed; no mixup, per-sample labels or FedProx term). Else the eager loop runs."""
+    return (
+        options.cuda_graphs
+        and inputs.device.type == "cuda"
+        and inputs.dim() == 4
+        and labels is None
+        and settings.local_loss in CAPTURABLE_LOSSES
+        and settings.mixup_alpha == 0
+        and settings.proximal_mu == 0
+        and settings.proximal_norm == 0
+    )
+
+
+class CapturedStep:
+    """train_locally's plain step (zero grads, forward under autocast, loss, backward, optional
+    gradient clipping, SGD step, loss accumulation) recorded once as a CUDA graph and replayed for
+    every batch, following PyTorch's "whole network capture" recipe (torch.cuda.graphs docs):
+    the first WARMUP_STEPS batches run eagerly on a side stream (they are real training steps,
+    and they create the momentum buffers and let cuDNN choose its algorithms), then the step is
+    captured and replayed. Batches are copied into static `inputs` / `targets` tensors.
+
+    One step is kept per model (`captured_step`) and reused by later calls with the same settings
+    and batch shape, since the model's tensors keep their storage (load_weights copies in place).
+    Each call starts with `begin`, which zeroes the momentum buffers: SGD's first step with a
+    zero buffer (dampening 0) gives the same update as a fresh optimiser's, so the authors' fresh
+    optimiser per round is kept. Why our own: torch.compile's "reduce-overhead" mode also
+    replays CUDA graphs, but it needs Triton and compiles once per process and model; recording
+    the eager step needs neither.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(
+        self,
+        model: nn.Module,
+        settings: LocalTraining,
+        options: DeviceOptions,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        num_classes: int,
+    ) -> None:
+        self.settings = settings
+        self.options = options
+        self.optimiser = local_optimiser(model, settings)
+        self.parameters = [p for p in model.parameters()]
+        device = inputs.device
+        self.inputs = torch.empty_like(inputs)  # keeps the batch's memory format
+        self.targets = torch.empty_like(targets)
+        self.log_prior = torch.zeros(num_classes, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.warm_steps = 0
+        self.key = _step_key(settings, options, inputs, targets, num_classes)
+
+    def begin(self, log_prior: torch.Tensor | None) -> None:
+        """Start a client's training: no loss yet, zero momentum, this client's prior."""
+        self.loss_sum.zero_()
+        for state in self.optimiser.state.values():
+            buffer = state.get("momentum_buffer")
+            if buffer is not None:
+                buffer.zero_()
+        if log_prior is not None:
+            self.log_prior.copy_(log_prior)
+
+    def _step(self, model: nn.Module) -> None:
+        self.optimiser.zero_grad(set_to_none=True)
+        with self.options.autocast(self.inputs.device, cache_enabled=False):
+            logits = model(self.inputs)
+            loss = _batch_loss(
+                self.settings, logits.float(), self.targets, self.log_prior, None, self.inputs
+            )
+        loss.backward()
+        if self.settings.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(self.parameters, self.settings.max_grad_norm)
+        self.optimiser.step()
+        self.loss_sum.add_(loss.detach())
+
+    def run(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """One training step on this batch."""
+        self.inputs.copy_(inputs)
+        self.targets.copy_(targets)
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        current = torch.cuda.current_stream(inputs.device)
+        if self.warm_steps < self.WARMUP_STEPS:
+            side = torch.cuda.Stream(inputs.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                self._step(model)
+            current.wait_stream(side)
+            self.warm_steps += 1
+            return
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other clients training in other threads (the in-process runtime's GPU
+        # fraction) may launch work while this one records
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self._step(model)
+        self.graph = graph
+        graph.replay()  # recording ran nothing: this batch's step
+
+
+def _step_key(settings, options, inputs, targets, num_classes) -> tuple:
+    return (settings, options, tuple(inputs.shape), inputs.dtype, inputs.stride(),
+            targets.dtype, num_classes)  # fmt: skip
+
+
+_CAPTURED: weakref.WeakKeyDictionary[nn.Module, CapturedStep] = weakref.WeakKeyDictionary()
+_CAPTURED_LOCK = threading.Lock()
+
+
+def captured_step(
+    model: nn.Module,
+    settings: LocalTraining,
+    options: DeviceOptions,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    num_classes: int,
+) -> CapturedStep:
+    """The model's CapturedStep for these settings and batch shape, made anew when they change
+    (the old graph is then freed). It holds the model's parameters, not the model, so it goes
+    when the model goes."""
+    with _CAPTURED_LOCK:
+        step = _CAPTURED.get(model)
+        if step is None or step.key != _step_key(settings, options, inputs, targets, num_classes):
+            step = CapturedStep(model, settings, options, inputs, targets, num_classes)
+            _CAPTURED[model] = step
+        return step
+
+
 def train_locally(
     model: nn.Module,
     data: ClientData,
@@ -159,12 +301,21 @@ def train_locally(
     device = data.inputs.device
     loss_sum = torch.zeros((), device=device)
     steps = 0
+    captured: CapturedStep | None = None
     for _ in range(settings.local_epochs):
         for step, idx in enumerate(
             batch_indices(len(data), settings.batch_size, generator, device)
         ):
             inputs = options.prepare_inputs(pipeline.train_batch(data.inputs[idx], generator))
             targets = data.observed_labels[idx]
+            if captured is None and can_capture(settings, options, inputs, labels):
+                captured = captured_step(model, settings, options, inputs, targets,
+                                         data.num_classes)  # fmt: skip
+                captured.begin(log_prior)
+            if captured is not None:
+                captured.run(model, inputs, targets)
+                steps += 1
+                continue
             if mixing is not None:
                 share = float(mixing.beta(settings.mixup_alpha, settings.mixup_alpha))
                 partner = torch.randperm(len(idx), generator=generator).to(device)
@@ -200,6 +351,8 @@ def train_locally(
             steps += 1
         if labels is not None:
             labels.end_epoch()
+    if captured is not None:
+        loss_sum = loss_sum + captured.loss_sum
     return TrainStats(mean_loss=float(loss_sum) / max(steps, 1), num_steps=steps)
 
 

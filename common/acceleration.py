@@ -10,6 +10,10 @@ pinned host-to-device copies. Torch only; written against the configured device 
   kernels prefer; a no-op for text and for models without 4-D weights.
 - `cudnn_benchmark`: let cuDNN time its algorithms for each new input shape (sets the global
   `torch.backends.cudnn.benchmark`; results may then differ in the last bits between runs).
+- `cuda_graphs`: record the plain training step (forward, loss, backward, SGD step) once as a
+  CUDA graph and replay it for every batch (client_app.training.CapturedStep). ResNet-18 at
+  B = 64 is bound by kernel launches on an H200 (about 6,600 images/s eagerly, docs/benchmarks.md
+  §6), which a replay removes. A no-op off CUDA and for steps it cannot record (see there).
 docs/benchmarks.md gives each option's measured effect where a GPU was available.
 """
 
@@ -32,6 +36,7 @@ class DeviceOptions:
     precision: str = "fp32"
     channels_last: bool = False
     cudnn_benchmark: bool = False
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -42,13 +47,19 @@ class DeviceOptions:
     @classmethod
     def from_config(cls, config) -> DeviceOptions:
         """From a common.config.RunConfig."""
-        return cls(config.precision, config.channels_last, config.cudnn_benchmark)
+        return cls(config.precision, config.channels_last, config.cudnn_benchmark,
+                   config.cuda_graphs)  # fmt: skip
 
-    def autocast(self, device: torch.device):
-        """The forward pass's context: autocast to the chosen dtype, or nothing for fp32."""
+    def autocast(self, device: torch.device, cache_enabled: bool = True):
+        """The forward pass's context: autocast to the chosen dtype, or nothing for fp32.
+        `cache_enabled=False` is what a CUDA graph's capture needs (torch.amp's docs)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[self.precision])
+        return torch.autocast(
+            device_type=device.type,
+            dtype=_AUTOCAST_DTYPES[self.precision],
+            cache_enabled=cache_enabled,
+        )
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         """`model` in the chosen memory layout (in place; returns it)."""

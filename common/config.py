@@ -62,6 +62,7 @@ class RunConfig:
     precision: str
     channels_last: bool
     cudnn_benchmark: bool
+    cuda_graphs: bool
     eval_batch_size: int
     fraction_evaluate: float
     proximal_mu: float

@@ -42,6 +42,10 @@ def test_every_stage_runs_on_the_cpu_at_tiny_sizes(tmp_path):
         assert all(0 <= r["test_accuracy"] <= 1 for r in run["rounds"])
     assert masked["flagged_noisy"] is not None  # detection ran after round 2
     assert [r["detect"] > 0 for r in masked["rounds"]] == [False, True, False]
-    assert set(report["stage_seconds"]) == {"throughput", "preset", "at_once"}
+    assert set(report["stage_seconds"]) == {"throughput", "authors_loop", "preset", "at_once"}
+    loops = report["authors_loop"]["rows"]
+    assert [row["loop"].split(":")[0] for row in loops] == ["authors", "authors", "ours"]
+    assert all(row["images_per_s"] > 0 for row in loops)
+    assert report["authors_loop"]["ours_vs_authors"] > 0
     assert report["cuda_tests"] == {"skipped": "no CUDA device (--device cpu)"}
     assert report["arguments"]["quick"] is True and report["at_once"][0]["images_per_s"] > 0

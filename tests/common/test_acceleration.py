@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from client_app.training import train_locally
+from client_app.training import _CAPTURED, CapturedStep, train_locally
 from common.acceleration import DeviceOptions, load_weights
 from common.evaluation import predict_logits
 from common.protocol import LocalTraining
@@ -105,3 +105,47 @@ def test_pinned_loading_to_the_gpu_and_bf16_training_there():
         assert torch.equal(target.state_dict()[name].cpu(), tensor), name
     stats, model = one_round(DeviceOptions("bf16", channels_last=True), "cuda")
     assert stats.num_steps == 4 and torch.isfinite(torch.tensor(stats.mean_loss))
+
+
+def test_cuda_graphs_are_a_no_op_off_cuda():
+    plain, plain_model = one_round(DeviceOptions())
+    graphs, graphs_model = one_round(DeviceOptions(cuda_graphs=True))
+    assert graphs == plain
+    for a, b in zip(plain_model.parameters(), graphs_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def two_clients_two_rounds(options: DeviceOptions, settings: LocalTraining):
+    """Client A, then client B from A's result, then A again: the captured step is recorded in
+    the first call (after its warm-up batches) and replayed by the next two."""
+    torch.manual_seed(3)
+    model = options.prepare_model(build_model("resnet18", 10).cuda())
+    a, b = client("cuda", 160), client("cuda", 96)
+    b.observed_labels[:48] = 0  # another class prior for the logit-adjusted loss
+    losses = []
+    for round_, data in enumerate((a, b, a)):
+        generator = torch.Generator().manual_seed(round_)
+        losses.append(
+            train_locally(model, data, pipeline_for("cifar10"), settings, generator, options)
+        )
+    return losses, model
+
+
+@needs_cuda[0]
+@needs_cuda[1]
+def test_cuda_graphs_train_as_the_eager_loop():
+    """Same seed, same batches: the replayed graph gives the eager loop's losses and weights
+    (momentum restarts at each call as with a fresh optimiser; clipping and the client's prior
+    are inside the graph)."""
+    settings = LocalTraining(2, 32, 0.01, 0.9, 5e-4, local_loss="logit-adjusted",
+                             max_grad_norm=5.0)  # fmt: skip
+    eager, eager_model = two_clients_two_rounds(DeviceOptions(), settings)
+    graphs, graphs_model = two_clients_two_rounds(DeviceOptions(cuda_graphs=True), settings)
+    step = _CAPTURED[graphs_model]
+    assert step.graph is not None and step.warm_steps == CapturedStep.WARMUP_STEPS
+    assert [s.num_steps for s in graphs] == [s.num_steps for s in eager] == [10, 6, 10]
+    for g, e in zip(graphs, eager, strict=True):
+        assert g.mean_loss == pytest.approx(e.mean_loss, rel=1e-3)
+    for a, b in zip(eager_model.state_dict().values(), graphs_model.state_dict().values(),
+                    strict=True):  # fmt: skip
+        assert torch.allclose(a.float(), b.float(), atol=2e-3), (a - b).abs().max()
