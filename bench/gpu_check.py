@@ -11,10 +11,13 @@ stages beforehand (throughput 25 %, preset 55 %, at-once 20 %, after the CUDA te
 starts a measurement only when its share has room for it, judged by the last one:
 
 1. `cuda_tests`: the tests marked `cuda` (pytest -m cuda), e.g. the same seed giving the same
-   first-round numbers on CPU and GPU, pinned weight loading, bf16 training on the GPU;
+   first-round numbers on CPU and GPU, pinned weight loading, bf16 training on the GPU; the
+   CUDA-graph test apart: where it fails, the later stages run without CUDA graphs;
 2. `throughput`: images/s of the client training core (client_app.training.train_locally)
    against a bare PyTorch loop on the same model, data and augmentation, for lenet and
-   resnet18, fp32 and bf16 (+ channels_last and cuDNN autotuning for resnet18 bf16);
+   resnet18, fp32 and bf16 (+ channels_last and cuDNN autotuning for resnet18 bf16), eagerly
+   and with the step recorded as a CUDA graph (`cuda-graphs`); then `authors_loop`: one client
+   round run as the authors' code runs it (DataLoader, PIL transforms) against ours;
 3. `preset`: the ResNet-18 paper preset (configs/paper-cifar10-resnet18.toml: 100 clients, 10
    per round, E = 5, B = 64) for fedavg and maskedoptim, driven here without Flower by the same
    functions the ClientApp and the strategies call (seeded sampling, local training, masked
@@ -65,6 +68,7 @@ from strategies.aggregation import geometric_median_per_tensor, weighted_mean  #
 from strategies.detection import split_noisy_clients  # noqa: E402
 
 PRESET = ROOT / "configs" / "paper-cifar10-resnet18.toml"
+STAGES = ("cuda_tests", "throughput", "authors_loop", "preset", "at_once")
 
 
 class Budget:
@@ -129,12 +133,13 @@ def throughput(args, device: torch.device, budget: Budget) -> list[dict]:
     big = "lenet" if args.quick else "resnet18"
     cases = [
         ("lenet", DeviceOptions()),
-        ("lenet", DeviceOptions(cuda_graphs=True)),
         (big, DeviceOptions()),
-        (big, DeviceOptions(cuda_graphs=True)),
         (big, DeviceOptions("bf16")),
         (big, DeviceOptions("bf16", channels_last=True)),
         (big, DeviceOptions("bf16", channels_last=True, cudnn_benchmark=True)),
+        # recorded steps last: a failed recording cannot then cost the eager rows
+        ("lenet", DeviceOptions(cuda_graphs=True)),
+        (big, DeviceOptions(cuda_graphs=True)),
         (big, DeviceOptions("bf16", channels_last=True, cuda_graphs=True)),
         (big, DeviceOptions("bf16", channels_last=True, cudnn_benchmark=True, cuda_graphs=True)),
     ]
@@ -146,6 +151,9 @@ def throughput(args, device: torch.device, budget: Budget) -> list[dict]:
                   "cuda_graphs": options.cuda_graphs}  # fmt: skip
         if budget.left() < 1.5 * last:
             rows.append({**fields, "skipped": "budget"})
+            continue
+        if options.cuda_graphs and not args.cuda_graphs:
+            rows.append({**fields, "skipped": "no CUDA graphs (--no-cuda-graphs or a failed test)"})
             continue
         started = time.monotonic()
         options.apply_globals()
@@ -300,7 +308,7 @@ def numpy_state(model) -> list[np.ndarray]:
     return [t.detach().cpu().numpy() for t in model.state_dict().values()]
 
 
-def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) -> dict:
+def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device, runs: int) -> dict:
     """The preset's rounds for `strategy` (fedavg or maskedoptim) until the budget share ends."""
     config = preset_config(args)
     options = DeviceOptions.from_config(config)
@@ -320,7 +328,8 @@ def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device) ->
                              config.weight_decay, local_loss=loss)  # fmt: skip
     masked = MaskedSettings()
     warmup, noisy, labels = 2, None, {}
-    rounds, stop_at = [], budget.left() / 2 if strategy == "fedavg" else budget.left()
+    # with both strategies fedavg gets half of the share, maskedoptim what is left
+    rounds, stop_at = [], budget.left() / runs if strategy == "fedavg" else budget.left()
     last_round = 3 if args.quick else config.num_rounds  # quick: a fixed, testable count
     started = time.monotonic()
     torch.cuda.reset_peak_memory_stats() if device.type == "cuda" else None
@@ -450,14 +459,26 @@ def git_commit() -> str:
         return "unknown (no git)"
 
 
+GRAPH_TEST = "test_cuda_graphs_train_as_the_eager_loop"
+
+
 def cuda_tests(args) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-         "tests/common/test_acceleration.py", "tests/data/test_transforms.py"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
-    tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
-    return {"exit_code": done.returncode, "output_tail": tail}
+    """The `cuda` tests; the CUDA-graph test apart, since the later stages use CUDA graphs only
+    where it passes (a failed recording must not cost them their figures)."""
+    report = {}
+    for name, selection in (("others", f"not {GRAPH_TEST}"), ("cuda_graphs", GRAPH_TEST)):
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-k", selection, "-p",
+             "no:cacheprovider", "tests/common/test_acceleration.py",
+             "tests/data/test_transforms.py"],
+            capture_output=True, text=True, cwd=ROOT, timeout=180,
+        )  # fmt: skip
+        tail = (done.stdout + done.stderr).strip().splitlines()[-15:]
+        report[name] = {"exit_code": done.returncode, "output_tail": tail}
+    if report["cuda_graphs"]["exit_code"] != 0 and args.cuda_graphs:
+        args.cuda_graphs = False
+        report["note"] = "the CUDA-graph test failed: the later stages ran eagerly"
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,8 +511,24 @@ def main(argv: list[str] | None = None) -> int:
         default=True,
         help="of the preset and at-once stages",
     )
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated, of {', '.join(STAGES)} (a rerun measures what it needs)",
+    )
+    parser.add_argument(
+        "--strategies",
+        default="fedavg,maskedoptim",
+        help="of the preset stage: fedavg, maskedoptim or both",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (the CPU test)")
     args = parser.parse_args(argv)
+    stages = [name for name in args.stages.split(",") if name]
+    strategies = [name for name in args.strategies.split(",") if name]
+    if not stages or set(stages) - set(STAGES):
+        parser.error(f"--stages {args.stages!r}: allowed are {', '.join(STAGES)}")
+    if not strategies or set(strategies) - {"fedavg", "maskedoptim"}:
+        parser.error(f"--strategies {args.strategies!r}: allowed are fedavg, maskedoptim")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA GPU here (torch.cuda.is_available() is False): bench/gpu_check.py "
               "measures the GPU path; run it on a GPU machine (--device cpu --quick checks its "
@@ -506,7 +543,6 @@ def main(argv: list[str] | None = None) -> int:
         "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "commit": git_commit(),
     }
-    dataset = None
 
     def stage(name: str, fn: Callable[[], object]) -> None:
         started = time.monotonic()
@@ -518,18 +554,25 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(report, indent=2))
         print(f"== {name} done in {report['stage_seconds'][name]} s", flush=True)
 
-    if device.type == "cuda":
+    if "cuda_tests" not in stages:
+        pass
+    elif device.type == "cuda":
         stage("cuda_tests", lambda: cuda_tests(args))
     else:
         report["cuda_tests"] = {"skipped": "no CUDA device (--device cpu)"}
     share = budget.left()
-    stage("throughput", lambda: throughput(args, device, Budget(0.22 * share)))
-    stage("authors_loop", lambda: authors_loop(args, device, Budget(0.06 * share)))
-    dataset = preset_dataset(args)
-    preset_budget = Budget(0.52 * share)
-    stage("preset", lambda: [run_preset(args, s, dataset, preset_budget, device)
-                             for s in ("fedavg", "maskedoptim")])  # fmt: skip
-    stage("at_once", lambda: at_once(args, device, Budget(budget.left())))
+    if "throughput" in stages:
+        stage("throughput", lambda: throughput(args, device, Budget(0.22 * share)))
+    if "authors_loop" in stages:
+        stage("authors_loop", lambda: authors_loop(args, device, Budget(0.06 * share)))
+    if "preset" in stages:
+        dataset = preset_dataset(args)
+        preset_budget = Budget(0.52 * share)
+        runs = len(strategies)
+        stage("preset", lambda: [run_preset(args, s, dataset, preset_budget, device, runs)
+                                 for s in strategies])  # fmt: skip
+    if "at_once" in stages:
+        stage("at_once", lambda: at_once(args, device, Budget(budget.left())))
     shown = dict(report)
     if isinstance(report.get("preset"), list):  # the per-round rows are in the file
         shown["preset"] = [
