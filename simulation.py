@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["RAY_ADDRESS"] = args.ray_address  # read by flower_environment
     from common.errors import ConfigError
     from data.datasets import DatasetNotFoundError
-    from launch.inprocess import client_resources, run_in_this_process
+    from launch.inprocess import check_cuda_graphs_at_once, client_resources, run_in_this_process
     from launch.overrides import (
         federation_text,
         parse_federation_config,
@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.runtime == "inprocess":
             # as many at once as Ray would run; a bad value stops before any work
             threads, at_once = client_resources(federation, available_cpus(), available_gpus())
+            check_cuda_graphs_at_once(base if comparing else mapping, at_once, available_gpus())
             runner = functools.partial(
                 run_in_this_process, client_threads=threads, concurrent_clients=at_once
             )

@@ -451,12 +451,18 @@ def at_once(args, device: torch.device, budget: Budget) -> list[dict]:
 
 
 def git_commit() -> str:
+    """HEAD, and whether the files differ from it: a copy of a working tree (the device tool's)
+    can carry an older HEAD than its files."""
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=ROOT, timeout=10)  # fmt: skip
-        return done.stdout.strip() or "unknown (no git)"
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=ROOT, timeout=10).stdout.strip()  # fmt: skip
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=30)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
+    if not head:
+        return "unknown (no git)"
+    return f"{head} with changes to tracked files" if changed.stdout.strip() else head
 
 
 GRAPH_TEST = "test_cuda_graphs_train_as_the_eager_loop"

@@ -186,6 +186,7 @@ class CapturedStep:
         self.targets = torch.empty_like(targets)
         self.log_prior = torch.zeros(num_classes, device=device)
         self.loss_sum = torch.zeros((), device=device)
+        self.side = torch.cuda.Stream(device)  # warm-up and recording (not the default stream)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm_steps = 0
         self.key = _step_key(settings, options, inputs, targets, num_classes)
@@ -221,19 +222,25 @@ class CapturedStep:
             self.graph.replay()
             return
         current = torch.cuda.current_stream(inputs.device)
+        self.side.wait_stream(current)
         if self.warm_steps < self.WARMUP_STEPS:
-            side = torch.cuda.Stream(inputs.device)
-            side.wait_stream(current)
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(self.side):
                 self._step(model)
-            current.wait_stream(side)
+            current.wait_stream(self.side)
             self.warm_steps += 1
             return
         graph = torch.cuda.CUDAGraph()
-        # thread_local: other clients training in other threads (the in-process runtime's GPU
-        # fraction) may launch work while this one records
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self._step(model)
+        # capture_begin, not torch.cuda.graph(): that context synchronises the whole device
+        # first, which breaks a recording under way in another thread (8 clients in threads
+        # crashed so on the H200, docs/benchmarks.md §6). One recording at a time; thread_local
+        # lets the other threads go on launching their own work meanwhile.
+        with _RECORDING, torch.cuda.stream(self.side):
+            graph.capture_begin(capture_error_mode="thread_local")
+            try:
+                self._step(model)
+            finally:
+                graph.capture_end()
+        current.wait_stream(self.side)
         self.graph = graph
         graph.replay()  # recording ran nothing: this batch's step
 
@@ -243,6 +250,7 @@ def _step_key(settings, options, inputs, targets, num_classes) -> tuple:
             targets.dtype, num_classes)  # fmt: skip
 
 
+_RECORDING = threading.Lock()
 _CAPTURED: weakref.WeakKeyDictionary[nn.Module, CapturedStep] = weakref.WeakKeyDictionary()
 _CAPTURED_LOCK = threading.Lock()
 

@@ -85,6 +85,22 @@ def client_resources(settings: dict[str, Any], cpus: int, gpus: int) -> tuple[in
     return max(1, int(num_cpus)), max(1, at_once)
 
 
+def check_cuda_graphs_at_once(run_config: dict[str, Any], at_once: int, gpus: int) -> None:
+    """Refuse `cuda-graphs` with several clients training at once in threads on a GPU (ValueError):
+    not yet measured to work. On the H200 of 2026-11-29 eight threads recording at once crashed
+    (recording has been serialised since, untried on a GPU), and one client at a time with CUDA
+    graphs trained ResNet-18 at 22,000 images/s, above four eager clients together (4,300):
+    docs/benchmarks.md §6."""
+    on_gpu = gpus > 0 and run_config.get("device", "auto") != "cpu"
+    if run_config.get("cuda-graphs") and on_gpu and at_once > 1:
+        raise ValueError(
+            f"cuda-graphs=true with {at_once} clients at once on the GPU (threads of the "
+            "in-process runtime) is not measured to work yet; train one at a time with "
+            "--federation-config "
+            '"client-resources-num-gpus=1", or leave cuda-graphs off'
+        )
+
+
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process, one Context per node."""
 

@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from client_app.app import ThreadModels
-from launch.inprocess import InProcessGrid, client_resources
+from launch.inprocess import InProcessGrid, check_cuda_graphs_at_once, client_resources
 from launch.overrides import parse_federation_config
 
 counter_app = ClientApp()
@@ -119,6 +119,27 @@ def test_client_resources_follow_rays_rule(federation_config, cpus, gpus, expect
 def test_bad_client_resources_are_refused(federation_config, message):
     with pytest.raises(ValueError, match=message):
         client_resources(parse_federation_config(federation_config), cpus=2, gpus=0)
+
+
+@pytest.mark.parametrize(
+    ("run_config", "at_once", "gpus", "refused"),
+    [
+        ({"cuda-graphs": True, "device": "auto"}, 8, 1, True),
+        ({"cuda-graphs": True, "device": "cuda"}, 2, 1, True),
+        ({"cuda-graphs": True, "device": "auto"}, 1, 1, False),  # one client at a time
+        ({"cuda-graphs": True, "device": "cpu"}, 8, 1, False),  # a no-op off CUDA
+        ({"cuda-graphs": True, "device": "auto"}, 8, 0, False),
+        ({"cuda-graphs": False, "device": "auto"}, 8, 1, False),
+    ],
+)
+def test_cuda_graphs_with_several_clients_at_once_on_a_gpu_are_refused(
+    run_config, at_once, gpus, refused
+):
+    if refused:
+        with pytest.raises(ValueError, match="client-resources-num-gpus=1"):
+            check_cuda_graphs_at_once(run_config, at_once, gpus)
+    else:
+        check_cuda_graphs_at_once(run_config, at_once, gpus)
 
 
 def test_each_thread_gets_its_own_model_and_keeps_it():
