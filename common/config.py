@@ -101,6 +101,7 @@ class RunConfig:
     label_lr: float
     label_scale: float
     premerge_local_weight: float
+    label_merge_confidence: float
     masked_fp16: bool
     gm_scope: str
     gm_weighted: bool
@@ -263,6 +264,7 @@ class RunConfig:
             ("noisy-threshold", self.noisy_threshold),
             ("mask-keep", self.mask_keep),
             ("premerge-local-weight", self.premerge_local_weight),
+            ("label-merge-confidence", self.label_merge_confidence),
             ("fednoro-kd-weight", self.fednoro_kd_weight),
             ("fedcorr-relabel-ratio", self.fedcorr_relabel_ratio),
             ("fedcorr-confidence", self.fedcorr_confidence),

@@ -176,6 +176,8 @@ class MaskedSettings(Settings):
     label_lr: float = 1000.0  # eta: label step, once per epoch
     label_scale: float = 10.0  # K: init K*onehot and rescale after the merge
     premerge_local_weight: float = 0.8  # zeta: upload zeta*local + (1-zeta)*received global
+    # merge only where the prediction's top probability reaches this (0: always, the authors')
+    label_merge_confidence: float = 0.0
     masked_fp16: bool = False  # the authors' fp16 autocast (no GradScaler); CUDA only
     masked_terms: str = "compat"  # "compat" (authors) or a comma list of compat,entropy,class
 
@@ -185,6 +187,10 @@ class MaskedSettings(Settings):
         if not 0.0 <= self.premerge_local_weight <= 1.0:
             raise ValueError(
                 f"premerge-local-weight must lie in [0, 1], got {self.premerge_local_weight}"
+            )
+        if not 0.0 <= self.label_merge_confidence <= 1.0:
+            raise ValueError(
+                f"label-merge-confidence must lie in [0, 1], got {self.label_merge_confidence}"
             )
         parse_masked_terms(self.masked_terms)  # raises on unknown names
 

@@ -140,6 +140,56 @@ def split_noisy_clients(losses: np.ndarray, *, num_fits: int = DEFAULT_NUM_FITS)
     return NoisySplit(noisy=noisy, clean=clean, votes=tuple(votes), note="; ".join(notes))
 
 
+def robust_client_score(matrix: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """One number per client from an [N, C] per-class matrix (losses, or the fraction of samples
+    the global model disagrees with; NaN where the client lacks the class) and its [N, C] sample
+    counts: each column is centred on its median and divided by 1.4826 * its median absolute
+    deviation (1 where that is 0), so every class weighs alike whatever its difficulty; a client's
+    score is the sample-weighted mean over the classes it holds (0 if none). Unlike the authors'
+    normalisation, a missing class is left out rather than set to the column's minimum, which
+    under Dirichlet partitions pulls every client holding few classes towards "clean".
+    Returns float64 [N]. Issue 22's alternative; not the authors' procedure."""
+    values = np.asarray(matrix, dtype=np.float64)
+    weights = np.where(np.isnan(values), 0.0, np.asarray(counts, dtype=np.float64))
+    standardised = np.zeros_like(values)
+    for c in range(values.shape[1]):
+        column = values[:, c]
+        present = ~np.isnan(column)
+        if not present.any():
+            continue
+        median = np.median(column[present])
+        spread = 1.4826 * np.median(np.abs(column[present] - median))
+        standardised[present, c] = (column[present] - median) / (spread if spread > 0 else 1.0)
+    totals = weights.sum(axis=1)
+    summed = (standardised * weights).sum(axis=1)
+    return np.divide(summed, totals, out=np.zeros_like(summed), where=totals > 0)
+
+
+def split_by_score(scores: np.ndarray, *, num_fits: int = DEFAULT_NUM_FITS) -> NoisySplit:
+    """`split_noisy_clients`'s vote on one score per client: `num_fits` 2-component GMMs (seeds
+    0..num_fits-1) on the [N] scores, the component with the larger mean noisy in each."""
+    column = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
+    everyone = tuple(range(column.shape[0]))
+    if column.shape[0] < 2 or np.all(column == column[0]):
+        return NoisySplit(noisy=(), clean=everyone, votes=(), note=NOTE_ALL_EQUAL)
+    votes = [_fit_noisy_set(column, seed) for seed in range(num_fits)]
+    noisy = majority_vote(votes)
+    note = NOTE_ONE_COMPONENT if len(noisy) in (0, len(everyone)) else ""
+    clean = tuple(i for i in everyone if i not in set(noisy))
+    return NoisySplit(noisy=noisy, clean=clean, votes=tuple(votes), note=note)
+
+
+def agreement_of_votes(votes: Sequence[Iterable[int]]) -> float:
+    """How much the GMM fits agree: the mean Jaccard similarity of their noisy sets over all
+    pairs (1.0 for fewer than two votes; two empty sets agree fully). The authors' vote falls
+    back to the first fit when no set repeats; this says how often that happens."""
+    sets = [frozenset(int(i) for i in vote) for vote in votes]
+    if len(sets) < 2:
+        return 1.0
+    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1 :]]
+    return float(np.mean([len(a & b) / len(a | b) if a | b else 1.0 for a, b in pairs]))
+
+
 def _mean_or_nan(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else math.nan
 

@@ -418,6 +418,7 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
     label_lr: float
     label_scale: float
     premerge_local_weight: float
+    label_merge_confidence: float
     masked_fp16: bool
 
     @property
@@ -445,6 +446,7 @@ class MaskedOptim(NoisyClientRouting):
             label_lr=params.label_lr,
             label_scale=params.label_scale,
             premerge_local_weight=params.premerge_local_weight,
+            label_merge_confidence=params.label_merge_confidence,
             masked_fp16=params.masked_fp16,
             masked_terms=params.masked_terms,
         )

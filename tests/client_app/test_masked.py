@@ -399,3 +399,20 @@ def test_per_class_loss_uses_eval_mode():
         per_sample = F.cross_entropy(model(data.inputs), data.observed_labels, reduction="none")
     for c in torch.nonzero(present).flatten().tolist():
         torch.testing.assert_close(losses[c], per_sample[data.observed_labels == c].mean())
+
+
+def test_a_confidence_gate_keeps_the_label_where_the_prediction_is_unsure():
+    ytil = torch.tensor([[10.0, 0.0], [0.0, 10.0], [10.0, 0.0]])
+    predictions = torch.tensor([[0.1, 0.9], [0.6, 0.4], [0.5, 0.5]])
+    own = F.softmax(ytil, 1)
+    merged = merge_labels(ytil, predictions, 10.0, min_confidence=0.6)
+    torch.testing.assert_close(merged[0], 10 * (own[0] + predictions[0]) / 2)  # 0.9 >= 0.6
+    torch.testing.assert_close(merged[1], 10 * (own[1] + predictions[1]) / 2)  # 0.6: the edge
+    torch.testing.assert_close(merged[2], 10 * own[2])  # 0.5 < 0.6: the label alone
+    torch.testing.assert_close(merge_labels(ytil, predictions, 10.0, 0.0),
+                               merge_labels(ytil, predictions, 10.0))  # fmt: skip
+
+
+def test_the_merge_gate_must_be_a_probability():
+    with pytest.raises(ValueError, match="label-merge-confidence must lie in \\[0, 1\\], got 1.5"):
+        MaskedSettings(label_merge_confidence=1.5)

@@ -13,9 +13,12 @@ from strategies.detection import (
     NOTE_ALL_EQUAL,
     NOTE_FEW_CLIENTS,
     NOTE_ONE_COMPONENT,
+    agreement_of_votes,
     detection_quality,
     majority_vote,
     normalise_loss_matrix,
+    robust_client_score,
+    split_by_score,
     split_noisy_clients,
 )
 
@@ -185,3 +188,32 @@ def test_detection_quality_empty_groups_are_nan():
     assert math.isnan(unknown["precision"]) and math.isnan(unknown["recall"])
     assert math.isnan(unknown["mean_true_rate_flagged"])
     assert math.isnan(unknown["mean_true_rate_clean"])
+
+
+def test_robust_client_score_standardises_each_class_and_weighs_by_samples():
+    # class 0: 1, 0.5, 2, 1 -> median 1, deviations 0, .5, 1, 0 -> MAD 0.25; class 1: 2, 2, 4 ->
+    # median 2, MAD 0
+    losses = np.array([[1.0, 2.0], [0.5, np.nan], [2.0, 2.0], [1.0, 4.0]])
+    counts = np.array([[3, 1], [2, 0], [1, 1], [1, 3]])
+    scores = robust_client_score(losses, counts)
+    spread = 1.4826 * 0.25
+    assert scores[0] == pytest.approx((3 * 0.0 + 1 * 0.0) / 4)
+    assert scores[1] == pytest.approx(-0.5 / spread)  # the missing class is left out
+    assert scores[2] == pytest.approx((1.0 / spread + 0.0) / 2)
+    assert scores[3] == pytest.approx((0.0 + 3 * 2.0) / 4)  # MAD 0: divided by 1
+    assert robust_client_score(np.full((2, 2), np.nan), np.zeros((2, 2))).tolist() == [0.0, 0.0]
+
+
+def test_split_by_score_flags_the_high_component_and_votes():
+    scores = np.array([0.0, 0.1, -0.1, 0.05, 3.0, 3.2, 2.9])
+    split = split_by_score(scores)
+    assert split.noisy == (4, 5, 6) and split.clean == (0, 1, 2, 3)
+    assert len(split.votes) == 9 and split.note == ""
+    assert split_by_score(np.ones(4)).noisy == ()
+
+
+def test_agreement_of_votes_is_the_mean_pairwise_jaccard():
+    assert agreement_of_votes([(1, 2), (1, 2)]) == 1.0
+    # pairs: {1,2}-{2,3}: 1/3; {1,2}-{}: 0; {2,3}-{}: 0
+    assert agreement_of_votes([(1, 2), (2, 3), ()]) == pytest.approx(1 / 9)
+    assert agreement_of_votes([(5,)]) == 1.0 and agreement_of_votes([(), ()]) == 1.0
