@@ -72,22 +72,28 @@ def detectors(loss, prediction, observed, client, num_classes):
     return {
         "authors": split_noisy_clients(losses),  # GMM on per-class losses, 9-seed vote
         "loss-score": split_by_score(robust_client_score(losses, counts)),
+        # each class the client holds weighs alike: what the server can do without counts
+        "loss-score-uniform": split_by_score(robust_client_score(losses, counts > 0)),
         "disagree-score": split_by_score(robust_client_score(disagreement, counts)),
     }
 
 
 def client_pass(model, data: ClientData, pipeline, batch_size: int, generator):
-    """Per-sample CE and predicted class of the global model, as per_class_loss sees them."""
+    """Per-sample CE, predicted class and its probability of the global model, as
+    per_class_loss sees them."""
     model.eval()
-    losses, predictions = [], []
+    losses, predictions, confidences = [], [], []
     with torch.no_grad():
         for idx in torch.arange(len(data)).split(batch_size):
             logits = model(pipeline.train_batch(data.inputs[idx], generator)).float()
             observed = data.observed_labels[idx]
             losses.append(F.cross_entropy(logits, observed, reduction="none"))
-            predictions.append(logits.argmax(dim=1))
+            top = F.softmax(logits, dim=1).max(dim=1)
+            predictions.append(top.indices)
+            confidences.append(top.values)
     model.train()
-    return torch.cat(losses).numpy(), torch.cat(predictions).numpy()
+    return (torch.cat(losses).numpy(), torch.cat(predictions).numpy(),
+            torch.cat(confidences).numpy())  # fmt: skip
 
 
 def run(args) -> Path:
@@ -107,7 +113,8 @@ def run(args) -> Path:
     training = LocalTraining(config.local_epochs, config.batch_size, config.lr, config.momentum,
                              config.weight_decay, local_loss="logit-adjusted")  # fmt: skip
     sampled = config.clients_sampled(num_clients)
-    queries: dict[str, list] = {"round": [], "loss": [], "prediction": [], "test_accuracy": []}
+    queries: dict[str, list] = {"round": [], "loss": [], "prediction": [], "confidence": [],
+                                "test_accuracy": []}  # fmt: skip
     started = time.monotonic()
     for server_round in range(1, args.rounds + 1):
         rng = seeding.numpy_rng(config.seed, seeding.CLIENT_SAMPLING, server_round)
@@ -125,17 +132,20 @@ def run(args) -> Path:
         if server_round % args.every:
             continue
         accuracy = evaluate_model(model, test_x, test_y, pipeline, config.eval_batch_size).accuracy
-        losses, predictions = [], []
+        losses, predictions, confidences = [], [], []
         for data in clients:
             generator = seeding.torch_generator(config.seed, seeding.CLASS_LOSS, server_round,
                                                 data.partition_id)  # fmt: skip
-            loss, prediction = client_pass(model, data, pipeline, config.class_loss_batch_size,
-                                           generator)  # fmt: skip
+            loss, prediction, confidence = client_pass(
+                model, data, pipeline, config.class_loss_batch_size, generator
+            )
             losses.append(loss)
             predictions.append(prediction)
+            confidences.append(confidence)
         queries["round"].append(server_round)
         queries["loss"].append(np.concatenate(losses).astype(np.float32))
         queries["prediction"].append(np.concatenate(predictions).astype(np.int16))
+        queries["confidence"].append(np.concatenate(confidences).astype(np.float16))
         queries["test_accuracy"].append(accuracy)
         print(f"seed {args.seed} round {server_round}: test accuracy {accuracy:.4f} "
               f"({time.monotonic() - started:.0f} s)", flush=True)  # fmt: skip
@@ -148,6 +158,7 @@ def run(args) -> Path:
         test_accuracy=np.array(queries["test_accuracy"]),
         loss=np.stack(queries["loss"]),
         prediction=np.stack(queries["prediction"]),
+        confidence=np.stack(queries["confidence"]),
         client=np.concatenate([np.full(len(c), c.partition_id) for c in clients]),
         observed=np.concatenate([c.observed_labels.numpy() for c in clients]),
         clean=np.concatenate([c.clean_labels.numpy() for c in clients]),

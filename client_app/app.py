@@ -881,13 +881,15 @@ def class_loss(msg: Message, context: Context) -> Message:
         shuffle_generator(client, query.server_round, seeding.CLASS_LOSS),
         query.class_loss_batch_size,
     )
+    observed = client.data.observed_labels.cpu().numpy()
     metrics = MetricRecord(
         {
             "class-loss": [float(v) if p else 0.0 for v, p in zip(losses, present, strict=True)],
             "class-present": [int(p) for p in present],
         }
     )
-    observed = client.data.observed_labels.cpu().numpy()
+    if query.class_counts:  # the robust-score detector weighs each class by its samples
+        metrics["class-count"] = np.bincount(observed, minlength=len(present)).tolist()
     diagnostics = ConfigRecord(client.truth_diagnostic("observed-confusion", observed))
     content = RecordDict({"metrics": metrics, "labels": diagnostics})
     return Message(content=content, reply_to=msg)

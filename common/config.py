@@ -27,6 +27,8 @@ from common.protocol import parse_masked_terms
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 GM_SCOPES = ("per-tensor", "whole-model")
+# strategies.detection: the authors' GMM on per-class losses, or issue 22's robust client score
+NOISY_DETECTORS = ("per-class-gmm", "robust-score")
 LOCAL_LOSSES = ("ce", "logit-adjusted", "symmetric-ce")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -92,6 +94,7 @@ class RunConfig:
     labels_every: int
     warmup_rounds: int
     gmm_fits: int
+    noisy_detector: str
     noisy_threshold: float
     class_loss_batch_size: int
     mask_keep: float
@@ -188,6 +191,7 @@ class RunConfig:
         _choice("device", self.device, DEVICES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("gm-scope", self.gm_scope, GM_SCOPES)
+        _choice("noisy-detector", self.noisy_detector, NOISY_DETECTORS)
         _choice("on-divergence", self.on_divergence, ("stop", "continue"))
         _choice("attack", self.attack, ATTACKS)
         for field in dataclasses.fields(self):

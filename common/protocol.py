@@ -34,7 +34,7 @@ Messages (type: what the server sends -> what the client replies):
 - `train.fedlsr`: arrays; config: LocalTraining + FedlsrSettings + `server-round` -> the
   `train` reply.
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
-  `class-present`; labels: `observed-confusion`.
+  `class-present`, and `class-count` when the query asks for it; labels: `observed-confusion`.
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
   labels: `observed-confusion`, `corrected-confusion`.
 - `query.whoami`: nothing -> metrics: `partition-id`, `num-partitions`, `num-examples`,
@@ -209,6 +209,7 @@ class ClassLossQuery(Settings):
 
     server_round: int
     class_loss_batch_size: int
+    class_counts: bool = False  # also report how many samples of each class (robust-score)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,13 @@ from common.protocol import (
 )
 from strategies.aggregation import distance_aware_weights, weighted_mean
 from strategies.base import SeededStrategy, StrategyParams
-from strategies.detection import detection_quality, split_noisy_clients
+from strategies.detection import (
+    agreement_of_votes,
+    detection_quality,
+    robust_client_score,
+    split_by_score,
+    split_noisy_clients,
+)
 from strategies.rules import GeometricMedianParams
 
 
@@ -256,6 +262,7 @@ class DetectionParams(StrategyParams):
     FedNoRo's); `warmup` names the run-config key of the warm-up's length."""
 
     gmm_fits: int
+    noisy_detector: str
     noisy_threshold: float
     class_loss_batch_size: int
 
@@ -287,6 +294,7 @@ class NoisyClientRouting(DetectingStrategy):
         super().__init__(params, **base)
         self.warmup_rounds = params.warmup[1]
         self.gmm_fits = params.gmm_fits
+        self.noisy_detector = params.noisy_detector
         self.noisy_threshold = params.noisy_threshold
         self.class_loss_batch_size = params.class_loss_batch_size
         self.masked_sent: Counter = Counter()
@@ -337,7 +345,11 @@ class NoisyClientRouting(DetectingStrategy):
                     {
                         "arrays": arrays,
                         "config": ConfigRecord(
-                            ClassLossQuery(server_round, self.class_loss_batch_size).to_config()
+                            ClassLossQuery(
+                                server_round,
+                                self.class_loss_batch_size,
+                                class_counts=self.noisy_detector == "robust-score",
+                            ).to_config()
                         ),
                     }
                 ),
@@ -370,7 +382,15 @@ class NoisyClientRouting(DetectingStrategy):
                 for p in partitions
             ]
         ).reshape(len(partitions), -1)
-        split = split_noisy_clients(losses, num_fits=self.gmm_fits)
+        if self.noisy_detector == "robust-score":
+            counts = np.array(
+                [np.asarray(answers[p].content["metrics"]["class-count"]) for p in partitions]
+            ).reshape(losses.shape)
+            scores = robust_client_score(losses, counts)
+            split = split_by_score(scores, num_fits=self.gmm_fits)
+        else:
+            scores = None
+            split = split_noisy_clients(losses, num_fits=self.gmm_fits)
         self.noisy = frozenset(partitions[row] for row in split.noisy)
         if split.note:
             log(WARNING, "detection: %s", split.note)
@@ -385,11 +405,15 @@ class NoisyClientRouting(DetectingStrategy):
             "not_answered": silent,
             "failed": sorted(failed),
             "note": split.note,
+            "detector": self.noisy_detector,
             "gmm_votes": [list(vote) for vote in split.votes],
+            "gmm_agreement": agreement_of_votes(split.votes),
             "noisy_threshold": self.noisy_threshold,
             "quality": quality,
             "class_loss": {p: losses[i].tolist() for i, p in enumerate(partitions)},
         }
+        if scores is not None:
+            self.detection["client_score"] = {p: float(scores[i]) for i, p in enumerate(partitions)}
         log(INFO, "detection after round %d: %d of %d clients flagged noisy: %s; %s",
             server_round, len(self.noisy), self.roster.num_clients, sorted(self.noisy),
             quality)  # fmt: skip

@@ -39,15 +39,12 @@ def _flower_task(flower_task):
 def class_loss_reply(query: Message, losses: list[float]) -> Message:
     partition = ROSTER.partition_of(query.metadata.dst_node_id)
     confusion = np.eye(NUM_CLASSES, dtype=np.int64) * 10
+    metrics = {"class-loss": losses, "class-present": [1] * NUM_CLASSES, "partition-id": partition}
+    if query.content["config"]["class-counts"]:
+        metrics["class-count"] = [10] * NUM_CLASSES
     content = RecordDict(
         {
-            "metrics": MetricRecord(
-                {
-                    "class-loss": losses,
-                    "class-present": [1] * NUM_CLASSES,
-                    "partition-id": partition,
-                }
-            ),
+            "metrics": MetricRecord(metrics),
             "labels": ConfigRecord({"observed-confusion": confusion.ravel().tolist()}),
         }
     )
@@ -93,9 +90,9 @@ def model_reply(message: Message, value: float) -> Message:
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=message)
 
 
-def start(grid, warmup_rounds: int = 2):
+def start(grid, warmup_rounds: int = 2, **keys):
     config = config_with(
-        strategy="maskedoptim", clients_per_round=NUM_CLIENTS, warmup_rounds=warmup_rounds
+        strategy="maskedoptim", clients_per_round=NUM_CLIENTS, warmup_rounds=warmup_rounds, **keys
     )
     return build_strategy(config, ROSTER)
 
@@ -132,6 +129,31 @@ def test_warmup_then_detection_then_routing():
     assert {p for p, kind in routed.items() if kind == "train.masked"} == set(NOISY)
     assert {p for p, kind in routed.items() if kind == "train"} == set(range(8)) - set(NOISY)
     assert len(grid.queries) == 8  # detection ran once
+
+
+def test_the_robust_score_detector_asks_for_class_counts_and_splits_on_the_score():
+    grid = DetectionGrid()
+    strategy = start(grid, noisy_detector="robust-score")
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    assert all(q.content["config"]["class-counts"] for q in grid.queries)
+    assert strategy.noisy == frozenset(NOISY)
+    detection = strategy.detection
+    assert detection["detector"] == "robust-score" and detection["gmm_agreement"] == 1.0
+    # every class: median 0.3x, MAD 0.02; the noisy clients score far above the others
+    scores = detection["client_score"]
+    assert min(scores[p] for p in NOISY) > 10 > max(s for p, s in scores.items() if p not in NOISY)
+    assert set(scores) == set(range(8)) - {SILENT, FAILING}
+
+
+def test_the_authors_detector_asks_for_no_class_counts():
+    grid = DetectionGrid()
+    strategy = start(grid)
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    assert not any(q.content["config"]["class-counts"] for q in grid.queries)
+    assert strategy.detection["detector"] == "per-class-gmm"
+    assert "client_score" not in strategy.detection
 
 
 def test_all_clients_alike_flags_nobody_and_the_run_goes_on():
