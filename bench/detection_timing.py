@@ -169,6 +169,33 @@ def run(args) -> Path:
     return path
 
 
+CONFIDENCE_LEVELS = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def prediction_accuracy(run, q: int, threshold: float) -> dict:
+    """On the truly noisy clients' samples at query `q`: how often the observed label is right,
+    and, per confidence level, the share of samples whose prediction is at least that confident
+    and how often those predictions are right (the merge helps where they beat the labels)."""
+    noisy = np.flatnonzero(run["noise_rates"] > threshold)
+    samples = np.isin(run["client"], noisy)
+    clean = run["clean"][samples]
+    prediction = run["prediction"][q][samples]
+    confidence = run["confidence"][q][samples].astype(np.float32)
+    observed = run["observed"][samples]
+    out = {"observed_correct": round(float((observed == clean).mean()), 3)}
+    for level in CONFIDENCE_LEVELS:
+        kept = confidence >= level
+        if not kept.any():
+            out[f">={level}"] = {"share": 0.0}
+            continue
+        out[f">={level}"] = {
+            "share": round(float(kept.mean()), 3),
+            "prediction_correct": round(float((prediction[kept] == clean[kept]).mean()), 3),
+            "observed_correct": round(float((observed[kept] == clean[kept]).mean()), 3),
+        }
+    return out
+
+
 def analyse(out: Path) -> dict:
     """Every detector on every query round of every seed in `out`: precision, recall, flagged
     and the GMM fits' agreement, with the round's test accuracy."""
@@ -188,6 +215,8 @@ def analyse(out: Path) -> dict:
                              "precision": round(quality["precision"], 3),
                              "recall": round(quality["recall"], 3),
                              "agreement": round(agreement_of_votes(split.votes), 3)}  # fmt: skip
+            if "confidence" in run.files:  # the label merge's question (label-merge-confidence)
+                row["predictions_on_noisy_clients"] = prediction_accuracy(run, q, threshold)
             rows.append(row)
         report[path.stem] = rows
     (out / "analysis.json").write_text(json.dumps(report, indent=1, allow_nan=False))
@@ -210,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in rows:
                 cells = " | ".join(
                     f"{name} {v['flagged']} P{v['precision']} R{v['recall']} A{v['agreement']}"
-                    for name, v in row.items() if isinstance(v, dict)
+                    for name, v in row.items() if isinstance(v, dict) and "flagged" in v
                 )  # fmt: skip
                 print(f"{seed} r{row['round']} acc {row['test_accuracy']:.3f} | {cells}")
         return 0

@@ -498,25 +498,14 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds in all (330: a run and a rerun fit 15 device minutes)",
     )
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    parser.add_argument("--precision", default="bf16", help="of the preset and at-once stages")
-    parser.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="of the preset and at-once stages",
-    )
-    parser.add_argument(
-        "--cudnn-benchmark",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="of the preset and at-once stages",
-    )
-    parser.add_argument(
-        "--cuda-graphs",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="of the preset and at-once stages",
-    )
+    parser.add_argument("--precision", default="bf16", help="of the same stages")
+    for switch in ("--channels-last", "--cudnn-benchmark", "--cuda-graphs"):
+        parser.add_argument(
+            switch,
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="of the authors-loop, preset and at-once stages",
+        )
     parser.add_argument(
         "--stages",
         default=",".join(STAGES),
