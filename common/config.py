@@ -105,6 +105,7 @@ class RunConfig:
     label_scale: float
     premerge_local_weight: float
     label_merge_confidence: float
+    label_step_confidence: float
     masked_fp16: bool
     gm_scope: str
     gm_weighted: bool
@@ -269,6 +270,7 @@ class RunConfig:
             ("mask-keep", self.mask_keep),
             ("premerge-local-weight", self.premerge_local_weight),
             ("label-merge-confidence", self.label_merge_confidence),
+            ("label-step-confidence", self.label_step_confidence),
             ("fednoro-kd-weight", self.fednoro_kd_weight),
             ("fedcorr-relabel-ratio", self.fedcorr_relabel_ratio),
             ("fedcorr-confidence", self.fedcorr_confidence),

@@ -178,6 +178,8 @@ class MaskedSettings(Settings):
     premerge_local_weight: float = 0.8  # zeta: upload zeta*local + (1-zeta)*received global
     # merge only where the prediction's top probability reaches this (0: always, the authors')
     label_merge_confidence: float = 0.0
+    # step a sample's label logits only where the prediction reaches this (0: always, authors')
+    label_step_confidence: float = 0.0
     masked_fp16: bool = False  # the authors' fp16 autocast (no GradScaler); CUDA only
     masked_terms: str = "compat"  # "compat" (authors) or a comma list of compat,entropy,class
 
@@ -188,10 +190,12 @@ class MaskedSettings(Settings):
             raise ValueError(
                 f"premerge-local-weight must lie in [0, 1], got {self.premerge_local_weight}"
             )
-        if not 0.0 <= self.label_merge_confidence <= 1.0:
-            raise ValueError(
-                f"label-merge-confidence must lie in [0, 1], got {self.label_merge_confidence}"
-            )
+        for key, value in (
+            ("label-merge-confidence", self.label_merge_confidence),
+            ("label-step-confidence", self.label_step_confidence),
+        ):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must lie in [0, 1], got {value}")
         parse_masked_terms(self.masked_terms)  # raises on unknown names
 
 

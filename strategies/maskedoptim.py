@@ -443,6 +443,7 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
     label_scale: float
     premerge_local_weight: float
     label_merge_confidence: float
+    label_step_confidence: float
     masked_fp16: bool
 
     @property
@@ -471,6 +472,7 @@ class MaskedOptim(NoisyClientRouting):
             label_scale=params.label_scale,
             premerge_local_weight=params.premerge_local_weight,
             label_merge_confidence=params.label_merge_confidence,
+            label_step_confidence=params.label_step_confidence,
             masked_fp16=params.masked_fp16,
             masked_terms=params.masked_terms,
         )

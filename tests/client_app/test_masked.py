@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from client_app.masked import (
+    confident_rows,
     init_label_logits,
     masked_optim_loss,
     masked_train_locally,
@@ -416,3 +417,24 @@ def test_a_confidence_gate_keeps_the_label_where_the_prediction_is_unsure():
 def test_the_merge_gate_must_be_a_probability():
     with pytest.raises(ValueError, match="label-merge-confidence must lie in \\[0, 1\\], got 1.5"):
         MaskedSettings(label_merge_confidence=1.5)
+
+
+def test_label_steps_wait_for_a_confident_prediction():
+    data = make_data(n=48, seed=3)
+    model = linear_model(seed=2)
+    ytil0 = init_label_logits(data.observed_labels, C)
+    # nothing is ever this sure: no label step, no merge -> the label distribution alone
+    never = MaskedSettings(label_step_confidence=1.0, label_merge_confidence=1.0)
+    result = run(copy.deepcopy(model), data, training(local_epochs=2, batch_size=8), never)
+    torch.testing.assert_close(result.label_logits, 10 * F.softmax(ytil0, dim=1))
+    # a gate every prediction passes changes nothing
+    always = run(copy.deepcopy(model), data, training(local_epochs=2, batch_size=8),
+                 MaskedSettings(label_step_confidence=1e-6))  # fmt: skip
+    plain = run(copy.deepcopy(model), data, training(local_epochs=2, batch_size=8))
+    torch.testing.assert_close(always.label_logits, plain.label_logits)
+
+
+def test_confident_rows_marks_the_sure_predictions():
+    logits = torch.tensor([[4.0, 0.0], [0.1, 0.0]])  # top probabilities 0.982 and 0.525
+    assert confident_rows(logits, 0.9).tolist() == [[1.0], [0.0]]
+    assert confident_rows(logits, 0.5).tolist() == [[1.0], [1.0]]
