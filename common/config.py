@@ -29,6 +29,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GM_SCOPES = ("per-tensor", "whole-model")
 # strategies.detection: the authors' GMM on per-class losses, or issue 22's robust client score
 NOISY_DETECTORS = ("per-class-gmm", "robust-score")
+# what maskedoptim's flagged clients train with: the authors' masked optimisation, or FedNoRo's
+# distillation from the global model (issue 22)
+NOISY_TRAININGS = ("masked", "la-distill")
 LOCAL_LOSSES = ("ce", "logit-adjusted", "symmetric-ce")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -95,6 +98,7 @@ class RunConfig:
     warmup_rounds: int
     gmm_fits: int
     noisy_detector: str
+    noisy_training: str
     noisy_threshold: float
     class_loss_batch_size: int
     mask_keep: float
@@ -193,6 +197,7 @@ class RunConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("gm-scope", self.gm_scope, GM_SCOPES)
         _choice("noisy-detector", self.noisy_detector, NOISY_DETECTORS)
+        _choice("noisy-training", self.noisy_training, NOISY_TRAININGS)
         _choice("on-divergence", self.on_divergence, ("stop", "continue"))
         _choice("attack", self.attack, ATTACKS)
         for field in dataclasses.fields(self):

@@ -445,6 +445,9 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
     label_merge_confidence: float
     label_step_confidence: float
     masked_fp16: bool
+    noisy_training: str
+    fednoro_kd_weight: float
+    fednoro_temperature: float
 
     @property
     def warmup(self) -> tuple[str, int]:
@@ -476,9 +479,33 @@ class MaskedOptim(NoisyClientRouting):
             masked_fp16=params.masked_fp16,
             masked_terms=params.masked_terms,
         )
+        # issue 22, not the authors': flagged clients distil from the global model as FedNoRo's
+        # noisy clients do (its loss and weight ramp), keeping their observed labels
+        self.distil = params.noisy_training == "la-distill"
+        if self.distil:
+            self.noisy_message_type = TRAIN
+            self.corrects_labels = False
+            self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
 
     def noisy_config(self, server_round: int) -> dict[str, Any]:
+        if self.distil:
+            return distillation_config(self, server_round)
         return self.masked.to_config()
+
+
+def distillation_config(strategy: NoisyClientRouting, server_round: int) -> dict[str, Any]:
+    """FedNoRo's noisy-client training: logit-adjusted distillation from the received global
+    model, its weight ramped from the end of the warm-up to the last round."""
+    weight = kd_weight_rampup(
+        server_round, strategy.warmup_rounds, strategy.num_rounds, strategy.kd_peak
+    )
+    training = dataclasses.replace(
+        strategy.round_training(server_round),
+        local_loss="la-distill",
+        kd_weight=weight,
+        kd_temperature=strategy.kd_temperature,
+    )
+    return training.to_config()
 
 
 class DistanceAwareRouting(NoisyClientRouting):
@@ -571,11 +598,4 @@ class FedNoRo(DistanceAwareRouting):
         self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
 
     def noisy_config(self, server_round: int) -> dict[str, Any]:
-        weight = kd_weight_rampup(server_round, self.warmup_rounds, self.num_rounds, self.kd_peak)
-        training = dataclasses.replace(
-            self.round_training(server_round),
-            local_loss="la-distill",
-            kd_weight=weight,
-            kd_temperature=self.kd_temperature,
-        )
-        return training.to_config()
+        return distillation_config(self, server_round)

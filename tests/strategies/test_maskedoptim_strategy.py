@@ -156,6 +156,22 @@ def test_the_authors_detector_asks_for_no_class_counts():
     assert "client_score" not in strategy.detection
 
 
+def test_flagged_clients_can_distil_as_fednoros_do():
+    grid = DetectionGrid()
+    strategy = start(grid, noisy_training="la-distill")
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    messages, _, _ = train_round(strategy, grid, 3)
+    assert {m.metadata.message_type for m in messages} == {"train"}
+    loss = {ROSTER.partition_of(m.metadata.dst_node_id): m.content["config"]["local-loss"]
+            for m in messages}  # fmt: skip
+    assert {p for p, name in loss.items() if name == "la-distill"} == set(NOISY)
+    assert {p for p, name in loss.items() if name == "logit-adjusted"} == set(range(8)) - set(NOISY)
+    assert strategy.label_holders() == []  # the observed labels stay: nothing to export
+    noisy = next(m for m in messages if ROSTER.partition_of(m.metadata.dst_node_id) in NOISY)
+    assert 0 < noisy.content["config"]["kd-weight"] < 0.8  # FedNoRo's ramp, under its peak
+
+
 def test_all_clients_alike_flags_nobody_and_the_run_goes_on():
     grid = DetectionGrid(same_losses=True)
     strategy = start(grid)
