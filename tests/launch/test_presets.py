@@ -17,6 +17,8 @@ from fakedata import write_csv, write_fake_cifar, write_fake_human
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted((ROOT / "configs").glob("*.toml"))
+# method variants: a few keys, layered over a preset with a second --config
+VARIANTS = sorted((ROOT / "configs" / "variants").glob("*.toml"))
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +77,19 @@ def test_every_preset_passes_the_preflight_with_the_federation_it_states(
     out, err = capsys.readouterr()
     assert code == 0, err
     assert f"of {stated} clients can start" in out
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda path: path.stem)
+@pytest.mark.parametrize("preset", ["paper-cifar10-lenet", "paper-agnews-mini-fasttext"])
+def test_every_variant_layers_over_a_preset(capsys, tmp_path, data, variant, preset):
+    path = ROOT / "configs" / f"{preset}.toml"
+    values = tomllib.loads(path.read_text())
+    dataset, clients = values["dataset"], values["federation"]["num-clients"]
+    argv = ["--check", "--config", str(path), "--config", str(variant),
+            "--set", f"data-dir='{data[dataset]}'", "--set", f"out-dir='{tmp_path}'"]  # fmt: skip
+    assert simulation.main(argv) == 0, capsys.readouterr().err
+    assert f"of {clients} clients can start" in capsys.readouterr().out
+    assert "federation" not in tomllib.loads(variant.read_text())  # the preset states it
 
 
 def test_the_stated_federation_size_is_the_default_and_a_bad_table_is_refused(capsys, tmp_path):
