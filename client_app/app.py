@@ -67,6 +67,7 @@ from client_app.masked import (
     init_label_logits,
     masked_train_locally,
     per_class_loss,
+    relabel_unlikely,
 )
 from client_app.robustfl import train_robustfl
 from client_app.selfie import SelfieState
@@ -360,11 +361,51 @@ def train(msg: Message, context: Context) -> Message:
     settings = LocalTraining.from_config(server_config)
     generator = shuffle_generator(client, int(server_config[SERVER_ROUND]))
     started = time.perf_counter()
-    stats = train_locally(model, client.data, client.pipeline, settings, generator, client.options)
+    data, labels = client.data, None
+    if settings.relabel_below > 0:  # maskedoptim's la-distill with distill-relabel-below
+        data, labels = relabelled(context, client, model, settings, settings_round(msg))
+    stats = train_locally(model, data, client.pipeline, settings, generator, client.options)
     metrics = train_metrics(client, stats.mean_loss, time.perf_counter() - started)
     arrays = client.upload(model.state_dict(), msg.content["arrays"], settings_round(msg))
     content = RecordDict({"arrays": arrays, "metrics": metrics})
+    if labels is not None:
+        content["labels"] = labels
     return Message(content=content, reply_to=msg)
+
+
+RELABELLED = "relabelled"  # the client state store of distill-relabel-below's labels
+
+
+def relabelled(
+    context: Context, client: LocalClient, model, settings: LocalTraining, server_round: int
+) -> tuple[ClientData, ConfigRecord]:
+    """This round's labels under `distill-relabel-below` (client_app.masked.relabel_unlikely,
+    with the received model in eval mode): the client's data with them, and the `labels`
+    record the strategy tracks (their confusion where the truth is known, how many differ
+    from the observed ones, and the rounds so far as "masked-rounds"). They are made afresh
+    from the observed labels each round and kept in the client's state for the export."""
+    observed = client.data.observed_labels
+    probabilities = softmax_outputs(client, model)
+    labels = relabel_unlikely(observed, probabilities, settings.relabel_below)
+    confidence = probabilities.gather(1, labels.view(-1, 1)).view(-1)
+    store = ClientStateStore(context, RELABELLED, client.data.partition_id, server_round)
+    rounds = 1 + int((store.load() or {}).get("rounds", 0))
+    store.save(
+        {
+            "labels": labels.cpu().numpy(),
+            "confidence": confidence.cpu().numpy(),
+            "rounds": np.array(rounds, dtype=np.int64),
+        }
+    )
+    corrected = labels.cpu().numpy()
+    record = ConfigRecord(
+        {
+            **client.truth_diagnostic("corrected-confusion", corrected),
+            **client.label_changes(corrected, confidence.cpu().numpy()),
+            "masked-rounds": rounds,
+        }
+    )
+    return dataclasses.replace(client.data, observed_labels=labels), record
 
 
 @app.train("masked")
@@ -918,8 +959,9 @@ def held_labels(
     context: Context, client: LocalClient, server_round: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """(corrected labels, their confidence) of a client whose method learned or corrected
-    labels (MaskedOptim / FedELC: argmax and max of softmax(label logits); FedCorr: its
-    corrected labels and the global model's probability of them), or None."""
+    labels (MaskedOptim / FedELC: argmax and max of softmax(label logits); FedCorr, and
+    MaskedOptim's `distill-relabel-below`: its corrected labels and the global model's
+    probability of them), or None."""
     partition = client.data.partition_id
     logits = LabelStore(context, partition, server_round, True).load(torch.device("cpu"))
     if logits is not None:
@@ -927,9 +969,12 @@ def held_labels(
         return corrected.numpy(), confidence.numpy()
     store = CorrectedLabels(context, client.data.observed_labels, partition, server_round, True)
     confidence = store.confidence()
-    if confidence is None:
-        return None
-    return store.labels().cpu().numpy(), confidence
+    if confidence is not None:
+        return store.labels().cpu().numpy(), confidence
+    kept = ClientStateStore(context, RELABELLED, partition, server_round, True).load()
+    if kept is not None:  # maskedoptim's la-distill with distill-relabel-below
+        return np.asarray(kept["labels"]), np.asarray(kept["confidence"])
+    return None
 
 
 @app.query("labels")

@@ -98,7 +98,9 @@ class RunConfig:
     warmup_rounds: int
     gmm_fits: int
     noisy_detector: str
+    noisy_components: int
     noisy_training: str
+    distill_relabel_below: float
     noisy_threshold: float
     class_loss_batch_size: int
     mask_keep: float
@@ -276,6 +278,7 @@ class RunConfig:
             ("premerge-local-weight", self.premerge_local_weight),
             ("label-merge-confidence", self.label_merge_confidence),
             ("label-step-confidence", self.label_step_confidence),
+            ("distill-relabel-below", self.distill_relabel_below),
             ("fednoro-kd-weight", self.fednoro_kd_weight),
             ("fedcorr-relabel-ratio", self.fedcorr_relabel_ratio),
             ("fedcorr-confidence", self.fedcorr_confidence),

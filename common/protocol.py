@@ -136,6 +136,9 @@ class LocalTraining(Settings):
     sce_beta: float = 1.0  # symmetric-ce: weight of reverse CE
     kd_weight: float = 0.0  # la-distill (FedNoRo's noisy clients): this round's KD weight
     kd_temperature: float = 0.8  # la-distill: the teacher's temperature (fednoro-temperature)
+    # la-distill (maskedoptim, issue 22): train a label as the received model's prediction where
+    # that model gives it a probability below this (distill-relabel-below); 0: keep every label
+    relabel_below: float = 0.0
     mixup_alpha: float = 0.0  # FedCorr's mixup (Beta(a, a) mixing of each batch); 0: off
     proximal_norm: float = 0.0  # FedCorr's coefficient of the *unsquared* ||w - w_global||
     max_grad_norm: float = 0.0  # clipping: every step's gradient norm is clipped to it; 0: off

@@ -165,18 +165,38 @@ def robust_client_score(matrix: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.divide(summed, totals, out=np.zeros_like(summed), where=totals > 0)
 
 
-def split_by_score(scores: np.ndarray, *, num_fits: int = DEFAULT_NUM_FITS) -> NoisySplit:
-    """`split_noisy_clients`'s vote on one score per client: `num_fits` 2-component GMMs (seeds
-    0..num_fits-1) on the [N] scores, the component with the larger mean noisy in each."""
+def split_by_score(
+    scores: np.ndarray, *, num_fits: int = DEFAULT_NUM_FITS, components: int = 2
+) -> NoisySplit:
+    """`split_noisy_clients`'s vote on one score per client: `num_fits` GMMs (seeds
+    0..num_fits-1) of `components` components on the [N] scores; in each fit the clients of the
+    lowest-mean component are clean and all others noisy (with 2 components: the larger mean is
+    noisy). More components suit noise rates spread over a range rather than two groups (run-config
+    `noisy-components`, issue 22; at most N components are fitted). Raises ValueError for
+    `components` < 2."""
+    if components < 2:
+        raise ValueError(f"components must be >= 2, got {components}")
     column = np.asarray(scores, dtype=np.float64).reshape(-1, 1)
     everyone = tuple(range(column.shape[0]))
     if column.shape[0] < 2 or np.all(column == column[0]):
         return NoisySplit(noisy=(), clean=everyone, votes=(), note=NOTE_ALL_EQUAL)
-    votes = [_fit_noisy_set(column, seed) for seed in range(num_fits)]
+    count = min(components, column.shape[0])
+    votes = [_fit_above_lowest(column, count, seed) for seed in range(num_fits)]
     noisy = majority_vote(votes)
     note = NOTE_ONE_COMPONENT if len(noisy) in (0, len(everyone)) else ""
     clean = tuple(i for i in everyone if i not in set(noisy))
     return NoisySplit(noisy=noisy, clean=clean, votes=tuple(votes), note=note)
+
+
+def _fit_above_lowest(column: np.ndarray, components: int, seed: int) -> tuple[int, ...]:
+    """One GMM fit on [N, 1] scores: the rows not predicted in the lowest-mean component."""
+    gmm = GaussianMixture(n_components=components, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        gmm.fit(column)
+        labels = gmm.predict(column)
+    lowest = int(np.argmin(gmm.means_[:, 0]))
+    return tuple(int(i) for i in np.flatnonzero(labels != lowest))
 
 
 def agreement_of_votes(votes: Sequence[Iterable[int]]) -> float:

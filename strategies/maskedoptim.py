@@ -263,6 +263,7 @@ class DetectionParams(StrategyParams):
 
     gmm_fits: int
     noisy_detector: str
+    noisy_components: int
     noisy_threshold: float
     class_loss_batch_size: int
 
@@ -278,6 +279,17 @@ class DetectionParams(StrategyParams):
                 f"{key} must be at least 1 and below num-rounds={num_rounds}; got "
                 f"{key}={rounds} (detection would never run). For training without detection "
                 "use strategy='fedavg' or 'rfa'"
+            )
+        if self.noisy_components < 2:
+            raise ConfigError(
+                f"noisy-components={self.noisy_components} is not allowed: the split needs at "
+                "least 2 Gaussian components (the lowest-mean one is clean)"
+            )
+        if self.noisy_components != 2 and self.noisy_detector != "robust-score":
+            raise ConfigError(
+                f"noisy-components={self.noisy_components} needs noisy-detector='robust-score' "
+                f"(noisy-detector='{self.noisy_detector}' fits the authors' 2 components on "
+                "the per-class losses); set noisy-detector='robust-score' or noisy-components=2"
             )
 
 
@@ -295,6 +307,7 @@ class NoisyClientRouting(DetectingStrategy):
         self.warmup_rounds = params.warmup[1]
         self.gmm_fits = params.gmm_fits
         self.noisy_detector = params.noisy_detector
+        self.noisy_components = params.noisy_components
         self.noisy_threshold = params.noisy_threshold
         self.class_loss_batch_size = params.class_loss_batch_size
         self.masked_sent: Counter = Counter()
@@ -387,7 +400,7 @@ class NoisyClientRouting(DetectingStrategy):
                 [np.asarray(answers[p].content["metrics"]["class-count"]) for p in partitions]
             ).reshape(losses.shape)
             scores = robust_client_score(losses, counts)
-            split = split_by_score(scores, num_fits=self.gmm_fits)
+            split = split_by_score(scores, num_fits=self.gmm_fits, components=self.noisy_components)
         else:
             scores = None
             split = split_noisy_clients(losses, num_fits=self.gmm_fits)
@@ -406,6 +419,7 @@ class NoisyClientRouting(DetectingStrategy):
             "failed": sorted(failed),
             "note": split.note,
             "detector": self.noisy_detector,
+            "components": self.noisy_components,
             "gmm_votes": [list(vote) for vote in split.votes],
             "gmm_agreement": agreement_of_votes(split.votes),
             "noisy_threshold": self.noisy_threshold,
@@ -446,12 +460,23 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
     label_step_confidence: float
     masked_fp16: bool
     noisy_training: str
+    distill_relabel_below: float
     fednoro_kd_weight: float
     fednoro_temperature: float
 
     @property
     def warmup(self) -> tuple[str, int]:
         return "warmup-rounds", self.warmup_rounds
+
+    def check(self, **context) -> None:
+        super().check(**context)
+        if self.distill_relabel_below > 0 and self.noisy_training != "la-distill":
+            raise ConfigError(
+                f"distill-relabel-below={self.distill_relabel_below} needs "
+                f"noisy-training='la-distill' (got '{self.noisy_training}': masked training "
+                "learns its labels instead); set noisy-training='la-distill' or "
+                "distill-relabel-below=0"
+            )
 
 
 class MaskedOptim(NoisyClientRouting):
@@ -480,22 +505,28 @@ class MaskedOptim(NoisyClientRouting):
             masked_terms=params.masked_terms,
         )
         # issue 22, not the authors': flagged clients distil from the global model as FedNoRo's
-        # noisy clients do (its loss and weight ramp), keeping their observed labels
+        # noisy clients do (its loss and weight ramp), keeping their observed labels unless
+        # `distill-relabel-below` swaps the ones the global model finds unlikely
         self.distil = params.noisy_training == "la-distill"
+        self.relabel_below = params.distill_relabel_below
         if self.distil:
             self.noisy_message_type = TRAIN
-            self.corrects_labels = False
+            self.corrects_labels = self.relabel_below > 0
             self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
 
     def noisy_config(self, server_round: int) -> dict[str, Any]:
         if self.distil:
-            return distillation_config(self, server_round)
+            return distillation_config(self, server_round, self.relabel_below)
         return self.masked.to_config()
 
 
-def distillation_config(strategy: NoisyClientRouting, server_round: int) -> dict[str, Any]:
+def distillation_config(
+    strategy: NoisyClientRouting, server_round: int, relabel_below: float = 0.0
+) -> dict[str, Any]:
     """FedNoRo's noisy-client training: logit-adjusted distillation from the received global
-    model, its weight ramped from the end of the warm-up to the last round."""
+    model, its weight ramped from the end of the warm-up to the last round. `relabel_below` > 0
+    (maskedoptim's `distill-relabel-below`, issue 22) also has the client train each label the
+    received model finds less likely than that as the model's prediction."""
     weight = kd_weight_rampup(
         server_round, strategy.warmup_rounds, strategy.num_rounds, strategy.kd_peak
     )
@@ -504,6 +535,7 @@ def distillation_config(strategy: NoisyClientRouting, server_round: int) -> dict
         local_loss="la-distill",
         kd_weight=weight,
         kd_temperature=strategy.kd_temperature,
+        relabel_below=relabel_below,
     )
     return training.to_config()
 

@@ -22,6 +22,7 @@ from client_app.masked import (
     masked_train_locally,
     merge_labels,
     per_class_loss,
+    relabel_unlikely,
     small_loss_mask,
 )
 from client_app.training import batch_indices
@@ -292,6 +293,21 @@ def test_label_merge_is_k_times_the_mean_of_label_and_prediction():
     ytil = torch.randn(5, C)
     p = F.softmax(torch.randn(5, C), dim=1)
     torch.testing.assert_close(merge_labels(ytil, p, 10.0), 10 * (F.softmax(ytil, 1) + p) / 2)
+
+
+def test_relabel_unlikely_swaps_only_labels_below_the_threshold():
+    probabilities = torch.tensor(
+        [
+            [0.90, 0.06, 0.04],  # label 0 at 0.90: kept
+            [0.90, 0.06, 0.04],  # label 2 at 0.04 < 0.05: the prediction, 0
+            [0.50, 0.45, 0.05],  # label 2 at 0.05, not below: kept
+            [0.02, 0.30, 0.68],  # label 0 at 0.02: the prediction, 2
+        ]
+    )
+    observed = torch.tensor([0, 2, 2, 0])
+    assert relabel_unlikely(observed, probabilities, 0.05).tolist() == [0, 0, 2, 2]
+    assert relabel_unlikely(observed, probabilities, 0.0).tolist() == [0, 2, 2, 0]
+    assert relabel_unlikely(observed, probabilities, 1.0).tolist() == [0, 0, 0, 2]
 
 
 def test_observed_labels_unchanged_and_label_logits_move():

@@ -111,6 +111,30 @@ def check_maskedoptim_run(run_dir: Path) -> None:
     assert summary["label_acc_corrected"] > summary["label_acc_observed"]
 
 
+def test_the_weak_model_variant_detects_distils_and_swaps_unlikely_labels(tmp_path):
+    """Issue 22's keys together: robust-score detection, FedNoRo's distillation for the flagged
+    clients, and their labels swapped where the global model finds them unlikely; the swapped
+    labels are tracked, better than the observed ones, and exported. (With two groups of
+    clients, noisy-components=3 would split the clean group: strategies.detection's tests.)"""
+    out = tmp_path / "run"
+    done = launch(
+        tmp_path, *SIX_CLIENTS_THREE_NOISY, "--set", "noisy-detector='robust-score'",
+        "--set", "noisy-training='la-distill'",
+        "--set", "distill-relabel-below=0.1", "--set", "run-name='weak'", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "weak" / "detection.json").read_text())
+    assert report["detection"]["flagged_noisy"] == [3, 4, 5]
+    per_client = report["label_correction_per_client"]
+    for partition in ("3", "4", "5"):
+        assert per_client[partition]["masked_rounds"] == 4  # the store's count, rounds 4..7
+        assert per_client[partition]["observed_accuracy"] == pytest.approx(0.3, abs=0.01)
+        assert per_client[partition]["corrected_accuracy"] > 0.5
+    exported = report["corrected_labels_files"]
+    assert sorted(exported) == ["3", "4", "5"]
+    assert all(e["labels_changed"] > 0 and e["round"] == 7 for e in exported.values())
+
+
 def test_the_noisy_label_baselines_run_end_to_end(tmp_path):
     """fedelc and fednoro detect the three 70 %-noisy clients after a 2-round warm-up; fedelc
     corrects their labels; symmetric-ce trains like FedAvg with its own loss; fedcorr runs its

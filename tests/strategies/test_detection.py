@@ -212,6 +212,16 @@ def test_split_by_score_flags_the_high_component_and_votes():
     assert split_by_score(np.ones(4)).noisy == ()
 
 
+def test_split_by_score_with_more_components_keeps_only_the_lowest_clean():
+    # three groups: clean near 0, mildly noisy near 1, very noisy near 3
+    scores = np.array([0.0, 0.05, -0.05, 0.02, 1.0, 1.05, 0.95, 3.0, 3.05, 2.95])
+    three = split_by_score(scores, components=3)
+    assert three.noisy == (4, 5, 6, 7, 8, 9) and three.clean == (0, 1, 2, 3)
+    assert split_by_score(scores[:2], components=3).noisy == (1,)  # at most N components
+    with pytest.raises(ValueError, match="components must be >= 2"):
+        split_by_score(scores, components=1)
+
+
 def test_agreement_of_votes_is_the_mean_pairwise_jaccard():
     assert agreement_of_votes([(1, 2), (1, 2)]) == 1.0
     # pairs: {1,2}-{2,3}: 1/3; {1,2}-{}: 0; {2,3}-{}: 0

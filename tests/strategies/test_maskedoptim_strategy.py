@@ -9,6 +9,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from common.config import config_with
+from common.errors import ConfigError
 from strategies.aggregation import geometric_median_per_tensor
 from strategies.registry import build_strategy
 from strategies.sampling import roster_from_whoami
@@ -170,6 +171,41 @@ def test_flagged_clients_can_distil_as_fednoros_do():
     assert strategy.label_holders() == []  # the observed labels stay: nothing to export
     noisy = next(m for m in messages if ROSTER.partition_of(m.metadata.dst_node_id) in NOISY)
     assert 0 < noisy.content["config"]["kd-weight"] < 0.8  # FedNoRo's ramp, under its peak
+
+
+def test_distilling_clients_can_swap_the_labels_the_global_model_finds_unlikely():
+    grid = DetectionGrid()
+    strategy = start(grid, noisy_training="la-distill", distill_relabel_below=0.05)
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    messages, _, _ = train_round(strategy, grid, 3)
+    relabel = {ROSTER.partition_of(m.metadata.dst_node_id): m.content["config"]["relabel-below"]
+               for m in messages}  # fmt: skip
+    assert {p for p, value in relabel.items() if value == 0.05} == set(NOISY)
+    assert {p for p, value in relabel.items() if value == 0.0} == set(range(8)) - set(NOISY)
+    assert strategy.label_holders() == list(NOISY)  # their swapped labels can be exported
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"distill_relabel_below": 0.05}, "needs noisy-training='la-distill'"),
+        ({"noisy_components": 3}, "needs noisy-detector='robust-score'"),
+        ({"noisy_components": 1, "noisy_detector": "robust-score"}, "at least 2 Gaussian"),
+    ],
+)
+def test_issue_22_keys_that_cannot_apply_are_refused(keys, message):
+    with pytest.raises(ConfigError, match=message):
+        start(DetectionGrid(), **keys)
+
+
+def test_more_components_flag_the_clients_above_the_lowest_group():
+    grid = DetectionGrid()
+    strategy = start(grid, noisy_detector="robust-score", noisy_components=3)
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    assert strategy.detection["components"] == 3
+    assert frozenset(NOISY) <= strategy.noisy
 
 
 def test_all_clients_alike_flags_nobody_and_the_run_goes_on():
