@@ -72,6 +72,9 @@ def detectors(loss, prediction, observed, client, num_classes):
     return {
         "authors": split_noisy_clients(losses),  # GMM on per-class losses, 9-seed vote
         "loss-score": split_by_score(robust_client_score(losses, counts)),
+        # noisy-components: the lowest of 3 or 4 components clean
+        "loss-score-k3": split_by_score(robust_client_score(losses, counts), components=3),
+        "loss-score-k4": split_by_score(robust_client_score(losses, counts), components=4),
         # each class the client holds weighs alike: what the server can do without counts
         "loss-score-uniform": split_by_score(robust_client_score(losses, counts > 0)),
         "disagree-score": split_by_score(robust_client_score(disagreement, counts)),
@@ -196,6 +199,36 @@ def prediction_accuracy(run, q: int, threshold: float) -> dict:
     return out
 
 
+RELABEL_LEVELS = (0.02, 0.05, 0.1, 0.2)
+
+
+def relabel_effect(run, q: int, threshold: float) -> dict:
+    """On the truly noisy clients' samples at query `q`: distill-relabel-below's swap
+    (client_app.masked.relabel_unlikely) at each level, from the query's losses (the observed
+    label's probability is exp(-loss); the client computes it with the eval transform, these
+    with the training one). Per level: the share swapped, how often the swapped-in prediction
+    and the observed label it replaced are right, and the label accuracy before and after."""
+    noisy = np.flatnonzero(run["noise_rates"] > threshold)
+    samples = np.isin(run["client"], noisy)
+    clean = run["clean"][samples]
+    observed = run["observed"][samples]
+    prediction = run["prediction"][q][samples]
+    given = np.exp(-run["loss"][q][samples].astype(np.float64))
+    out = {"observed_correct": round(float((observed == clean).mean()), 3)}
+    for level in RELABEL_LEVELS:
+        swapped = given < level
+        labels = np.where(swapped, prediction, observed)
+        out[f"<{level}"] = {
+            "share": round(float(swapped.mean()), 3),
+            "prediction_correct": round(float((prediction[swapped] == clean[swapped]).mean()), 3)
+            if swapped.any() else None,
+            "observed_correct": round(float((observed[swapped] == clean[swapped]).mean()), 3)
+            if swapped.any() else None,
+            "accuracy_after": round(float((labels == clean).mean()), 3),
+        }  # fmt: skip
+    return out
+
+
 def analyse(out: Path) -> dict:
     """Every detector on every query round of every seed in `out`: precision, recall, flagged
     and the GMM fits' agreement, with the round's test accuracy."""
@@ -217,6 +250,7 @@ def analyse(out: Path) -> dict:
                              "agreement": round(agreement_of_votes(split.votes), 3)}  # fmt: skip
             if "confidence" in run.files:  # the label merge's question (label-merge-confidence)
                 row["predictions_on_noisy_clients"] = prediction_accuracy(run, q, threshold)
+            row["relabel_on_noisy_clients"] = relabel_effect(run, q, threshold)
             rows.append(row)
         report[path.stem] = rows
     (out / "analysis.json").write_text(json.dumps(report, indent=1, allow_nan=False))
