@@ -32,6 +32,8 @@ NOISY_DETECTORS = ("per-class-gmm", "robust-score")
 # what maskedoptim's flagged clients train with: the authors' masked optimisation, or FedNoRo's
 # distillation from the global model (issue 22)
 NOISY_TRAININGS = ("masked", "la-distill")
+# what the mildly noisy flagged clients train with (issue 22): like the others, or relabelled only
+MILD_TRAININGS = ("la-distill", "relabel")
 LOCAL_LOSSES = ("ce", "logit-adjusted", "symmetric-ce")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -101,6 +103,7 @@ class RunConfig:
     noisy_components: int
     noisy_training: str
     distill_relabel_below: float
+    mild_training: str
     noisy_threshold: float
     class_loss_batch_size: int
     mask_keep: float
@@ -200,6 +203,7 @@ class RunConfig:
         _choice("gm-scope", self.gm_scope, GM_SCOPES)
         _choice("noisy-detector", self.noisy_detector, NOISY_DETECTORS)
         _choice("noisy-training", self.noisy_training, NOISY_TRAININGS)
+        _choice("mild-training", self.mild_training, MILD_TRAININGS)
         _choice("on-divergence", self.on_divergence, ("stop", "continue"))
         _choice("attack", self.attack, ATTACKS)
         for field in dataclasses.fields(self):

@@ -301,6 +301,9 @@ class NoisyClientRouting(DetectingStrategy):
     local_loss = "logit-adjusted"
     query_timeout = 3600.0
     state_keys = (*DetectingStrategy.state_keys, "masked_sent", "masked_received")
+    # whether flagged clients that a 2-component split of the scores leaves clean are told
+    # apart as `mild` (maskedoptim's mild-training='relabel' with noisy-components > 2)
+    separates_mild = False
 
     def __init__(self, params: DetectionParams, **base) -> None:
         super().__init__(params, **base)
@@ -319,9 +322,15 @@ class NoisyClientRouting(DetectingStrategy):
             return messages
         return [self._route(message, server_round) for message in messages]
 
-    def noisy_config(self, server_round: int) -> dict[str, Any]:
-        """Config entries that noisy clients get on top of the round's config: the complete
-        settings of their training (common.protocol)."""
+    @property
+    def mild(self) -> frozenset[int]:
+        """The flagged clients that a 2-component split of the scores leaves clean (empty
+        unless `separates_mild`; kept in `detection`, so checkpoints carry it)."""
+        return frozenset(self.detection.get("mild", ())) if self.detection else frozenset()
+
+    def noisy_config(self, server_round: int, partition: int) -> dict[str, Any]:
+        """Config entries that the noisy client `partition` gets on top of the round's config:
+        the complete settings of its training (common.protocol)."""
         raise NotImplementedError
 
     def _route(self, message: Message, server_round: int) -> Message:
@@ -332,7 +341,8 @@ class NoisyClientRouting(DetectingStrategy):
         self.masked_sent[partition] += 1
         content = message.content
         # a new record: the round's config is shared by all its messages
-        config = ConfigRecord({**dict(content["config"]), **self.noisy_config(server_round)})
+        own = self.noisy_config(server_round, partition)
+        config = ConfigRecord({**dict(content["config"]), **own})
         content = RecordDict({"arrays": content["arrays"], "config": config})
         return Message(content=content, dst_node_id=node, message_type=self.noisy_message_type)
 
@@ -405,6 +415,10 @@ class NoisyClientRouting(DetectingStrategy):
             scores = None
             split = split_noisy_clients(losses, num_fits=self.gmm_fits)
         self.noisy = frozenset(partitions[row] for row in split.noisy)
+        mild: set[int] = set()
+        if scores is not None and self.separates_mild and self.noisy_components > 2:
+            heavy = split_by_score(scores, num_fits=self.gmm_fits, components=2).noisy
+            mild = self.noisy - {partitions[row] for row in heavy}
         if split.note:
             log(WARNING, "detection: %s", split.note)
         for partition in sorted(self.noisy) if self.corrects_labels else ():
@@ -420,6 +434,7 @@ class NoisyClientRouting(DetectingStrategy):
             "note": split.note,
             "detector": self.noisy_detector,
             "components": self.noisy_components,
+            "mild": sorted(mild),
             "gmm_votes": [list(vote) for vote in split.votes],
             "gmm_agreement": agreement_of_votes(split.votes),
             "noisy_threshold": self.noisy_threshold,
@@ -461,6 +476,7 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
     masked_fp16: bool
     noisy_training: str
     distill_relabel_below: float
+    mild_training: str
     fednoro_kd_weight: float
     fednoro_temperature: float
 
@@ -476,6 +492,21 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
                 f"noisy-training='la-distill' (got '{self.noisy_training}': masked training "
                 "learns its labels instead); set noisy-training='la-distill' or "
                 "distill-relabel-below=0"
+            )
+        if self.mild_training == "relabel" and not (
+            self.noisy_training == "la-distill"
+            and self.distill_relabel_below > 0
+            and self.noisy_detector == "robust-score"
+            and self.noisy_components > 2
+        ):
+            raise ConfigError(
+                "mild-training='relabel' trains the flagged clients that a 2-component split "
+                "would leave clean on their swapped labels without distillation, so it needs "
+                "noisy-detector='robust-score', noisy-components above 2, "
+                "noisy-training='la-distill' and distill-relabel-below above 0; got "
+                f"noisy-detector='{self.noisy_detector}', noisy-components="
+                f"{self.noisy_components}, noisy-training='{self.noisy_training}', "
+                f"distill-relabel-below={self.distill_relabel_below}"
             )
 
 
@@ -513,8 +544,13 @@ class MaskedOptim(NoisyClientRouting):
             self.noisy_message_type = TRAIN
             self.corrects_labels = self.relabel_below > 0
             self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
+        self.separates_mild = params.mild_training == "relabel"
 
-    def noisy_config(self, server_round: int) -> dict[str, Any]:
+    def noisy_config(self, server_round: int, partition: int) -> dict[str, Any]:
+        if self.distil and partition in self.mild:  # mild-training='relabel'
+            return dataclasses.replace(
+                self.round_training(server_round), relabel_below=self.relabel_below
+            ).to_config()
         if self.distil:
             return distillation_config(self, server_round, self.relabel_below)
         return self.masked.to_config()
@@ -591,7 +627,7 @@ class FedElc(DistanceAwareRouting):
             masked_fp16=params.masked_fp16,
         )
 
-    def noisy_config(self, server_round: int) -> dict[str, Any]:
+    def noisy_config(self, server_round: int, partition: int) -> dict[str, Any]:
         return self.masked.to_config()
 
 
@@ -629,5 +665,5 @@ class FedNoRo(DistanceAwareRouting):
         super().__init__(params, **base)
         self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
 
-    def noisy_config(self, server_round: int) -> dict[str, Any]:
+    def noisy_config(self, server_round: int, partition: int) -> dict[str, Any]:
         return distillation_config(self, server_round)

@@ -56,8 +56,9 @@ class DetectionGrid:
     """Answers the class-loss query: noisy clients have high losses, one client stays silent,
     one fails with an error."""
 
-    def __init__(self, same_losses: bool = False) -> None:
+    def __init__(self, same_losses: bool = False, bases: dict[int, float] | None = None) -> None:
         self.same_losses = same_losses
+        self.bases = bases  # partition -> its loss level (default: NOISY 2.0, others 0.3)
         self.queries: list[Message] = []
 
     def get_node_ids(self):
@@ -77,6 +78,8 @@ class DetectionGrid:
                 replies.append(class_loss_reply(query, [0.5, 0.6, 0.7]))
                 continue
             base = 2.0 if partition in NOISY else 0.3
+            if self.bases is not None:
+                base = self.bases[partition]
             replies.append(
                 class_loss_reply(query, [base + 0.01 * partition + 0.1 * c for c in range(3)])
             )
@@ -192,6 +195,7 @@ def test_distilling_clients_can_swap_the_labels_the_global_model_finds_unlikely(
         ({"distill_relabel_below": 0.05}, "needs noisy-training='la-distill'"),
         ({"noisy_components": 3}, "needs noisy-detector='robust-score'"),
         ({"noisy_components": 1, "noisy_detector": "robust-score"}, "at least 2 Gaussian"),
+        ({"mild_training": "relabel", "noisy_detector": "robust-score"}, "components above 2"),
     ],
 )
 def test_issue_22_keys_that_cannot_apply_are_refused(keys, message):
@@ -206,6 +210,32 @@ def test_more_components_flag_the_clients_above_the_lowest_group():
     train_round(strategy, grid, 2)
     assert strategy.detection["components"] == 3
     assert frozenset(NOISY) <= strategy.noisy
+
+
+def test_mildly_noisy_clients_can_train_on_swapped_labels_without_distillation():
+    # three levels among the six clients that answer: 1-2 clean, 3-4 mild, 5-6 heavy
+    grid = DetectionGrid(bases={0: 0.3, 1: 0.3, 2: 0.3, 3: 1.0, 4: 1.0, 5: 2.5, 6: 2.5, 7: 0.3})
+    keys = dict(noisy_detector="robust-score", noisy_components=3, noisy_training="la-distill",
+                distill_relabel_below=0.05, mild_training="relabel")  # fmt: skip
+    strategy = start(grid, **keys)
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    assert strategy.noisy == frozenset({3, 4, 5, 6})
+    assert strategy.detection["mild"] == [3, 4] and strategy.mild == frozenset({3, 4})
+    messages, _, _ = train_round(strategy, grid, 3)
+    config = {ROSTER.partition_of(m.metadata.dst_node_id): m.content["config"] for m in messages}
+    assert {p: c["local-loss"] for p, c in config.items() if p in (3, 4, 5, 6)} == {
+        3: "logit-adjusted",
+        4: "logit-adjusted",
+        5: "la-distill",
+        6: "la-distill",
+    }
+    assert all(config[p]["relabel-below"] == 0.05 for p in (3, 4, 5, 6))
+    assert all(config[p]["relabel-below"] == 0.0 for p in (0, 1, 2, 7))
+    assert config[3]["kd-weight"] == 0.0 and config[5]["kd-weight"] > 0
+    restored = start(DetectionGrid(), **keys)  # the split travels in the checkpoint
+    restored.restore_state(strategy.checkpoint_state(), 2)
+    assert restored.mild == frozenset({3, 4})
 
 
 def test_all_clients_alike_flags_nobody_and_the_run_goes_on():
