@@ -32,8 +32,9 @@ NOISY_DETECTORS = ("per-class-gmm", "robust-score")
 # what maskedoptim's flagged clients train with: the authors' masked optimisation, or FedNoRo's
 # distillation from the global model (issue 22)
 NOISY_TRAININGS = ("masked", "la-distill")
-# what the mildly noisy flagged clients train with (issue 22): like the others, or relabelled only
-MILD_TRAININGS = ("la-distill", "relabel")
+# what the mildly noisy flagged clients train with (issue 22): like the others, relabelled only,
+# or like clean clients with a smaller aggregation weight
+MILD_TRAININGS = ("la-distill", "relabel", "down-weight")
 LOCAL_LOSSES = ("ce", "logit-adjusted", "symmetric-ce")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -104,6 +105,7 @@ class RunConfig:
     noisy_training: str
     distill_relabel_below: float
     mild_training: str
+    mild_weight: float
     noisy_threshold: float
     class_loss_batch_size: int
     mask_keep: float
@@ -283,6 +285,7 @@ class RunConfig:
             ("label-merge-confidence", self.label_merge_confidence),
             ("label-step-confidence", self.label_step_confidence),
             ("distill-relabel-below", self.distill_relabel_below),
+            ("mild-weight", self.mild_weight),
             ("fednoro-kd-weight", self.fednoro_kd_weight),
             ("fedcorr-relabel-ratio", self.fedcorr_relabel_ratio),
             ("fedcorr-confidence", self.fedcorr_confidence),

@@ -477,6 +477,7 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
     noisy_training: str
     distill_relabel_below: float
     mild_training: str
+    mild_weight: float
     fednoro_kd_weight: float
     fednoro_temperature: float
 
@@ -493,20 +494,28 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
                 "learns its labels instead); set noisy-training='la-distill' or "
                 "distill-relabel-below=0"
             )
-        if self.mild_training == "relabel" and not (
+        if self.mild_training != "la-distill" and not (
             self.noisy_training == "la-distill"
-            and self.distill_relabel_below > 0
             and self.noisy_detector == "robust-score"
             and self.noisy_components > 2
+            and (self.mild_training != "relabel" or self.distill_relabel_below > 0)
         ):
+            needs = ", and distill-relabel-below above 0" if self.mild_training == "relabel" else ""
             raise ConfigError(
-                "mild-training='relabel' trains the flagged clients that a 2-component split "
-                "would leave clean on their swapped labels without distillation, so it needs "
-                "noisy-detector='robust-score', noisy-components above 2, "
-                "noisy-training='la-distill' and distill-relabel-below above 0; got "
-                f"noisy-detector='{self.noisy_detector}', noisy-components="
-                f"{self.noisy_components}, noisy-training='{self.noisy_training}', "
+                f"mild-training='{self.mild_training}' treats the flagged clients that a "
+                "2-component split would leave clean apart from the others, so it needs "
+                "noisy-detector='robust-score', noisy-components above 2 and "
+                f"noisy-training='la-distill'{needs}; got noisy-detector="
+                f"'{self.noisy_detector}', noisy-components={self.noisy_components}, "
+                f"noisy-training='{self.noisy_training}', "
                 f"distill-relabel-below={self.distill_relabel_below}"
+            )
+        if not 0 < self.mild_weight <= 1:
+            raise ConfigError(f"mild-weight={self.mild_weight} is outside (0, 1]")
+        if self.mild_weight != 1.0 and self.mild_training != "down-weight":
+            raise ConfigError(
+                f"mild-weight={self.mild_weight} applies with mild-training='down-weight' only "
+                f"(got '{self.mild_training}'); set mild-training='down-weight' or mild-weight=1"
             )
 
 
@@ -544,16 +553,33 @@ class MaskedOptim(NoisyClientRouting):
             self.noisy_message_type = TRAIN
             self.corrects_labels = self.relabel_below > 0
             self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
-        self.separates_mild = params.mild_training == "relabel"
+        self.mild_training, self.mild_weight = params.mild_training, params.mild_weight
+        self.separates_mild = params.mild_training != "la-distill"
 
     def noisy_config(self, server_round: int, partition: int) -> dict[str, Any]:
-        if self.distil and partition in self.mild:  # mild-training='relabel'
+        if self.distil and partition in self.mild:  # mild-training 'relabel' or 'down-weight'
+            relabel = self.relabel_below if self.mild_training == "relabel" else 0.0
             return dataclasses.replace(
-                self.round_training(server_round), relabel_below=self.relabel_below
+                self.round_training(server_round), relabel_below=relabel
             ).to_config()
         if self.distil:
             return distillation_config(self, server_round, self.relabel_below)
         return self.masked.to_config()
+
+    def combine(self, models, examples, current, replies) -> list[np.ndarray]:
+        """The geometric median; with mild-training='down-weight' a weighted one, the mildly
+        noisy clients' models weighing `mild-weight` (times their sample counts with
+        gm-weighted) against 1 for the others."""
+        mild = self.mild if self.mild_training == "down-weight" else frozenset()
+        if not mild:
+            return self.rule.combine(models, examples, current)
+        base = examples if self.rule.weighted else [1] * len(models)
+        weights = [
+            w
+            * (self.mild_weight if self.roster.partition_of(r.metadata.src_node_id) in mild else 1)
+            for w, r in zip(base, replies, strict=True)
+        ]
+        return dataclasses.replace(self.rule, weighted=True).combine(models, weights, current)
 
 
 def distillation_config(

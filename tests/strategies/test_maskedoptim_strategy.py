@@ -196,6 +196,7 @@ def test_distilling_clients_can_swap_the_labels_the_global_model_finds_unlikely(
         ({"noisy_components": 3}, "needs noisy-detector='robust-score'"),
         ({"noisy_components": 1, "noisy_detector": "robust-score"}, "at least 2 Gaussian"),
         ({"mild_training": "relabel", "noisy_detector": "robust-score"}, "components above 2"),
+        ({"mild_weight": 0.5}, "applies with mild-training='down-weight' only"),
     ],
 )
 def test_issue_22_keys_that_cannot_apply_are_refused(keys, message):
@@ -236,6 +237,32 @@ def test_mildly_noisy_clients_can_train_on_swapped_labels_without_distillation()
     restored = start(DetectionGrid(), **keys)  # the split travels in the checkpoint
     restored.restore_state(strategy.checkpoint_state(), 2)
     assert restored.mild == frozenset({3, 4})
+
+
+def test_mildly_noisy_clients_can_train_as_clean_ones_with_less_weight():
+    grid = DetectionGrid(bases={0: 0.3, 1: 0.3, 2: 0.3, 3: 1.0, 4: 1.0, 5: 2.5, 6: 2.5, 7: 0.3})
+    strategy = start(grid, noisy_detector="robust-score", noisy_components=3,
+                     noisy_training="la-distill", mild_training="down-weight",
+                     mild_weight=0.25)  # fmt: skip
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    assert strategy.mild == frozenset({3, 4})
+    initial = ArrayRecord([np.zeros(4, dtype=np.float32), np.array(0)])
+    messages = list(strategy.configure_train(3, initial, ConfigRecord(), grid))
+    # uneven values, so that the weights move the median
+    replies = [model_reply(m, float(ROSTER.partition_of(m.metadata.dst_node_id)) ** 2)
+               for m in messages]  # fmt: skip
+    arrays, _ = strategy.aggregate_train(3, replies)
+    config = {ROSTER.partition_of(m.metadata.dst_node_id): m.content["config"] for m in messages}
+    assert config[3]["local-loss"] == "logit-adjusted" and config[3]["relabel-below"] == 0.0
+    assert config[5]["local-loss"] == "la-distill"
+    models = [[a.numpy() for a in r.content["arrays"].values()] for r in replies]
+    weights = [0.25 if ROSTER.partition_of(m.metadata.dst_node_id) in (3, 4) else 1.0
+               for m in messages]  # fmt: skip
+    expected = geometric_median_per_tensor(models, weights)
+    got = [a.numpy() for a in arrays.values()]
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
+    assert not np.allclose(got[0], geometric_median_per_tensor(models)[0])
 
 
 def test_all_clients_alike_flags_nobody_and_the_run_goes_on():
