@@ -12,6 +12,10 @@ the same seeded client sampling for a seed), with a table and a plot:
                          --strategies fedavg,rfa,maskedoptim --seeds 1,2,3 --num-clients 100 \
                          [--out results/cmp-paper]
 
+An item of `--strategies` that ends in .toml is a variant file (a strategy and the keys it
+changes, e.g. configs/variants/maskedoptim-weak-model.toml): its runs sit beside the plain
+strategies' in the table, named by the file's stem.
+
 It writes `<out>/<strategy>-seed<seed>/` per run (with the run's log, `flower.log`) and, as runs
 finish, `comparison.csv`, `comparison.md`, `runs.csv` and `accuracy.png` (launch.comparison).
 Running it again skips the runs that are complete, so an interrupted sweep resumes; a folder
@@ -95,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strategies",
         type=comma_list,
-        help="compare: run each of these strategies (comma-separated) for every seed",
+        help="compare: run each of these strategies (comma-separated) for every seed; an "
+        "item ending in .toml is a variant file (strategy= and the keys it changes, e.g. "
+        "configs/variants/maskedoptim-weak-model.toml), its row named by the file's stem",
     )
     parser.add_argument(
         "--seeds",
@@ -160,12 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         parse_run_config_items,
         parse_set_items,
         preset_num_clients,
+        typed_keys,
     )
     from launch.preflight import preflight, resolve_run_config
     from launch.processes import available_cpus, available_gpus
     from launch.resume import resume_mapping
     from launch.superlink import check_local_resources, run_simulation
-    from launch.sweep import plan_comparison, run_comparison
+    from launch.sweep import comparison_entries, plan_comparison, run_comparison
 
     if args.runtime == "inprocess" and args.ray_address:
         print("error: --ray-address needs --runtime flower", file=sys.stderr)
@@ -196,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             preset = next((Path(i).stem for i in args.run_config if "=" not in i), "")
             out = (args.out or ROOT / "results" / f"cmp-{preset or 'default'}").resolve()
             base = resolve_run_config(overrides)
-            strategies = args.strategies or [base["strategy"]]
+            entries = comparison_entries(
+                args.strategies or [base["strategy"]], typed_keys(args.run_config, args.set)
+            )
+            labels = [entry.label for entry in entries]
             plans = plan_comparison(
-                overrides, strategies, args.seeds or [base["seed"]], out, args.num_clients
+                overrides, entries, args.seeds or [base["seed"]], out, args.num_clients
             )
         elif args.resume is not None:
             if args.out is not None:
@@ -237,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if comparing:
-            title = f"{preset or base['dataset']}: " + ", ".join(strategies)
-            return run_comparison(plans, strategies, out, args.num_clients, runner, title)
+            title = f"{preset or base['dataset']}: " + ", ".join(labels)
+            return run_comparison(plans, labels, out, args.num_clients, runner, title)
         return runner(mapping, args.num_clients, stream=not args.quiet)
     except KeyboardInterrupt:
         stopped = "the SuperLink and its processes were" if args.runtime == "flower" else "the run"

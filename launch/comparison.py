@@ -1,7 +1,8 @@
 """Side by side: the figures of finished runs, per strategy, as mean ± std over seeds.
 
 A comparison sweep (`simulation.py --strategies ... --seeds ...`) keeps each run in
-`<out>/<strategy>-seed<seed>/` (the files of server_app.results) and, after every run, rewrites:
+`<out>/<strategy>-seed<seed>/` (the files of server_app.results; a variant file's runs in
+`<out>/<file stem>-seed<seed>/`, their rows named by the stem) and, after every run, rewrites:
 
 - `runs.csv`: one row per finished run (strategy, seed and its headline figures);
 - `comparison.csv` / `comparison.md`: one row per strategy, mean and std over its seeds of the
@@ -49,13 +50,21 @@ DETECTION_FIGURES = (
 )
 
 
-def run_folder_name(strategy: str, seed: int) -> str:
-    return f"{strategy}-seed{seed}"
+def run_folder_name(label: str, seed: int) -> str:
+    """`<label>-seed<seed>`: the label is the strategy's name, or a variant file's stem."""
+    return f"{label}-seed{seed}"
+
+
+def folder_label(folder_name: str, seed: int) -> str | None:
+    """The label in a folder named by run_folder_name for this seed, else None."""
+    label, sep, number = folder_name.rpartition("-seed")
+    return label if sep and label and number == str(seed) else None
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """The figures of one finished run, read back from its folder."""
+    """The figures of one finished run, read back from its folder. `label` names its row: the
+    strategy, or in a comparison with a variant file (launch.sweep), the file's stem."""
 
     strategy: str
     seed: int
@@ -63,6 +72,11 @@ class RunRecord:
     rounds_completed: int
     figures: dict[str, float | None]
     accuracy_per_round: dict[int, float] = field(default_factory=dict)  # round -> %
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.strategy)
 
 
 def _number(value: Any) -> float | None:
@@ -119,9 +133,11 @@ def load_run(directory: Path) -> RunRecord | None:
                     accuracy[int(row["round"])] = 100 * float(row["test_accuracy"])
     except OSError:
         pass
+    seed = int(config["seed"])
     return RunRecord(
         strategy=str(config["run_config"]["strategy"]),
-        seed=int(config["seed"]),
+        label=folder_label(directory.name, seed) or "",
+        seed=seed,
         status=str(summary.get("status", "unknown")),
         rounds_completed=int(summary.get("rounds_completed", 0)),
         figures=figures,
@@ -146,10 +162,11 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 
 def strategy_rows(records: list[RunRecord], order: list[str] | None = None) -> list[dict]:
-    """One row per strategy: its seeds and mean/std of every figure (keys `<figure>_mean/_std`)."""
+    """One row per strategy (per label: a variant's rows apart from its strategy's): its seeds
+    and mean/std of every figure (keys `<figure>_mean/_std`)."""
     by_strategy: dict[str, list[RunRecord]] = {}
     for record in sorted(records, key=lambda r: r.seed):
-        by_strategy.setdefault(record.strategy, []).append(record)
+        by_strategy.setdefault(record.label, []).append(record)
     names = [s for s in (order or []) if s in by_strategy]
     names += sorted(set(by_strategy) - set(names))
     rows = []
@@ -240,7 +257,7 @@ def plot_comparison(records: list[RunRecord], path: Path, title: str, order: lis
         1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.6, 1]}
     )
     for row in sorted(rows, key=lambda r: r["strategy"] in colours):  # highlighted on top
-        runs = [r for r in records if r.strategy == row["strategy"]]
+        runs = [r for r in records if r.label == row["strategy"]]
         rounds = sorted(set.intersection(*(set(r.accuracy_per_round) for r in runs)))
         if not rounds:
             continue
@@ -303,8 +320,8 @@ def write_comparison(
     run_columns = ["strategy", "seed", "rounds_completed"] + [k for k, _, _ in FIGURES]
     run_columns += [k for k, _, _ in DETECTION_FIGURES]
     runs = [
-        {"strategy": r.strategy, "seed": r.seed, "rounds_completed": r.rounds_completed} | r.figures
-        for r in sorted(records, key=lambda r: (_position(order, r.strategy), r.seed))
+        {"strategy": r.label, "seed": r.seed, "rounds_completed": r.rounds_completed} | r.figures
+        for r in sorted(records, key=lambda r: (_position(order, r.label), r.seed))
     ]
     _write_csv(out / "runs.csv", runs, run_columns)
     rows = strategy_rows(records, order)

@@ -100,21 +100,47 @@ def read_preset(item: str) -> dict[str, Any]:
     return values
 
 
-def _read_toml(item: str) -> dict[str, Any]:
+def read_variant(item: str) -> dict[str, Any]:
+    """A variant file's run-config keys (`--strategies a,configs/variants/NAME.toml`): plain
+    keys only, `strategy` among them (the strategy it varies); ConfigError otherwise."""
+    values = _read_toml(item, "--strategies")
+    tables = [key for key, value in values.items() if isinstance(value, dict)]
+    if tables:
+        raise ConfigError(
+            f"--strategies {item}: a variant file holds plain run-config keys, not [{tables[0]}]"
+        )
+    if not isinstance(values.get("strategy"), str):
+        raise ConfigError(
+            f"--strategies {item}: a variant file names the strategy it varies, e.g. "
+            'strategy = "maskedoptim"'
+        )
+    return values
+
+
+def typed_keys(run_config_items: Iterable[str], set_items: Iterable[str]) -> set[str]:
+    """The keys typed on the command line (`--run-config "key=value ..."`, `--set`), not those
+    that came from preset files."""
+    keys = {key for item in run_config_items if "=" in item for key, _ in split_pairs(item, "")}
+    return keys | set(parse_set_items(set_items))
+
+
+def _read_toml(item: str, option: str = "--run-config") -> dict[str, Any]:
     path = Path(item).expanduser()
     if not path.is_file():
         hint = ""
         if Path(f"{path}.toml").is_file():
             hint = f"; did you mean {item}.toml?"
         raise ConfigError(
-            f"--run-config {item!r}: no such preset file{hint} (a setting is key=value, "
+            f"{option} {item!r}: no such preset file{hint} (a setting is key=value, "
             "e.g. num-rounds=3)"
+            if option == "--run-config"
+            else f"{option} {item!r}: no such variant file{hint}"
         )
     try:
         with open(path, "rb") as handle:
             values = tomllib.load(handle)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"--run-config {item}: not a valid TOML file ({err})") from None
+        raise ConfigError(f"{option} {item}: not a valid TOML file ({err})") from None
     return values
 
 

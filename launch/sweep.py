@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,24 +100,75 @@ def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_cl
     return differences
 
 
+@dataclass(frozen=True)
+class ComparisonEntry:
+    """One row of a comparison: a strategy by its name, or a variant file's keys (`strategy`
+    among them) under the file's stem, so that e.g. a MaskedOptim variant sits beside
+    `maskedoptim` in one table."""
+
+    label: str
+    keys: dict[str, Any]
+
+
+def comparison_entries(items: Iterable[str], typed: set[str]) -> list[ComparisonEntry]:
+    """`--strategies` items as entries: a name is a strategy (checked with the rest of the
+    config), a path ending in .toml a variant file (launch.overrides.read_variant). ConfigError
+    when a variant's stem is a strategy's name or another entry's, or when it sets a key that
+    was also typed on the command line (`typed`: one of the two would be dropped)."""
+    from common.config import ConfigError
+    from launch.overrides import read_variant
+    from strategies.registry import STRATEGY_NAMES
+
+    entries = []
+    for item in items:
+        if not item.endswith(".toml"):
+            entries.append(ComparisonEntry(item, {"strategy": item}))
+            continue
+        keys, label = read_variant(item), Path(item).stem
+        if label in STRATEGY_NAMES:
+            raise ConfigError(
+                f"--strategies {item}: a variant's row is named by its file's stem, and "
+                f"'{label}' is a strategy's name; rename the file"
+            )
+        both = sorted(typed & set(keys) - {"strategy"})
+        if both:
+            raise ConfigError(
+                f"--strategies {item} sets {', '.join(both)}, also given on the command line "
+                "(--set / --run-config); give it in one place"
+            )
+        entries.append(ComparisonEntry(label, keys))
+    labels = [entry.label for entry in entries]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise ConfigError(
+                f"--strategies: two entries named '{label}' (a variant is named by its file's stem)"
+            )
+    return entries
+
+
 def plan_comparison(
-    overrides: dict[str, Any], strategies: list[str], seeds: list[int], out: Path, num_clients: int
+    overrides: dict[str, Any],
+    entries: list[ComparisonEntry],
+    seeds: list[int],
+    out: Path,
+    num_clients: int,
 ) -> list[dict[str, Any]]:
-    """Every (seed, strategy) run's validated config, seed by seed (so an interrupted sweep has
-    whole seeds to compare); raises ConfigError/DatasetNotFoundError before anything runs."""
+    """Every (seed, entry) run's validated config, seed by seed (so an interrupted sweep has
+    whole seeds to compare); a variant's keys go over `overrides`. Raises
+    ConfigError/DatasetNotFoundError before anything runs."""
     from common.config import ConfigError
     from launch.comparison import run_folder_name
 
     plans = []
     for seed in seeds:
-        for strategy in strategies:
+        for entry in entries:
             mapping = resolve_run_config(
                 overrides
+                | entry.keys
                 | {
-                    "strategy": strategy,
                     "seed": seed,
                     "out-dir": str(out),
-                    "run-name": run_folder_name(strategy, seed),
+                    "run-name": run_folder_name(entry.label, seed),
                 }
             )
             preflight(mapping, num_clients)
@@ -132,7 +184,7 @@ def plan_comparison(
 
 def run_comparison(
     plans: list[dict[str, Any]],
-    strategies: list[str],
+    labels: list[str],
     out: Path,
     num_clients: int,
     runner: Callable[..., int],
@@ -143,7 +195,7 @@ def run_comparison(
     comparison files after each; stop at the first failed run (exit 1, its log shown)."""
     import shutil
 
-    from launch.comparison import is_complete, load_run, write_comparison
+    from launch.comparison import folder_label, is_complete, load_run, write_comparison
 
     num_rounds = int(plans[0]["num-rounds"])
     progress = SweepProgress(num_rounds)
@@ -154,11 +206,12 @@ def run_comparison(
         records = [load_run(out / plan["run-name"]) for plan in plans]
         finished = [r for r in records if is_complete(r, num_rounds)]
         if finished:
-            write_comparison(out, finished, strategies, title, preamble)
+            write_comparison(out, finished, labels, title, preamble)
 
     refresh()  # a resumed sweep shows what it already has
     for index, mapping in enumerate(plans, 1):
-        label = f"[{index}/{len(plans)}] {mapping['strategy']} seed {mapping['seed']}"
+        name = folder_label(mapping["run-name"], mapping["seed"])
+        label = f"[{index}/{len(plans)}] {name} seed {mapping['seed']}"
         results_dir = out / mapping["run-name"]
         if is_complete(load_run(results_dir), num_rounds):
             print(f"{label}: already complete, skipped", flush=True)

@@ -21,16 +21,29 @@ from launch.comparison import (
     write_comparison,
 )
 from launch.overrides import parse_set_items as parse_set_options
-from launch.sweep import SweepProgress, rounds_done, stored_config_differences
+from launch.overrides import typed_keys
+from launch.sweep import (
+    SweepProgress,
+    comparison_entries,
+    plan_comparison,
+    rounds_done,
+    stored_config_differences,
+)
 from server_app.results import RunResults
 from simulation import comma_list
 
 
 def fake_run(
-    root: Path, strategy: str, seed: int, accuracies: list[float], detection: dict | None = None
+    root: Path,
+    strategy: str,
+    seed: int,
+    accuracies: list[float],
+    detection: dict | None = None,
+    label: str | None = None,
 ) -> Path:
-    """A run folder written by the real results writer, with the given test accuracies."""
-    directory = root / run_folder_name(strategy, seed)
+    """A run folder written by the real results writer, with the given test accuracies (in the
+    folder a comparison gives a variant file labelled `label`, if given)."""
+    directory = root / run_folder_name(label or strategy, seed)
     config = {"run_config": {**app_defaults(), "strategy": strategy, "seed": seed}, "seed": seed}
     results = RunResults.create(directory, strategy, {**config, "num_clients": 10})
     for round_number, accuracy in enumerate(accuracies):
@@ -214,3 +227,77 @@ def test_a_key_added_after_the_run_counts_as_its_default(tmp_path):
     assert stored_config_differences(directory, wanted, 10) == []
     other = "fp16" if app_defaults()["precision"] != "fp16" else "fp32"
     assert stored_config_differences(directory, {**wanted, "precision": other}, 10) == ["precision"]
+
+
+def test_a_variant_file_is_its_own_row_beside_its_strategy(tmp_path):
+    """Runs of a variant (folder `<stem>-seed<seed>`) group under the file's stem, not under
+    the strategy they vary; a folder named otherwise is labelled by its strategy."""
+    records = [
+        load_run(fake_run(tmp_path, "maskedoptim", 1, [0.1, 0.50])),
+        load_run(fake_run(tmp_path, "maskedoptim", 1, [0.1, 0.70], label="weak-model")),
+        load_run(fake_run(tmp_path, "maskedoptim", 2, [0.1, 0.60], label="weak-model")),
+    ]
+    assert [r.strategy for r in records] == ["maskedoptim"] * 3
+    assert [r.label for r in records] == ["maskedoptim", "weak-model", "weak-model"]
+    rows = strategy_rows(records, order=["weak-model", "maskedoptim"])
+    assert [(row["strategy"], row["seeds"]) for row in rows] == [
+        ("weak-model", "1,2"),
+        ("maskedoptim", "1"),
+    ]
+    assert rows[0]["last10_accuracy_mean"] == pytest.approx(65.0)
+    renamed = tmp_path / "my-run"
+    (tmp_path / "maskedoptim-seed1").rename(renamed)
+    assert load_run(renamed).label == "maskedoptim"
+
+
+def write_variant(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def test_comparison_entries_read_variant_files_and_refuse_what_would_be_dropped(tmp_path):
+    weak = write_variant(
+        tmp_path / "weak.toml", 'strategy = "maskedoptim"\nnoisy-detector = "robust-score"\n'
+    )
+    entries = comparison_entries(["fedavg", weak], typed=set())
+    assert [(e.label, e.keys) for e in entries] == [
+        ("fedavg", {"strategy": "fedavg"}),
+        ("weak", {"strategy": "maskedoptim", "noisy-detector": "robust-score"}),
+    ]
+    nameless = write_variant(tmp_path / "nameless.toml", 'noisy-detector = "robust-score"\n')
+    with pytest.raises(ConfigError, match="nameless.toml: a variant file names the strategy"):
+        comparison_entries([nameless], typed=set())
+    table = write_variant(tmp_path / "table.toml", 'strategy = "rfa"\n[federation]\nx = 1\n')
+    with pytest.raises(ConfigError, match=r"not \[federation\]"):
+        comparison_entries([table], typed=set())
+    shadow = write_variant(tmp_path / "rfa.toml", 'strategy = "maskedoptim"\n')
+    with pytest.raises(ConfigError, match="'rfa' is a strategy's name"):
+        comparison_entries([shadow], typed=set())
+    with pytest.raises(ConfigError, match="no such variant file"):
+        comparison_entries([str(tmp_path / "missing.toml")], typed=set())
+    # a key typed on the command line and set by the variant: one of them would be dropped
+    typed = typed_keys(["configs/paper-cifar10-lenet.toml", "lr=0.1"], ["noisy-detector=gmm"])
+    assert typed == {"lr", "noisy-detector"}
+    with pytest.raises(ConfigError, match="weak.toml sets noisy-detector, also given"):
+        comparison_entries([weak], typed=typed)
+    twin = tmp_path / "other"
+    twin.mkdir()
+    twin_weak = write_variant(twin / "weak.toml", 'strategy = "rfa"\n')
+    with pytest.raises(ConfigError, match="two entries named 'weak'"):
+        comparison_entries([weak, twin_weak], typed=set())
+
+
+def test_plan_comparison_puts_a_variants_keys_over_the_common_ones(tmp_path):
+    weak = write_variant(
+        tmp_path / "weak.toml", 'strategy = "maskedoptim"\nnoisy-detector = "robust-score"\n'
+    )
+    entries = comparison_entries(["maskedoptim", weak], typed=set())
+    common = {"num-rounds": 3, "warmup-rounds": 1, "noisy-detector": "per-class-gmm"}
+    plans = plan_comparison(common, entries, [1, 2], tmp_path / "cmp", 4)
+    assert [(p["run-name"], p["strategy"], p["noisy-detector"]) for p in plans] == [
+        ("maskedoptim-seed1", "maskedoptim", "per-class-gmm"),
+        ("weak-seed1", "maskedoptim", "robust-score"),
+        ("maskedoptim-seed2", "maskedoptim", "per-class-gmm"),
+        ("weak-seed2", "maskedoptim", "robust-score"),
+    ]
+    assert {p["num-rounds"] for p in plans} == {3}
