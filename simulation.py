@@ -203,9 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             preset = next((Path(i).stem for i in args.run_config if "=" not in i), "")
             out = (args.out or ROOT / "results" / f"cmp-{preset or 'default'}").resolve()
             base = resolve_run_config(overrides)
-            entries = comparison_entries(
-                args.strategies or [base["strategy"]], typed_keys(args.run_config, args.set)
-            )
+            typed = typed_keys(args.run_config, args.set) if args.strategies else set()
+            entries = comparison_entries(args.strategies or [base["strategy"]], typed)
             labels = [entry.label for entry in entries]
             plans = plan_comparison(
                 overrides, entries, args.seeds or [base["seed"]], out, args.num_clients

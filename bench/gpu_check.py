@@ -379,7 +379,7 @@ def run_preset(args, strategy: str, dataset: Dataset, budget: Budget, device, ru
             t0 = time.perf_counter()
             losses = []
             for data in clients:
-                means, _ = per_class_loss(model, data, pipeline, torch.Generator(), 32)
+                means, _, _ = per_class_loss(model, data, pipeline, torch.Generator(), 32)
                 losses.append(means.numpy())  # NaN for classes a client does not hold
             noisy = set(split_noisy_clients(np.array(losses), num_fits=config.gmm_fits).noisy)
             stage["detect"] = time.perf_counter() - t0

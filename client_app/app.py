@@ -915,7 +915,7 @@ def class_loss(msg: Message, context: Context) -> Message:
     client = local_client(context)
     model = client.load(msg.content["arrays"])
     query = ClassLossQuery.from_config(msg.content["config"])
-    losses, present = per_class_loss(
+    losses, present, agree = per_class_loss(
         model,
         client.data,
         client.pipeline,
@@ -931,6 +931,8 @@ def class_loss(msg: Message, context: Context) -> Message:
     )
     if query.class_counts:  # the robust-score detector weighs each class by its samples
         metrics["class-count"] = np.bincount(observed, minlength=len(present)).tolist()
+    if query.agreement:  # strong-model-agreement: how often the model predicts the labels
+        metrics["class-agree"] = agree.tolist()
     diagnostics = ConfigRecord(client.truth_diagnostic("observed-confusion", observed))
     content = RecordDict({"metrics": metrics, "labels": diagnostics})
     return Message(content=content, reply_to=msg)

@@ -344,15 +344,17 @@ def per_class_loss(
     pipeline: InputPipeline,
     generator: torch.Generator,
     batch_size: int = 32,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The client's per-class mean loss vector for noisy-client detection (fidelity §2.3).
 
     As the authors' GMM block, computed by the client (§11.2 row 2): model in eval mode, no grad,
     the TRAINING transform (augmentation on; its randomness from `generator`), plain per-sample
     CE with the observed labels (no logit adjustment), batches of `batch_size` in the client's
     sample order (the authors' loader does not shuffle). Returns, on the CPU, float32 losses [C]
-    (the mean over the client's samples of each observed class, NaN for classes it does not hold)
-    and the bool [C] mask of the classes it holds.
+    (the mean over the client's samples of each observed class, NaN for classes it does not hold),
+    the bool [C] mask of the classes it holds, and int64 [C] counts of the samples of each
+    observed class whose observed label is the model's prediction (the agreement that
+    `strong-model-agreement` reads; issue 22, not the authors').
 
     Choice: the model's train/eval mode is restored on return (the authors leave it in eval mode;
     this makes no difference to the result).
@@ -362,6 +364,7 @@ def per_class_loss(
     was_training = model.training
     model.eval()
     sums = torch.zeros(num_classes, dtype=torch.float32, device=device)
+    agree = torch.zeros(num_classes, dtype=torch.int64, device=device)
     try:
         with torch.no_grad():
             for idx in torch.arange(len(data), device=device).split(batch_size):
@@ -369,9 +372,12 @@ def per_class_loss(
                 observed = data.observed_labels[idx]
                 losses = F.cross_entropy(logits.float(), observed, reduction="none")
                 sums.index_add_(0, observed, losses)
+                agree += torch.bincount(
+                    observed[logits.argmax(dim=1) == observed], minlength=num_classes
+                )
     finally:
         model.train(was_training)
     counts = torch.bincount(data.observed_labels, minlength=num_classes).to(sums)
     present = counts > 0
     means = torch.where(present, sums / counts.clamp_min(1.0), torch.full_like(sums, float("nan")))
-    return means.cpu(), present.cpu()
+    return means.cpu(), present.cpu(), agree.cpu()

@@ -106,6 +106,7 @@ class RunConfig:
     distill_relabel_below: float
     mild_training: str
     mild_weight: float
+    strong_model_agreement: float
     noisy_threshold: float
     class_loss_batch_size: int
     mask_keep: float
@@ -286,6 +287,7 @@ class RunConfig:
             ("label-step-confidence", self.label_step_confidence),
             ("distill-relabel-below", self.distill_relabel_below),
             ("mild-weight", self.mild_weight),
+            ("strong-model-agreement", self.strong_model_agreement),
             ("fednoro-kd-weight", self.fednoro_kd_weight),
             ("fedcorr-relabel-ratio", self.fedcorr_relabel_ratio),
             ("fedcorr-confidence", self.fedcorr_confidence),

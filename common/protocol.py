@@ -34,7 +34,8 @@ Messages (type: what the server sends -> what the client replies):
 - `train.fedlsr`: arrays; config: LocalTraining + FedlsrSettings + `server-round` -> the
   `train` reply.
 - `query.class_loss`: arrays; config: ClassLossQuery -> metrics: `class-loss`,
-  `class-present`, and `class-count` when the query asks for it; labels: `observed-confusion`.
+  `class-present`, and `class-count` / `class-agree` (samples whose observed label is the
+  model's prediction) when the query asks for them; labels: `observed-confusion`.
 - `query.relabel`: arrays; config: RelabelQuery -> metrics: `noise-fraction`, `relabelled`;
   labels: `observed-confusion`, `corrected-confusion`.
 - `query.whoami`: nothing -> metrics: `partition-id`, `num-partitions`, `num-examples`,
@@ -217,6 +218,7 @@ class ClassLossQuery(Settings):
     server_round: int
     class_loss_batch_size: int
     class_counts: bool = False  # also report how many samples of each class (robust-score)
+    agreement: bool = False  # and how many the model predicts as labelled (strong-model-agreement)
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def _read_toml(item: str, option: str = "--run-config") -> dict[str, Any]:
             f"{option} {item!r}: no such preset file{hint} (a setting is key=value, "
             "e.g. num-rounds=3)"
             if option == "--run-config"
-            else f"{option} {item!r}: no such variant file{hint}"
+            else f"{option} {item!r}: no such variant file{hint or _nearest_file(path)}"
         )
     try:
         with open(path, "rb") as handle:
@@ -142,6 +142,14 @@ def _read_toml(item: str, option: str = "--run-config") -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{option} {item}: not a valid TOML file ({err})") from None
     return values
+
+
+def _nearest_file(path: Path) -> str:
+    """'; did you mean X?' for the closest-named .toml file in `path`'s folder, or ''."""
+    folder = path.parent if path.parent.is_dir() else None
+    names = sorted(p.name for p in folder.glob("*.toml")) if folder else []
+    near = difflib.get_close_matches(path.name, names, n=1)
+    return f"; did you mean {folder / near[0]}?" if near else ""
 
 
 def parse_set_items(items: Iterable[str]) -> dict[str, Any]:

@@ -115,13 +115,28 @@ def comparison_entries(items: Iterable[str], typed: set[str]) -> list[Comparison
     config), a path ending in .toml a variant file (launch.overrides.read_variant). ConfigError
     when a variant's stem is a strategy's name or another entry's, or when it sets a key that
     was also typed on the command line (`typed`: one of the two would be dropped)."""
+    import difflib
+
     from common.config import ConfigError
     from launch.overrides import read_variant
     from strategies.registry import STRATEGY_NAMES
 
+    if "strategy" in typed:
+        raise ConfigError(
+            "--strategies names the strategies of a comparison; a strategy given with --set or "
+            "--run-config would be dropped: leave it out"
+        )
     entries = []
     for item in items:
-        if not item.endswith(".toml"):
+        if not item.lower().endswith(".toml"):
+            if item not in STRATEGY_NAMES:
+                near = difflib.get_close_matches(item, STRATEGY_NAMES, n=1)
+                hint = f"; did you mean {item}.toml?" if Path(f"{item}.toml").is_file() else ""
+                hint = hint or (f"; did you mean '{near[0]}'?" if near else "")
+                raise ConfigError(
+                    f"--strategies {item!r} is neither a strategy nor a variant file (a path "
+                    f"ending in .toml){hint}; strategies: {', '.join(STRATEGY_NAMES)}"
+                )
             entries.append(ComparisonEntry(item, {"strategy": item}))
             continue
         keys, label = read_variant(item), Path(item).stem

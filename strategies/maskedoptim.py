@@ -304,6 +304,8 @@ class NoisyClientRouting(DetectingStrategy):
     # whether flagged clients that a 2-component split of the scores leaves clean are told
     # apart as `mild` (maskedoptim's mild-training='relabel' with noisy-components > 2)
     separates_mild = False
+    # maskedoptim's strong-model-agreement (1.0: never asked): above it, the authors' split
+    strong_model_agreement = 1.0
 
     def __init__(self, params: DetectionParams, **base) -> None:
         super().__init__(params, **base)
@@ -371,7 +373,9 @@ class NoisyClientRouting(DetectingStrategy):
                             ClassLossQuery(
                                 server_round,
                                 self.class_loss_batch_size,
-                                class_counts=self.noisy_detector == "robust-score",
+                                class_counts=self.noisy_detector == "robust-score"
+                                or self.strong_model_agreement < 1.0,
+                                agreement=self.strong_model_agreement < 1.0,
                             ).to_config()
                         ),
                     }
@@ -414,16 +418,23 @@ class NoisyClientRouting(DetectingStrategy):
         else:
             scores = None
             split = split_noisy_clients(losses, num_fits=self.gmm_fits)
+        strength: dict[str, Any] = {}
+        if self.strong_model_agreement < 1.0:
+            strength = self.model_strength(answers, partitions, split.noisy)
+            if strength["strong_model"]:  # the model is strong: the authors' split
+                split = split_noisy_clients(losses, num_fits=self.gmm_fits)
         self.noisy = frozenset(partitions[row] for row in split.noisy)
         mild: set[int] = set()
-        if scores is not None and self.separates_mild and self.noisy_components > 2:
+        if (
+            scores is not None
+            and self.separates_mild
+            and self.noisy_components > 2
+            and not strength.get("strong_model")
+        ):
             heavy = split_by_score(scores, num_fits=self.gmm_fits, components=2).noisy
             mild = self.noisy - {partitions[row] for row in heavy}
         if split.note:
             log(WARNING, "detection: %s", split.note)
-        for partition in sorted(self.noisy) if self.corrects_labels else ():
-            labels = answers[partition].content["labels"]
-            self.labels.start(partition, confusion_from(labels, "observed-confusion"))
         quality = self.assess(self.noisy, self.noisy_threshold)
         self.detection = {
             "round": server_round,
@@ -432,8 +443,9 @@ class NoisyClientRouting(DetectingStrategy):
             "not_answered": silent,
             "failed": sorted(failed),
             "note": split.note,
-            "detector": self.noisy_detector,
+            "detector": "per-class-gmm" if strength.get("strong_model") else self.noisy_detector,
             "components": self.noisy_components,
+            **strength,
             "mild": sorted(mild),
             "gmm_votes": [list(vote) for vote in split.votes],
             "gmm_agreement": agreement_of_votes(split.votes),
@@ -443,9 +455,41 @@ class NoisyClientRouting(DetectingStrategy):
         }
         if scores is not None:
             self.detection["client_score"] = {p: float(scores[i]) for i, p in enumerate(partitions)}
+        for partition in sorted(self.noisy) if self.corrects_labels else ():
+            labels = answers[partition].content["labels"]
+            self.labels.start(partition, confusion_from(labels, "observed-confusion"))
         log(INFO, "detection after round %d: %d of %d clients flagged noisy: %s; %s",
             server_round, len(self.noisy), self.roster.num_clients, sorted(self.noisy),
             quality)  # fmt: skip
+        if strength:
+            verdict = (
+                "a strong model: the authors' split and masked training"
+                if strength["strong_model"]
+                else "a weak model: the configured departures"
+            )
+            log(INFO, "detection: the global model predicts %.1f %% of the clean clients' "
+                "labels (strong-model-agreement %.2f), %s", 100 * strength["model_agreement"],
+                self.strong_model_agreement, verdict)  # fmt: skip
+        if mild:
+            log(INFO, "detection: mildly noisy (flagged, but clean for 2 components): %s; "
+                "they train with mild-training", sorted(mild))  # fmt: skip
+
+    def model_strength(
+        self, answers: dict[int, Message], partitions: list[int], flagged_rows
+    ) -> dict[str, Any]:
+        """How often the global model predicts the observed labels of the clients the configured
+        detector leaves clean (their samples pooled), and whether that is above
+        `strong_model_agreement`. Issue 22, not the authors': their label merge needs a model
+        that is right on most samples (docs/maskedoptim.md, "When the model is weak")."""
+        clean = [p for row, p in enumerate(partitions) if row not in set(flagged_rows)]
+        metrics = [answers[p].content["metrics"] for p in clean]
+        agree = sum(int(np.sum(m["class-agree"])) for m in metrics)
+        samples = sum(int(np.sum(m["class-count"])) for m in metrics)
+        agreement = agree / samples if samples else 0.0
+        return {
+            "model_agreement": agreement,
+            "strong_model": agreement > self.strong_model_agreement,
+        }
 
     def final_report(self) -> dict[str, Any]:
         """What results/detection.json holds."""
@@ -478,6 +522,7 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
     distill_relabel_below: float
     mild_training: str
     mild_weight: float
+    strong_model_agreement: float
     fednoro_kd_weight: float
     fednoro_temperature: float
 
@@ -517,6 +562,22 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
                 f"mild-weight={self.mild_weight} applies with mild-training='down-weight' only "
                 f"(got '{self.mild_training}'); set mild-training='down-weight' or mild-weight=1"
             )
+        if not 0 <= self.strong_model_agreement <= 1:
+            raise ConfigError(
+                f"strong-model-agreement={self.strong_model_agreement} is outside [0, 1]"
+            )
+        if (
+            self.strong_model_agreement < 1
+            and self.noisy_detector != "robust-score"
+            and self.noisy_training != "la-distill"
+        ):
+            raise ConfigError(
+                f"strong-model-agreement={self.strong_model_agreement} falls back to the "
+                "authors' detection and training when the model is strong, and this run uses "
+                "them anyway (noisy-detector='per-class-gmm', noisy-training='masked'); set "
+                "noisy-detector='robust-score' or noisy-training='la-distill', or "
+                "strong-model-agreement=1"
+            )
 
 
 class MaskedOptim(NoisyClientRouting):
@@ -547,14 +608,40 @@ class MaskedOptim(NoisyClientRouting):
         # issue 22, not the authors': flagged clients distil from the global model as FedNoRo's
         # noisy clients do (its loss and weight ramp), keeping their observed labels unless
         # `distill-relabel-below` swaps the ones the global model finds unlikely
-        self.distil = params.noisy_training == "la-distill"
+        self.wants_distil = params.noisy_training == "la-distill"
         self.relabel_below = params.distill_relabel_below
-        if self.distil:
-            self.noisy_message_type = TRAIN
-            self.corrects_labels = self.relabel_below > 0
-            self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
+        self.kd_peak, self.kd_temperature = params.fednoro_kd_weight, params.fednoro_temperature
         self.mild_training, self.mild_weight = params.mild_training, params.mild_weight
         self.separates_mild = params.mild_training != "la-distill"
+        self.strong_model_agreement = params.strong_model_agreement
+
+    @property
+    def strong_model(self) -> bool:
+        """Whether detection found the model strong (strong-model-agreement): then the run
+        goes on as the authors' (in `detection`, so a checkpoint carries it)."""
+        return bool(self.detection and self.detection.get("strong_model"))
+
+    @property
+    def distil(self) -> bool:
+        """Whether flagged clients train with la-distill (noisy-training, unless the model is
+        strong)."""
+        return self.wants_distil and not self.strong_model
+
+    @property
+    def noisy_message_type(self) -> str:  # type: ignore[override]
+        return TRAIN if self.distil else MASKED_TRAIN
+
+    @property
+    def corrects_labels(self) -> bool:  # type: ignore[override]
+        return self.relabel_below > 0 if self.distil else True
+
+    def label_holders(self) -> list[int]:
+        """The flagged clients, less the mild ones that train as clean clients (down-weight):
+        they hold no labels of their own."""
+        holders = super().label_holders()
+        if self.mild_training == "down-weight":
+            return [p for p in holders if p not in self.mild]
+        return holders
 
     def noisy_config(self, server_round: int, partition: int) -> dict[str, Any]:
         if self.distil and partition in self.mild:  # mild-training 'relabel' or 'down-weight'

@@ -391,7 +391,9 @@ def test_per_class_loss_means_and_nan_for_absent_classes():
     data = make_data(n=70, seed=6, classes=[0, 2, 5, 7])
     model = linear_model(seed=6)
     model.train()
-    losses, present = per_class_loss(model, data, IDENTITY, torch.Generator().manual_seed(0))
+    losses, present, agree = per_class_loss(
+        model, data, IDENTITY, torch.Generator().manual_seed(0), 16
+    )
     assert model.training  # mode restored
     assert losses.device.type == "cpu" and losses.dtype == torch.float32 and losses.shape == (C,)
     assert present.dtype == torch.bool
@@ -399,9 +401,15 @@ def test_per_class_loss_means_and_nan_for_absent_classes():
     assert torch.isnan(losses[~present]).all() and not torch.isnan(losses[present]).any()
     with torch.no_grad():
         per_sample = F.cross_entropy(model(data.inputs), data.observed_labels, reduction="none")
+        predicted = model(data.inputs).argmax(dim=1)
     for c in (0, 2, 5, 7):
         expected = per_sample[data.observed_labels == c].mean()
         torch.testing.assert_close(losses[c], expected)
+    # the agreement: per observed class, the samples predicted as labelled (over all batches)
+    hits = predicted == data.observed_labels
+    assert agree.dtype == torch.int64
+    assert agree.tolist() == [int(hits[data.observed_labels == c].sum()) for c in range(C)]
+    assert 0 < int(agree.sum()) < len(data)  # not trivially all or nothing
 
 
 def test_per_class_loss_uses_eval_mode():
@@ -410,7 +418,7 @@ def test_per_class_loss_uses_eval_mode():
     with torch.no_grad():  # give BN non-trivial running statistics
         model[1].running_mean.fill_(0.5)
         model[1].running_var.fill_(2.0)
-    losses, present = per_class_loss(model, data, IDENTITY, torch.Generator().manual_seed(0), 7)
+    losses, present, _ = per_class_loss(model, data, IDENTITY, torch.Generator().manual_seed(0), 7)
     model.eval()
     with torch.no_grad():
         per_sample = F.cross_entropy(model(data.inputs), data.observed_labels, reduction="none")

@@ -135,6 +135,28 @@ def test_the_weak_model_variant_detects_distils_and_swaps_unlikely_labels(tmp_pa
     assert all(e["labels_changed"] > 0 and e["round"] == 7 for e in exported.values())
 
 
+def test_the_weak_model_variant_file_falls_back_to_the_authors_method_on_a_strong_model(
+    tmp_path,
+):
+    """configs/variants/maskedoptim-weak-model.toml on digits: the clean clients report how
+    often the warm-up model predicts their labels (above the file's 0.7 here), so the run goes
+    on as the authors' method: their split, masked training with learnt labels."""
+    out = tmp_path / "run"
+    variant = str(ROOT / "configs" / "variants" / "maskedoptim-weak-model.toml")
+    done = launch(
+        tmp_path, *SIX_CLIENTS_THREE_NOISY, "--config", variant,
+        "--set", "run-name='strong'", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((out / "strong" / "detection.json").read_text())
+    detection = report["detection"]
+    assert detection["strong_model"] and detection["model_agreement"] > 0.7
+    assert detection["detector"] == "per-class-gmm" and detection["mild"] == []
+    assert detection["flagged_noisy"] == [3, 4, 5]
+    for partition in ("3", "4", "5"):
+        assert report["label_correction_per_client"][partition]["masked_rounds"] == 4
+
+
 def test_the_noisy_label_baselines_run_end_to_end(tmp_path):
     """fedelc and fednoro detect the three 70 %-noisy clients after a 2-round warm-up; fedelc
     corrects their labels; symmetric-ce trains like FedAvg with its own loss; fedcorr runs its

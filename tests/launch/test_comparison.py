@@ -280,6 +280,14 @@ def test_comparison_entries_read_variant_files_and_refuse_what_would_be_dropped(
     assert typed == {"lr", "noisy-detector"}
     with pytest.raises(ConfigError, match="weak.toml sets noisy-detector, also given"):
         comparison_entries([weak], typed=typed)
+    with pytest.raises(ConfigError, match="a strategy given with --set"):
+        comparison_entries(["fedavg"], typed={"strategy"})
+    with pytest.raises(ConfigError, match="did you mean 'fedavg'"):
+        comparison_entries(["fedavgg"], typed=set())
+    with pytest.raises(ConfigError, match=f"did you mean {tmp_path / 'weak.toml'}"):
+        comparison_entries([str(tmp_path / "waek.toml")], typed=set())
+    with pytest.raises(ConfigError, match=f"did you mean {tmp_path / 'weak'}.toml"):
+        comparison_entries([str(tmp_path / "weak")], typed=set())
     twin = tmp_path / "other"
     twin.mkdir()
     twin_weak = write_variant(twin / "weak.toml", 'strategy = "rfa"\n')

@@ -37,12 +37,15 @@ def _flower_task(flower_task):
     """Every test here builds Messages (conftest.flower_task)."""
 
 
-def class_loss_reply(query: Message, losses: list[float]) -> Message:
+def class_loss_reply(query: Message, losses: list[float], agree: int = 5) -> Message:
+    """The reply a client gives: `agree` of its 10 samples per class predicted as labelled."""
     partition = ROSTER.partition_of(query.metadata.dst_node_id)
     confusion = np.eye(NUM_CLASSES, dtype=np.int64) * 10
     metrics = {"class-loss": losses, "class-present": [1] * NUM_CLASSES, "partition-id": partition}
     if query.content["config"]["class-counts"]:
         metrics["class-count"] = [10] * NUM_CLASSES
+    if query.content["config"]["agreement"]:
+        metrics["class-agree"] = [agree] * NUM_CLASSES
     content = RecordDict(
         {
             "metrics": MetricRecord(metrics),
@@ -56,9 +59,15 @@ class DetectionGrid:
     """Answers the class-loss query: noisy clients have high losses, one client stays silent,
     one fails with an error."""
 
-    def __init__(self, same_losses: bool = False, bases: dict[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        same_losses: bool = False,
+        bases: dict[int, float] | None = None,
+        clean_agree: int = 5,
+    ) -> None:
         self.same_losses = same_losses
         self.bases = bases  # partition -> its loss level (default: NOISY 2.0, others 0.3)
+        self.clean_agree = clean_agree  # of 10 samples per class, at the low-loss clients
         self.queries: list[Message] = []
 
     def get_node_ids(self):
@@ -80,9 +89,9 @@ class DetectionGrid:
             base = 2.0 if partition in NOISY else 0.3
             if self.bases is not None:
                 base = self.bases[partition]
-            replies.append(
-                class_loss_reply(query, [base + 0.01 * partition + 0.1 * c for c in range(3)])
-            )
+            losses = [base + 0.01 * partition + 0.1 * c for c in range(3)]
+            agree = self.clean_agree if base < 0.5 else 2  # noisy labels: seldom predicted
+            replies.append(class_loss_reply(query, losses, agree))
         return replies
 
 
@@ -197,6 +206,8 @@ def test_distilling_clients_can_swap_the_labels_the_global_model_finds_unlikely(
         ({"noisy_components": 1, "noisy_detector": "robust-score"}, "at least 2 Gaussian"),
         ({"mild_training": "relabel", "noisy_detector": "robust-score"}, "components above 2"),
         ({"mild_weight": 0.5}, "applies with mild-training='down-weight' only"),
+        ({"strong_model_agreement": 0.8}, "this run uses them anyway"),
+        ({"strong_model_agreement": 1.5, "noisy_training": "la-distill"}, r"outside \[0, 1\]"),
     ],
 )
 def test_issue_22_keys_that_cannot_apply_are_refused(keys, message):
@@ -360,3 +371,49 @@ def test_fedelc_and_fednoro_route_noisy_clients_and_aggregate_by_distance(name):
     assert strategy.final_report()["label_correction"] == (
         {} if name == "fednoro" else strategy.labels.metrics()
     )
+
+
+WEAK_MODEL_VARIANT = dict(
+    noisy_detector="robust-score", noisy_components=3, noisy_training="la-distill",
+    distill_relabel_below=0.05, mild_training="down-weight", mild_weight=0.75,
+    strong_model_agreement=0.8,
+)  # fmt: skip
+THREE_LEVELS = {0: 0.3, 1: 0.3, 2: 0.3, 3: 1.0, 4: 1.0, 5: 2.5, 6: 2.5, 7: 0.3}
+
+
+def test_a_strong_model_sends_the_run_back_to_the_authors_method():
+    """Clean clients' labels predicted 9 times in 10 (> 0.8): the authors' split (their GMM on
+    the per-class losses), masked training for every flagged client, no mild group; the
+    verdict travels in the checkpoint."""
+    grid = DetectionGrid(bases=THREE_LEVELS, clean_agree=9)
+    strategy = start(grid, **WEAK_MODEL_VARIANT)
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    assert all(q.content["config"]["agreement"] for q in grid.queries)
+    assert strategy.detection["model_agreement"] == pytest.approx(0.9)  # clients 1, 2 pooled
+    assert strategy.strong_model and strategy.detection["detector"] == "per-class-gmm"
+    assert strategy.mild == frozenset() and strategy.detection["mild"] == []
+    assert strategy.noisy == frozenset({5, 6})  # the authors' two components
+    messages, _, _ = train_round(strategy, grid, 3)
+    routed = {ROSTER.partition_of(m.metadata.dst_node_id): m for m in messages}
+    assert {p for p, m in routed.items() if m.metadata.message_type == "train.masked"} == {5, 6}
+    assert routed[3].metadata.message_type == "train"
+    assert strategy.label_holders() == [5, 6]
+    restored = start(DetectionGrid(), **WEAK_MODEL_VARIANT)
+    restored.restore_state(strategy.checkpoint_state(), 2)
+    assert restored.strong_model and restored.noisy_message_type == "train.masked"
+
+
+def test_a_weak_model_keeps_the_configured_departures():
+    grid = DetectionGrid(bases=THREE_LEVELS, clean_agree=5)
+    strategy = start(grid, **WEAK_MODEL_VARIANT)
+    train_round(strategy, grid, 1)
+    train_round(strategy, grid, 2)
+    assert strategy.detection["model_agreement"] == pytest.approx(0.5)
+    assert not strategy.strong_model and strategy.detection["detector"] == "robust-score"
+    assert strategy.noisy == frozenset({3, 4, 5, 6}) and strategy.mild == frozenset({3, 4})
+    messages, _, _ = train_round(strategy, grid, 3)
+    config = {ROSTER.partition_of(m.metadata.dst_node_id): m.content["config"] for m in messages}
+    assert {m.metadata.message_type for m in messages} == {"train"}
+    assert config[5]["local-loss"] == "la-distill" and config[3]["local-loss"] == "logit-adjusted"
+    assert strategy.label_holders() == [5, 6]  # the mild clients train as clean: no labels
