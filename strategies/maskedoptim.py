@@ -444,7 +444,7 @@ class NoisyClientRouting(DetectingStrategy):
             "failed": sorted(failed),
             "note": split.note,
             "detector": "per-class-gmm" if strength.get("strong_model") else self.noisy_detector,
-            "components": self.noisy_components,
+            "components": 2 if strength.get("strong_model") else self.noisy_components,
             **strength,
             "mild": sorted(mild),
             "gmm_votes": [list(vote) for vote in split.votes],
@@ -481,7 +481,8 @@ class NoisyClientRouting(DetectingStrategy):
         detector leaves clean (their samples pooled), and whether that is above
         `strong_model_agreement`. Issue 22, not the authors': their label merge needs a model
         that is right on most samples (docs/maskedoptim.md, "When the model is weak")."""
-        clean = [p for row, p in enumerate(partitions) if row not in set(flagged_rows)]
+        flagged = set(flagged_rows)
+        clean = [p for row, p in enumerate(partitions) if row not in flagged]
         metrics = [answers[p].content["metrics"] for p in clean]
         agree = sum(int(np.sum(m["class-agree"])) for m in metrics)
         samples = sum(int(np.sum(m["class-count"])) for m in metrics)
