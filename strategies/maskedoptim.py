@@ -451,7 +451,11 @@ class NoisyClientRouting(DetectingStrategy):
             "gmm_agreement": agreement_of_votes(split.votes),
             "noisy_threshold": self.noisy_threshold,
             "quality": quality,
-            "class_loss": {p: losses[i].tolist() for i, p in enumerate(partitions)},
+            # null for a class the client does not hold (not a failure: nothing to average)
+            "class_loss": {
+                p: [None if np.isnan(v) else float(v) for v in losses[i]]
+                for i, p in enumerate(partitions)
+            },
         }
         if scores is not None:
             self.detection["client_score"] = {p: float(scores[i]) for i, p in enumerate(partitions)}
