@@ -335,12 +335,18 @@ class NoisyClientRouting(DetectingStrategy):
         the complete settings of its training (common.protocol)."""
         raise NotImplementedError
 
+    def trains_as_flagged(self, partition: int) -> bool:
+        """Whether the flagged client `partition` gets a flagged client's training, counted in
+        masked_messages_sent (masked_replies_received counts those replying with labels)."""
+        return True
+
     def _route(self, message: Message, server_round: int) -> Message:
         node = message.metadata.dst_node_id
         partition = self.roster.partition_of(node)
         if partition not in self.noisy:
             return message
-        self.masked_sent[partition] += 1
+        if self.trains_as_flagged(partition):
+            self.masked_sent[partition] += 1
         content = message.content
         # a new record: the round's config is shared by all its messages
         own = self.noisy_config(server_round, partition)
@@ -474,9 +480,15 @@ class NoisyClientRouting(DetectingStrategy):
             log(INFO, "detection: the global model predicts %.1f %% of the clean clients' "
                 "labels (strong-model-agreement %.2f), %s", 100 * strength["model_agreement"],
                 self.strong_model_agreement, verdict)  # fmt: skip
+        if self.noisy:
+            log(INFO, "detection: the flagged clients train with %s", self.training_described())
         if mild:
-            log(INFO, "detection: mildly noisy (flagged, but clean for 2 components): %s; "
-                "they train with mild-training", sorted(mild))  # fmt: skip
+            log(INFO, "detection: mildly noisy (flagged, but clean for 2 components): %s",
+                sorted(mild))  # fmt: skip
+
+    def training_described(self) -> str:
+        """What the flagged clients train with, for the log."""
+        return self.noisy_message_type
 
     def model_strength(
         self, answers: dict[int, Message], partitions: list[int], flagged_rows
@@ -639,6 +651,22 @@ class MaskedOptim(NoisyClientRouting):
     @property
     def corrects_labels(self) -> bool:  # type: ignore[override]
         return self.relabel_below > 0 if self.distil else True
+
+    def training_described(self) -> str:
+        if not self.distil:
+            return "masked optimisation (the authors')"
+        text = "la-distill" + (
+            f", labels below {self.relabel_below:g} swapped" if self.relabel_below else ""
+        )
+        if self.mild and self.mild_training == "down-weight":
+            text += f"; the mild ones as clean clients, weighing {self.mild_weight:g}"
+        elif self.mild:
+            text += "; the mild ones on their swapped labels, without distillation"
+        return text
+
+    def trains_as_flagged(self, partition: int) -> bool:
+        # a mild client under down-weight trains as a clean one
+        return not (self.mild_training == "down-weight" and partition in self.mild)
 
     def label_holders(self) -> list[int]:
         """The flagged clients, less the mild ones that train as clean clients (down-weight):

@@ -417,3 +417,4 @@ def test_a_weak_model_keeps_the_configured_departures():
     assert {m.metadata.message_type for m in messages} == {"train"}
     assert config[5]["local-loss"] == "la-distill" and config[3]["local-loss"] == "logit-adjusted"
     assert strategy.label_holders() == [5, 6]  # the mild clients train as clean: no labels
+    assert set(strategy.masked_sent) == {5, 6}  # and are not counted as routed
