@@ -49,6 +49,13 @@ def print_summary(results_dir: Path) -> dict[str, Any] | None:
             print(f"  {'noisy-client detection':<28} did not run")
         else:
             print(f"  {'flagged noisy clients':<28} {detection.get('flagged_noisy')}")
+            if detection.get("mild"):
+                print(f"  {'of them mildly noisy':<28} {detection['mild']}")
+            if "strong_model" in detection:  # maskedoptim's strong-model-agreement
+                verdict = "strong: the authors' method" if detection["strong_model"] else "weak"
+                agreement = 100 * detection["model_agreement"]
+                print(f"  {'model at detection':<28} {verdict} (it predicts {agreement:.1f} % "
+                      "of the clean clients' labels)")  # fmt: skip
             if quality.get("available", True):
                 precision, recall = (quality.get(k) for k in ("precision", "recall"))
                 shown = " / ".join("n/a" if v is None else f"{v:.2f}" for v in (precision, recall))

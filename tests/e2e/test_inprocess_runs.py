@@ -155,6 +155,7 @@ def test_the_weak_model_variant_file_falls_back_to_the_authors_method_on_a_stron
     assert detection["flagged_noisy"] == [3, 4, 5]
     for partition in ("3", "4", "5"):
         assert report["label_correction_per_client"][partition]["masked_rounds"] == 4
+    assert "model at detection           strong: the authors' method" in done.stdout
 
 
 def test_the_noisy_label_baselines_run_end_to_end(tmp_path):
