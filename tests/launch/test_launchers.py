@@ -19,7 +19,7 @@ import torch
 
 import deploy_local
 import simulation
-from fakedata import write_csv, write_fake_cifar
+from fakedata import write_csv, write_fake_cifar, write_fake_human
 from launch.overrides import parse_set_items
 from launch.preflight import resolve_run_config
 from launch.superlink import flower_environment
@@ -251,9 +251,11 @@ def test_the_docs_show_the_commands_this_test_runs():
 @pytest.fixture(scope="module")
 def cifar_like(tmp_path_factory) -> Path:
     """25,000 random training images in CIFAR-10's layout: room for the paper preset's 100
-    Dirichlet clients of at least 100 (one folder, so the process loads it once)."""
+    Dirichlet clients of at least 100 (one folder, so the process loads it once), with a
+    CIFAR-10-N label file beside it (the CIFAR-10-N preset's commands)."""
     data = tmp_path_factory.mktemp("cifar10")
-    write_fake_cifar(data, per_batch=5000)
+    _, clean, _, _ = write_fake_cifar(data, per_batch=5000)
+    write_fake_human(data / "CIFAR-10_human.pt", clean)
     return data
 
 
