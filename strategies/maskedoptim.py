@@ -671,10 +671,7 @@ class MaskedOptim(NoisyClientRouting):
     def label_holders(self) -> list[int]:
         """The flagged clients, less the mild ones that train as clean clients (down-weight):
         they hold no labels of their own."""
-        holders = super().label_holders()
-        if self.mild_training == "down-weight":
-            return [p for p in holders if p not in self.mild]
-        return holders
+        return [p for p in super().label_holders() if self.trains_as_flagged(p)]
 
     def noisy_config(self, server_round: int, partition: int) -> dict[str, Any]:
         if self.distil and partition in self.mild:  # mild-training 'relabel' or 'down-weight'
