@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             out = (args.out or ROOT / "results" / f"cmp-{preset or 'default'}").resolve()
             base = resolve_run_config(overrides)
             typed = typed_keys(args.run_config, args.set) if args.strategies else set()
+            typed = {key: overrides[key] for key in typed}
             entries = comparison_entries(args.strategies or [base["strategy"]], typed)
             labels = [entry.label for entry in entries]
             plans = plan_comparison(

@@ -110,22 +110,18 @@ class ComparisonEntry:
     keys: dict[str, Any]
 
 
-def comparison_entries(items: Iterable[str], typed: set[str]) -> list[ComparisonEntry]:
+def comparison_entries(items: Iterable[str], typed: dict[str, Any]) -> list[ComparisonEntry]:
     """`--strategies` items as entries: a name is a strategy (checked with the rest of the
     config), a path ending in .toml a variant file (launch.overrides.read_variant). ConfigError
     when a variant's stem is a strategy's name or another entry's, or when it sets a key that
-    was also typed on the command line (`typed`: one of the two would be dropped)."""
+    was also typed on the command line (`typed`, key -> value: one of the two would be dropped),
+    or when a typed strategy is not every entry's."""
     import difflib
 
     from common.config import ConfigError
     from launch.overrides import read_variant
     from strategies.registry import STRATEGY_NAMES
 
-    if "strategy" in typed:
-        raise ConfigError(
-            "--strategies names the strategies of a comparison; a strategy given with --set or "
-            "--run-config would be dropped: leave it out"
-        )
     entries = []
     for item in items:
         if not item.lower().endswith(".toml"):
@@ -145,13 +141,18 @@ def comparison_entries(items: Iterable[str], typed: set[str]) -> list[Comparison
                 f"--strategies {item}: a variant's row is named by its file's stem, and "
                 f"'{label}' is a strategy's name; rename the file"
             )
-        both = sorted(typed & set(keys) - {"strategy"})
+        both = sorted(set(typed) & set(keys) - {"strategy"})
         if both:
             raise ConfigError(
                 f"--strategies {item} sets {', '.join(both)}, also given on the command line "
                 "(--set / --run-config); give it in one place"
             )
         entries.append(ComparisonEntry(label, keys))
+    if "strategy" in typed and any(e.keys["strategy"] != typed["strategy"] for e in entries):
+        raise ConfigError(
+            f"--strategies names the strategies of a comparison; strategy="
+            f"'{typed['strategy']}' given with --set or --run-config would be dropped: leave it out"
+        )
     labels = [entry.label for entry in entries]
     for label in labels:
         if labels.count(label) > 1:

@@ -259,47 +259,48 @@ def test_comparison_entries_read_variant_files_and_refuse_what_would_be_dropped(
     weak = write_variant(
         tmp_path / "weak.toml", 'strategy = "maskedoptim"\nnoisy-detector = "robust-score"\n'
     )
-    entries = comparison_entries(["fedavg", weak], typed=set())
+    entries = comparison_entries(["fedavg", weak], typed={})
     assert [(e.label, e.keys) for e in entries] == [
         ("fedavg", {"strategy": "fedavg"}),
         ("weak", {"strategy": "maskedoptim", "noisy-detector": "robust-score"}),
     ]
     nameless = write_variant(tmp_path / "nameless.toml", 'noisy-detector = "robust-score"\n')
     with pytest.raises(ConfigError, match="nameless.toml: a variant file names the strategy"):
-        comparison_entries([nameless], typed=set())
+        comparison_entries([nameless], typed={})
     table = write_variant(tmp_path / "table.toml", 'strategy = "rfa"\n[federation]\nx = 1\n')
     with pytest.raises(ConfigError, match=r"not \[federation\]"):
-        comparison_entries([table], typed=set())
+        comparison_entries([table], typed={})
     shadow = write_variant(tmp_path / "rfa.toml", 'strategy = "maskedoptim"\n')
     with pytest.raises(ConfigError, match="'rfa' is a strategy's name"):
-        comparison_entries([shadow], typed=set())
+        comparison_entries([shadow], typed={})
     with pytest.raises(ConfigError, match="no such variant file"):
-        comparison_entries([str(tmp_path / "missing.toml")], typed=set())
+        comparison_entries([str(tmp_path / "missing.toml")], typed={})
     # a key typed on the command line and set by the variant: one of them would be dropped
     typed = typed_keys(["configs/paper-cifar10-lenet.toml", "lr=0.1"], ["noisy-detector=gmm"])
     assert typed == {"lr", "noisy-detector"}
     with pytest.raises(ConfigError, match="weak.toml sets noisy-detector, also given"):
-        comparison_entries([weak], typed=typed)
-    with pytest.raises(ConfigError, match="a strategy given with --set"):
-        comparison_entries(["fedavg"], typed={"strategy"})
+        comparison_entries([weak], typed=dict.fromkeys(typed))
+    with pytest.raises(ConfigError, match="strategy='rfa' given with --set"):
+        comparison_entries(["fedavg", "rfa"], typed={"strategy": "rfa"})
+    assert comparison_entries(["fedavg"], typed={"strategy": "fedavg"})  # nothing dropped
     with pytest.raises(ConfigError, match="did you mean 'fedavg'"):
-        comparison_entries(["fedavgg"], typed=set())
+        comparison_entries(["fedavgg"], typed={})
     with pytest.raises(ConfigError, match=f"did you mean {tmp_path / 'weak.toml'}"):
-        comparison_entries([str(tmp_path / "waek.toml")], typed=set())
+        comparison_entries([str(tmp_path / "waek.toml")], typed={})
     with pytest.raises(ConfigError, match=f"did you mean {tmp_path / 'weak'}.toml"):
-        comparison_entries([str(tmp_path / "weak")], typed=set())
+        comparison_entries([str(tmp_path / "weak")], typed={})
     twin = tmp_path / "other"
     twin.mkdir()
     twin_weak = write_variant(twin / "weak.toml", 'strategy = "rfa"\n')
     with pytest.raises(ConfigError, match="two entries named 'weak'"):
-        comparison_entries([weak, twin_weak], typed=set())
+        comparison_entries([weak, twin_weak], typed={})
 
 
 def test_plan_comparison_puts_a_variants_keys_over_the_common_ones(tmp_path):
     weak = write_variant(
         tmp_path / "weak.toml", 'strategy = "maskedoptim"\nnoisy-detector = "robust-score"\n'
     )
-    entries = comparison_entries(["maskedoptim", weak], typed=set())
+    entries = comparison_entries(["maskedoptim", weak], typed={})
     common = {"num-rounds": 3, "warmup-rounds": 1, "noisy-detector": "per-class-gmm"}
     plans = plan_comparison(common, entries, [1, 2], tmp_path / "cmp", 4)
     assert [(p["run-name"], p["strategy"], p["noisy-detector"]) for p in plans] == [
