@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     from common.errors import ConfigError
     from data.datasets import DatasetNotFoundError
     from launch.deploy import LocalDeployment
-    from launch.overrides import parse_run_config_items, parse_set_items
-    from launch.preflight import check_writable, preflight, resolve_run_config
+    from launch.overrides import chosen_keys, parse_run_config_items, parse_set_items
+    from launch.preflight import check_writable, note_unread_keys, preflight, resolve_run_config
     from launch.report import print_summary
     from server_app.results import mark_ended
 
@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             parse_run_config_items(args.run_config) | parse_set_items(args.set)
         )
         preflight(mapping, args.num_supernodes, client_data)
+        note_unread_keys([mapping["strategy"]], chosen_keys(args.run_config, args.set))
     except (ConfigError, DatasetNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

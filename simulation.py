@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.datasets import DatasetNotFoundError
     from launch.inprocess import check_cuda_graphs_at_once, client_resources, run_in_this_process
     from launch.overrides import (
+        chosen_keys,
         federation_text,
         parse_federation_config,
         parse_run_config_items,
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         preset_num_clients,
         typed_keys,
     )
-    from launch.preflight import preflight, resolve_run_config
+    from launch.preflight import note_unread_keys, preflight, resolve_run_config
     from launch.processes import available_cpus, available_gpus
     from launch.resume import resume_mapping
     from launch.superlink import check_local_resources, run_simulation
@@ -210,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             plans = plan_comparison(
                 overrides, entries, args.seeds or [base["seed"]], out, args.num_clients
             )
+            chosen = chosen_keys(args.run_config, args.set)
+            note_unread_keys(sorted({plan["strategy"] for plan in plans}), chosen)
         elif args.resume is not None:
             if args.out is not None:
                 raise ConfigError("--out: a resumed run stays in its folder (--resume RUN_DIR)")
@@ -223,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 overrides["out-dir"] = str(args.out)
             mapping = resolve_run_config(overrides)
             preflight(mapping, args.num_clients)
+            note_unread_keys([mapping["strategy"]], chosen_keys(args.run_config, args.set))
         if args.runtime == "inprocess":
             # as many at once as Ray would run; a bad value stops before any work
             threads, at_once = client_resources(federation, available_cpus(), available_gpus())

@@ -73,6 +73,7 @@ class RunRecord:
     figures: dict[str, float | None]
     accuracy_per_round: dict[int, float] = field(default_factory=dict)  # round -> %
     label: str = ""
+    last_rounds: int = 10  # rounds in the "last-10" means (fewer in a run shorter than 10)
 
     def __post_init__(self) -> None:
         if not self.label:
@@ -142,6 +143,7 @@ def load_run(directory: Path) -> RunRecord | None:
         rounds_completed=int(summary.get("rounds_completed", 0)),
         figures=figures,
         accuracy_per_round=accuracy,
+        last_rounds=int(summary.get("last_rounds_averaged", 10)),
     )
 
 
@@ -163,7 +165,8 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
 
 def strategy_rows(records: list[RunRecord], order: list[str] | None = None) -> list[dict]:
     """One row per strategy (per label: a variant's rows apart from its strategy's): its seeds
-    and mean/std of every figure (keys `<figure>_mean/_std`)."""
+    and mean/std of every figure (keys `<figure>_mean/_std`), and `last_rounds`: the numbers
+    of rounds its runs' last-10 means averaged (10, or fewer in shorter runs)."""
     by_strategy: dict[str, list[RunRecord]] = {}
     for record in sorted(records, key=lambda r: r.seed):
         by_strategy.setdefault(record.label, []).append(record)
@@ -173,6 +176,7 @@ def strategy_rows(records: list[RunRecord], order: list[str] | None = None) -> l
     for name in names:
         runs = by_strategy[name]
         row: dict[str, Any] = {"strategy": name, "seeds": ",".join(str(r.seed) for r in runs)}
+        row["last_rounds"] = sorted({r.last_rounds for r in runs})
         for key, _, _ in FIGURES + DETECTION_FIGURES:
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([r.figures.get(key) for r in runs])
         rows.append(row)
@@ -185,14 +189,25 @@ def _shown(mean: float | None, std: float | None, scale: float) -> str:
     return f"{scale * mean:.2f}" + ("" if std is None else f" ± {scale * std:.2f}")
 
 
+def last_rounds_label(rows: list[dict]) -> str:
+    """The name of the last-10 columns: "last-10", or the rounds the means really averaged
+    where runs were shorter than 10 rounds ("last-5"; "last-5/10" for a mix)."""
+    counts = sorted({n for row in rows for n in row.get("last_rounds", [10])}) or [10]
+    return "last-" + "/".join(str(n) for n in counts)
+
+
 def markdown_table(rows: list[dict]) -> str:
-    """comparison.md's table; each detection column only when some strategy has it."""
+    """comparison.md's table; each detection column only when some strategy has it. The
+    last-10 columns name the rounds averaged when runs were shorter (last_rounds_label)."""
     figures = list(FIGURES)
     figures += [
         f for f in DETECTION_FIGURES if any(r.get(f"{f[0]}_mean") is not None for r in rows)
     ]
+    last = last_rounds_label(rows)
     lines = [
-        "| strategy | seeds | " + " | ".join(label for _, label, _ in figures) + " |",
+        "| strategy | seeds | "
+        + " | ".join(label.replace("last-10", last) for _, label, _ in figures)
+        + " |",
         "|" + " --- |" * (len(figures) + 2),
     ]
     for row in rows:
@@ -300,7 +315,7 @@ def plot_comparison(records: list[RunRecord], path: Path, title: str, order: lis
         high = max(r["last10_accuracy_mean"] + (r["last10_accuracy_std"] or 0) for r in shown)
         margin = max(1.0, 0.1 * (high - low))
         bars.set_xlim(max(0.0, low - margin), min(100.0, high + margin))
-    bars.set_xlabel("last-10 test accuracy (%), mean ± std over seeds")
+    bars.set_xlabel(f"{last_rounds_label(rows)} test accuracy (%), mean ± std over seeds")
     bars.grid(axis="x", alpha=0.3)
     fig.suptitle(textwrap.fill(title, 120), fontsize="medium")
     fig.tight_layout()

@@ -79,16 +79,27 @@ def preset_num_clients(items: Iterable[str]) -> int | None:
     return size
 
 
+def nearest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice spelled most like `name` (difflib's default cutoff), or None."""
+    near = difflib.get_close_matches(name, list(choices), n=1)
+    return near[0] if near else None
+
+
+def _first_table(values: dict[str, Any]) -> str | None:
+    """The first key of a TOML file's top level that holds a table, or None."""
+    return next((key for key, value in values.items() if isinstance(value, dict)), None)
+
+
 def read_preset(item: str) -> dict[str, Any]:
     """A preset file's run-config keys; ConfigError when it is missing, not TOML, or holds a
     table other than `[federation]` with `num-clients` (a positive integer)."""
     values = _read_toml(item)
     federation = values.pop("federation", {})
-    tables = [key for key, value in values.items() if isinstance(value, dict)]
-    if tables:
+    table = _first_table(values)
+    if table is not None:
         raise ConfigError(
             f"--run-config {item}: a preset holds plain keys and a [federation] table, not "
-            f"[{tables[0]}]"
+            f"[{table}]"
         )
     unknown = sorted(set(federation) - set(PRESET_FEDERATION_KEYS))
     size = federation.get("num-clients", 1)
@@ -104,10 +115,10 @@ def read_variant(item: str) -> dict[str, Any]:
     """A variant file's run-config keys (`--strategies a,configs/variants/NAME.toml`): plain
     keys only, `strategy` among them (the strategy it varies); ConfigError otherwise."""
     values = _read_toml(item, "--strategies")
-    tables = [key for key, value in values.items() if isinstance(value, dict)]
-    if tables:
+    table = _first_table(values)
+    if table is not None:
         raise ConfigError(
-            f"--strategies {item}: a variant file holds plain run-config keys, not [{tables[0]}]"
+            f"--strategies {item}: a variant file holds plain run-config keys, not [{table}]"
         )
     if not isinstance(values.get("strategy"), str):
         raise ConfigError(
@@ -122,6 +133,18 @@ def typed_keys(run_config_items: Iterable[str], set_items: Iterable[str]) -> set
     that came from preset files."""
     keys = {key for item in run_config_items if "=" in item for key, _ in split_pairs(item, "")}
     return keys | set(parse_set_items(set_items))
+
+
+def chosen_keys(run_config_items: Iterable[str], set_items: Iterable[str]) -> set[str]:
+    """The keys chosen for the run's strategy: those typed (typed_keys) and those of a file that
+    names a strategy (a variant file's keys are meant for its strategy). A preset's other keys
+    describe the setting, for whichever strategy runs (compromised-rate for the Krum family)."""
+    keys = typed_keys(run_config_items, set_items)
+    for item in run_config_items:
+        if "=" not in item:
+            values = read_preset(item)
+            keys |= set(values) if "strategy" in values else set()
+    return keys
 
 
 def _read_toml(item: str, option: str = "--run-config") -> dict[str, Any]:
@@ -147,9 +170,8 @@ def _read_toml(item: str, option: str = "--run-config") -> dict[str, Any]:
 def _nearest_file(path: Path) -> str:
     """'; did you mean X?' for the closest-named .toml file in `path`'s folder, or ''."""
     folder = path.parent if path.parent.is_dir() else None
-    names = sorted(p.name for p in folder.glob("*.toml")) if folder else []
-    near = difflib.get_close_matches(path.name, names, n=1)
-    return f"; did you mean {folder / near[0]}?" if near else ""
+    near = nearest(path.name, sorted(p.name for p in folder.glob("*.toml"))) if folder else None
+    return f"; did you mean {folder / near}?" if near else ""
 
 
 def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
@@ -174,8 +196,8 @@ def unknown_key_message(unknown: Iterable[str], known: Iterable[str], what: str)
     parts = []
     for key in sorted(unknown):
         spelled = key.replace("_", "-").lower()
-        near = [spelled] if spelled in known else difflib.get_close_matches(spelled, known, n=1)
-        parts.append(f"'{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+        near = spelled if spelled in known else nearest(spelled, known)
+        parts.append(f"'{key}'" + (f" (did you mean '{near}'?)" if near else ""))
     return f"unknown {what} {', '.join(parts)}; known: {', '.join(known)}"
 
 

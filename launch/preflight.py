@@ -122,6 +122,27 @@ def note_synthetic_noise(settings) -> None:
         )
 
 
+def note_unread_keys(strategies: list[str], keys: set[str]) -> None:
+    """Say it when keys chosen for the run (launch.overrides.chosen_keys) are read by none of
+    `strategies` (the run's, or a comparison's): e.g. a MaskedOptim variant file with `--set
+    strategy=fedavg`. Their values are still checked (strategies.registry), so this is a note,
+    not an error: they change nothing in these runs."""
+    import sys
+
+    from strategies.registry import strategy_keys
+
+    readers = strategy_keys()
+    unread = sorted(k for k in keys if k in readers and not readers[k] & set(strategies))
+    if unread:
+        which = "strategy" if len(strategies) == 1 else "strategies"
+        print(
+            f"note: {', '.join(unread)}: not read by {which} {', '.join(strategies)} "
+            f"(keys of {', '.join(sorted(set().union(*(readers[k] for k in unread))))}); "
+            "they change nothing here",
+            file=sys.stderr,
+        )
+
+
 def check_device(name: str) -> None:
     """ConfigError when the `device` key asks for a GPU this machine does not have."""
     from common.config import ConfigError

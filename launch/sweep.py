@@ -116,19 +116,17 @@ def comparison_entries(items: Iterable[str], typed: dict[str, Any]) -> list[Comp
     when a variant's stem is a strategy's name or another entry's, or when it sets a key that
     was also typed on the command line (`typed`, key -> value: one of the two would be dropped),
     or when a typed strategy is not every entry's."""
-    import difflib
-
     from common.config import ConfigError
-    from launch.overrides import read_variant
+    from launch.overrides import nearest, read_variant
     from strategies.registry import STRATEGY_NAMES
 
     entries = []
     for item in items:
         if not item.lower().endswith(".toml"):
             if item not in STRATEGY_NAMES:
-                near = difflib.get_close_matches(item, STRATEGY_NAMES, n=1)
+                near = nearest(item, STRATEGY_NAMES)
                 hint = f"; did you mean {item}.toml?" if Path(f"{item}.toml").is_file() else ""
-                hint = hint or (f"; did you mean '{near[0]}'?" if near else "")
+                hint = hint or (f"; did you mean '{near}'?" if near else "")
                 raise ConfigError(
                     f"--strategies {item!r} is neither a strategy nor a variant file (a path "
                     f"ending in .toml){hint}; strategies: {', '.join(STRATEGY_NAMES)}"
@@ -259,8 +257,8 @@ def run_comparison(
             return code
         record = load_run(results_dir)
         print(
-            f"{label}: done in {format_duration(seconds)}: last-10 accuracy "
-            f"{record.figures['last10_accuracy']:.2f} %",
+            f"{label}: done in {format_duration(seconds)}: last-{record.last_rounds} "
+            f"accuracy {record.figures['last10_accuracy']:.2f} %",
             flush=True,
         )
     print(f"\nComparison ({out}):\n")

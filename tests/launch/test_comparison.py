@@ -118,6 +118,17 @@ def test_strategy_rows_average_over_seeds_in_the_requested_order(tmp_path):
     assert rows[1]["last10_accuracy_std"] is None  # one seed: no spread to report
 
 
+def test_the_table_names_the_rounds_its_last_means_averaged(tmp_path):
+    long = [load_run(fake_run(tmp_path / "a", "fedavg", 1, [0.1 * i for i in range(12)]))]
+    assert long[0].last_rounds == 10
+    assert "| last-10 acc (%) |" in markdown_table(strategy_rows(long))
+    short = [load_run(fake_run(tmp_path / "b", "rfa", 1, [0.1, 0.5, 0.7]))]  # 2 trained rounds
+    assert short[0].last_rounds == 2
+    table = markdown_table(strategy_rows(short))
+    assert "| last-2 acc (%) |" in table and "| last-2 macro-F1 (%) |" in table
+    assert "| last-2/10 acc (%) |" in markdown_table(strategy_rows(long + short))
+
+
 def test_the_detection_columns_appear_only_for_strategies_that_detect(tmp_path):
     plain = [load_run(fake_run(tmp_path, "fedavg", 1, [0.1, 0.5]))]
     assert "det. precision" not in markdown_table(strategy_rows(plain))
@@ -310,3 +321,20 @@ def test_plan_comparison_puts_a_variants_keys_over_the_common_ones(tmp_path):
         ("weak-seed2", "maskedoptim", "robust-score"),
     ]
     assert {p["num-rounds"] for p in plans} == {3}
+
+
+def test_keys_chosen_for_a_strategy_that_does_not_read_them_are_named(tmp_path, capsys):
+    from launch.overrides import chosen_keys
+    from launch.preflight import note_unread_keys
+
+    variant = tmp_path / "weak.toml"
+    variant.write_text('strategy = "maskedoptim"\nnoisy-components = 3\n')
+    preset = "configs/paper-cifar10-lenet.toml"  # compromised-rate: the setting's, not chosen
+    chosen = chosen_keys([preset, str(variant), "lr=0.1"], ["strategy=fedavg"])
+    assert chosen == {"strategy", "noisy-components", "lr"}
+    note_unread_keys(["fedavg"], chosen)
+    note = capsys.readouterr().err
+    assert note.startswith("note: noisy-components: not read by strategy fedavg")
+    assert "maskedoptim" in note and "lr" not in note and "compromised-rate" not in note
+    note_unread_keys(["fedavg", "maskedoptim"], chosen)  # a comparison: one strategy reads it
+    assert capsys.readouterr().err == ""
