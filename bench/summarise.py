@@ -1,9 +1,13 @@
 """Summarise finished runs per strategy: mean ± std over seeds of the headline figures.
 
 Reads the run folders given (or every run folder under a results root) and prints the
-comparison table of launch.comparison (the one `simulation.py --strategies ...` writes):
+comparison table of launch.comparison (the one `simulation.py --strategies ...` writes); with
+--plot, also its comparison plot of those runs (the runner's own accuracy.png shows only the
+strategies of its last command):
 
     .venv/bin/python bench/summarise.py results/bench/paper-lenet-*-r120
+    .venv/bin/python bench/summarise.py results/cmp-paper-cifar10n-lenet \
+        --plot docs/results-paper-cifar10n-lenet.png --title "CIFAR-10-N worse, LeNet"
 """
 
 from __future__ import annotations
@@ -14,19 +18,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launch.comparison import load_run, markdown_table, strategy_rows  # noqa: E402
+from launch.comparison import (  # noqa: E402
+    load_run,
+    markdown_table,
+    plot_comparison,
+    strategy_rows,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders or a results root")
+    parser.add_argument("--plot", type=Path, help="also write the comparison plot (PNG) here")
+    parser.add_argument("--title", default="", help="the plot's title (default: the folders)")
     args = parser.parse_args()
     folders = []
     for path in args.runs:
         folders += [path] if (path / "summary.json").is_file() else sorted(path.glob("*/"))
     records = [load_run(folder) for folder in folders]
     completed = [r for r in records if r is not None and r.status == "completed"]
+    if not completed:
+        print(f"error: no completed run in {', '.join(map(str, args.runs))}", file=sys.stderr)
+        sys.exit(2)
     print(markdown_table(strategy_rows(completed)), end="")
+    if args.plot is not None:
+        title = args.title or ", ".join(str(path) for path in args.runs)
+        plot_comparison(completed, args.plot, title, order=[])
+        print(f"plot: {args.plot}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Tiny data files in the official layouts, for the tests (no network): CIFAR-10's pickles,
-CIFAR-10-N's label file, a client's own CIFAR-10 batches, AG News CSVs."""
+CIFAR-10-N's label file, a client's own CIFAR-10 batches, AG News CSVs; a finished run's folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.config import app_defaults
 from data.datasets import CIFAR10N_LABEL_KEYS
+from launch.comparison import run_folder_name
+from server_app.results import RunResults
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer"] + [
     "dog",
@@ -164,3 +167,26 @@ def write_text_csv(path: Path, texts, labels, names=tuple(TOPIC_WORDS)):
         writer.writerow(["review", "topic"])
         for text, label in zip(texts, labels, strict=True):
             writer.writerow([text, names[int(label)]])
+
+
+def fake_run(
+    root: Path,
+    strategy: str,
+    seed: int,
+    accuracies: list[float],
+    detection: dict | None = None,
+    label: str | None = None,
+) -> Path:
+    """A run folder written by the real results writer, with the given test accuracies (in the
+    folder a comparison gives a variant file labelled `label`, if given)."""
+    directory = root / run_folder_name(label or strategy, seed)
+    config = {"run_config": {**app_defaults(), "strategy": strategy, "seed": seed}, "seed": seed}
+    results = RunResults.create(directory, strategy, {**config, "num_clients": 10})
+    for round_number, accuracy in enumerate(accuracies):
+        results.add_round(
+            {"round": round_number, "test_accuracy": accuracy, "test_macro_f1": accuracy / 2}
+        )
+    if detection is not None:
+        results.write_json("detection.json", detection)
+    results.finish("completed")
+    return directory

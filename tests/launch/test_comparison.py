@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError, app_defaults
+from fakedata import fake_run
 from launch.comparison import (
     is_complete,
     load_run,
     markdown_table,
     mean_std,
-    run_folder_name,
     strategy_rows,
     write_comparison,
 )
@@ -31,29 +31,6 @@ from launch.sweep import (
 )
 from server_app.results import RunResults
 from simulation import comma_list
-
-
-def fake_run(
-    root: Path,
-    strategy: str,
-    seed: int,
-    accuracies: list[float],
-    detection: dict | None = None,
-    label: str | None = None,
-) -> Path:
-    """A run folder written by the real results writer, with the given test accuracies (in the
-    folder a comparison gives a variant file labelled `label`, if given)."""
-    directory = root / run_folder_name(label or strategy, seed)
-    config = {"run_config": {**app_defaults(), "strategy": strategy, "seed": seed}, "seed": seed}
-    results = RunResults.create(directory, strategy, {**config, "num_clients": 10})
-    for round_number, accuracy in enumerate(accuracies):
-        results.add_round(
-            {"round": round_number, "test_accuracy": accuracy, "test_macro_f1": accuracy / 2}
-        )
-    if detection is not None:
-        results.write_json("detection.json", detection)
-    results.finish("completed")
-    return directory
 
 
 def detection_report(flagged: int, precision: float, before: float, after: float) -> dict:
