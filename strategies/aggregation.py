@@ -55,6 +55,21 @@ def _check_iteration_args(max_iter: int, eps: float) -> None:
         raise ValueError(f"eps must be > 0, got {eps}")
 
 
+def _row_distances(stacked: np.ndarray, z: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+    """||stacked[i] - z|| for every row of `stacked` ([m, D] float64; z and `buffer`: [D]
+    float64): equal to the bit to np.linalg.norm(stacked - z, axis=1), the same subtraction,
+    square and pairwise sum of each row, done a row at a time in `buffer`. Why not the one-liner:
+    it allocates three [m, D] temporaries per call (the difference, a conjugate copy, the
+    square); on 5 fastText models (7.7M values each, one thread) 0.76 s -> 0.12 s per call, 10
+    calls per geometric median."""
+    squared = np.empty(stacked.shape[0])
+    for i, row in enumerate(stacked):
+        np.subtract(row, z, out=buffer)
+        np.multiply(buffer, buffer, out=buffer)
+        squared[i] = np.add.reduce(buffer)
+    return np.sqrt(squared)
+
+
 def _weiszfeld(
     stacked: np.ndarray, weights: np.ndarray, max_iter: int, eps: float
 ) -> tuple[np.ndarray, int]:
@@ -65,12 +80,14 @@ def _weiszfeld(
     """
     z = weights @ stacked
     accepted = 0
+    buffer = np.empty(stacked.shape[1])
     for _ in range(max_iter):
-        distances = np.linalg.norm(stacked - z, axis=1)
+        distances = _row_distances(stacked, z, buffer)
         alphas = weights / np.maximum(distances, eps)
         alphas /= alphas.sum()
         z_new = alphas @ stacked
-        if np.linalg.norm(z_new - z) < eps:
+        np.subtract(z_new, z, out=buffer)  # np.linalg.norm of a vector is sqrt(x.dot(x)) too
+        if np.sqrt(buffer.dot(buffer)) < eps:
             break  # the authors keep the previous iterate (B9)
         z = z_new
         accepted += 1

@@ -419,3 +419,12 @@ def test_the_geometric_median_of_points_refuses_a_nan_point():
     points = [np.zeros(3), np.ones(3), np.array([0.0, np.nan, 1.0])]
     with pytest.raises(ValueError, match="point 2 holds non-finite values"):
         aggregation.geometric_median(points)
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 127, 128, 129, 4097, 100_003])
+def test_row_distances_equal_numpys_norm_to_the_bit(size):
+    rng = np.random.default_rng(size)
+    stacked = rng.standard_normal((5, size)) * 3.0
+    z = rng.standard_normal(size)
+    got = aggregation._row_distances(stacked, z, np.empty(size))
+    np.testing.assert_array_equal(got, np.linalg.norm(stacked - z, axis=1))
