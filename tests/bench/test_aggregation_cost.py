@@ -14,17 +14,18 @@ def run(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+def table_rows(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+
+
 def test_a_small_model_gives_a_row_per_rule_and_the_same_digests_each_time():
     first = run("--model", "digitsnet", "--clients", "3", "--repeats", "1")
     assert first.returncode == 0, first.stderr
-    rows = [
-        line for line in first.stdout.splitlines() if line.startswith("| ") and "---" not in line
-    ]
+    rows = table_rows(first.stdout)
     assert len(rows) == 3 and "geometric median" in rows[2]
     digests = [row.split("|")[3].strip() for row in rows[1:]]
     again = run("--model", "digitsnet", "--clients", "3", "--repeats", "1")
-    assert [row.split("|")[3].strip() for row in again.stdout.splitlines()
-            if row.startswith("| ") and "---" not in row][1:] == digests  # fmt: skip
+    assert [row.split("|")[3].strip() for row in table_rows(again.stdout)[1:]] == digests
 
 
 def test_a_bad_count_is_refused():
