@@ -122,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runtime",
         choices=["flower", "inprocess"],
-        default="flower",
         help="flower (default): Flower's simulation runtime (a SuperLink, Ray); inprocess: the "
         "same ServerApp and ClientApp in this one process, without Ray or a SuperLink (for a "
         "machine without Ray, a debugger, or speed on a small machine); as Ray would, it runs "
         "CPUs / client-resources-num-cpus clients at once (of --federation-config), each with "
-        "client-resources-num-cpus threads",
+        "client-resources-num-cpus threads. --resume goes on with the runtime that made the run "
+        "unless this is given",
     )
     parser.add_argument(
         "--resume",
@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     from launch.resume import resume_mapping
     from launch.superlink import check_local_resources, run_simulation
     from launch.sweep import comparison_entries, plan_comparison, run_comparison
+    from server_app.results import stored_runtime
 
+    if args.runtime is None:  # a resumed run goes on as it was made
+        args.runtime = stored_runtime(args.resume) if args.resume is not None else "flower"
     if args.runtime == "inprocess" and args.ray_address:
         print("error: --ray-address needs --runtime flower", file=sys.stderr)
         return 2
@@ -220,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.resume, overrides, typed_clients or stated
             )
             preflight(mapping, args.num_clients)
-            print(f"resuming {args.resume} after round {after} (its newest good checkpoint)")
+            print(f"resuming {args.resume} after round {after} (its newest good checkpoint), "
+                  f"--runtime {args.runtime}")  # fmt: skip
         else:
             if args.out is not None:
                 overrides["out-dir"] = str(args.out)
@@ -256,7 +260,12 @@ def main(argv: list[str] | None = None) -> int:
         return runner(mapping, args.num_clients, stream=not args.quiet)
     except KeyboardInterrupt:
         stopped = "the SuperLink and its processes were" if args.runtime == "flower" else "the run"
-        print(f"\ninterrupted: {stopped} stopped", file=sys.stderr)
+        if comparing:
+            how = "run the same command again to resume its incomplete runs"
+        else:  # the launcher names every run (launch.preflight.resolve_run_config)
+            run_dir = Path(mapping["out-dir"]).expanduser() / mapping["run-name"]
+            how = f"resume it from its newest checkpoint: {sys.argv[0]} --resume {run_dir}"
+        print(f"\ninterrupted: {stopped} stopped; {how}", file=sys.stderr)
         return 130
 
 

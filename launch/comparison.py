@@ -7,7 +7,9 @@ A comparison sweep (`simulation.py --strategies ... --seeds ...`) keeps each run
 - `runs.csv`: one row per finished run (strategy, seed and its headline figures);
 - `comparison.csv` / `comparison.md`: one row per strategy, mean and std over its seeds of the
   last-10-round accuracy, best, final, last-10 macro-F1, wall time, seconds per round, and, for the
-  strategies that detect noisy clients, detection and label-correction figures;
+  strategies that detect noisy clients, detection and label-correction figures (both CSV files
+  say in `last_rounds_averaged` how many rounds the last10_* figures averaged: fewer than 10 in
+  shorter runs, as the Markdown table's header says);
 - `accuracy.png`: test accuracy per round, the mean over seeds with a ±1 std band, a line per
   strategy.
 
@@ -241,15 +243,27 @@ def _cell(value: Any) -> Any:
 
 
 METHOD, REFERENCE = "maskedoptim", "fedavg"  # always highlighted in the comparison plot
-HIGHLIGHTED_BASELINES = 3  # and the best other baselines by last-10 accuracy; the rest faded
+HIGHLIGHTED = 5  # in colour: those two where present, then the best others by last-10 accuracy
+
+
+def highlighted(rows: list[dict]) -> list[str]:
+    """The HIGHLIGHTED strategies of strategy_rows' `rows` drawn in colour: METHOD and REFERENCE
+    where present, then the others by last-10 accuracy, best first."""
+    ranked = sorted(
+        (r for r in rows if r["last10_accuracy_mean"] is not None),
+        key=lambda r: -r["last10_accuracy_mean"],
+    )
+    others = [r["strategy"] for r in ranked if r["strategy"] not in (METHOD, REFERENCE)]
+    fixed = [s for s in (METHOD, REFERENCE) if any(r["strategy"] == s for r in rows)]
+    return fixed + others[: HIGHLIGHTED - len(fixed)]
 
 
 def plot_comparison(records: list[RunRecord], path: Path, title: str, order: list[str]) -> None:
-    """Two panels. Left: test accuracy per round, the mean over seeds (±1 std band) of the
-    method, FedAvg and the best HIGHLIGHTED_BASELINES other baselines by last-10 accuracy, each
-    in colour;
-    every other strategy a thin grey line. Right: every strategy's last-10 accuracy, mean ± std
-    over seeds, sorted, as horizontal bars (a chart of 16 overlapping lines was unreadable)."""
+    """Two panels. Left: test accuracy per round, the mean over seeds (±1 std band) of
+    HIGHLIGHTED strategies in colour (the method and FedAvg where present, then the best others
+    by last-10 accuracy); every other strategy a thin grey line (a chart of 16 overlapping
+    coloured lines was unreadable). Right: every strategy's last-10 accuracy, mean ± std over
+    seeds, sorted, as a dot plot; a strategy with fewer seeds than the most says how many."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,10 +278,7 @@ def plot_comparison(records: list[RunRecord], path: Path, title: str, order: lis
         (r for r in rows if r["last10_accuracy_mean"] is not None),
         key=lambda r: -r["last10_accuracy_mean"],
     )
-    others = [r["strategy"] for r in ranked if r["strategy"] not in (METHOD, REFERENCE)]
-    wanted = (METHOD, REFERENCE, *others[:HIGHLIGHTED_BASELINES])
-    highlighted = [s for s in wanted if any(r["strategy"] == s for r in rows)]
-    colours = dict(zip(highlighted, plt.get_cmap("tab10").colors, strict=False))
+    colours = dict(zip(highlighted(rows), plt.get_cmap("tab10").colors, strict=False))
     fig, (curves, bars) = plt.subplots(
         1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.6, 1]}
     )
@@ -309,7 +320,12 @@ def plot_comparison(records: list[RunRecord], path: Path, title: str, order: lis
             color=colours.get(r["strategy"], "0.5"),
             capsize=3,
         )
-    bars.set_yticks(positions, [r["strategy"] for r in shown], fontsize="small")
+    counts = [len(str(r["seeds"]).split(",")) for r in shown]
+    names = [
+        r["strategy"] + ("" if n == max(counts) else f" ({n} seed{'s' if n > 1 else ''})")
+        for r, n in zip(shown, counts, strict=True)
+    ]
+    bars.set_yticks(positions, names, fontsize="small")
     if shown:
         low = min(r["last10_accuracy_mean"] - (r["last10_accuracy_std"] or 0) for r in shown)
         high = max(r["last10_accuracy_mean"] + (r["last10_accuracy_std"] or 0) for r in shown)
@@ -332,18 +348,23 @@ def write_comparison(
 ) -> None:
     """runs.csv, comparison.csv, comparison.md and accuracy.png in `out` from `records`."""
     out.mkdir(parents=True, exist_ok=True)
-    run_columns = ["strategy", "seed", "rounds_completed"] + [k for k, _, _ in FIGURES]
-    run_columns += [k for k, _, _ in DETECTION_FIGURES]
+    # last_rounds_averaged: the rounds the last10_* figures averaged (fewer than 10 in short runs)
+    run_columns = ["strategy", "seed", "rounds_completed", "last_rounds_averaged"]
+    run_columns += [k for k, _, _ in FIGURES + DETECTION_FIGURES]
     runs = [
-        {"strategy": r.label, "seed": r.seed, "rounds_completed": r.rounds_completed} | r.figures
+        {"strategy": r.label, "seed": r.seed, "rounds_completed": r.rounds_completed,
+         "last_rounds_averaged": r.last_rounds} | r.figures
         for r in sorted(records, key=lambda r: (_position(order, r.label), r.seed))
-    ]
+    ]  # fmt: skip
     _write_csv(out / "runs.csv", runs, run_columns)
     rows = strategy_rows(records, order)
-    columns = ["strategy", "seeds"] + [
+    columns = ["strategy", "seeds", "last_rounds_averaged"] + [
         f"{key}_{stat}" for key, _, _ in FIGURES + DETECTION_FIGURES for stat in ("mean", "std")
     ]
-    _write_csv(out / "comparison.csv", rows, columns)
+    averaged = [
+        row | {"last_rounds_averaged": "/".join(map(str, row["last_rounds"]))} for row in rows
+    ]
+    _write_csv(out / "comparison.csv", averaged, columns)
     text = f"# {title}\n\n{preamble}\n\n" if preamble else f"# {title}\n\n"
     _replace(out / "comparison.md", lambda tmp: tmp.write_text(text + markdown_table(rows)))
     plot_comparison(records, out / "accuracy.png", title, order)

@@ -40,6 +40,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from launch.report import conclude
+from server_app.results import RUNTIME_KEY
 
 RUN_ID = 1
 FIRST_NODE_ID = 1001  # any ids other than the SuperLink's
@@ -264,7 +265,7 @@ def run_inprocess(
     context = Context(
         run_id=RUN_ID,
         node_id=SUPERLINK_NODE_ID,
-        node_config={},
+        node_config={RUNTIME_KEY: "inprocess"},  # recorded in config.json: --resume reuses it
         state=RecordDict(),
         run_config=dict(mapping),
     )

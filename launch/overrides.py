@@ -190,14 +190,21 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
     return merged
 
 
-def unknown_key_message(unknown: Iterable[str], known: Iterable[str], what: str) -> str:
-    """'unknown run-config key 'lr_rate' (did you mean 'lr'?)' with the nearest known keys."""
+def unknown_key_message(
+    unknown: Iterable[str], known: Iterable[str], what: str, listed_in: str = ""
+) -> str:
+    """'unknown run-config key 'lr_rate' (did you mean 'lr'?)' with the nearest known keys; the
+    known keys follow when some unknown key has no near one (else only where `listed_in`, a
+    document, lists them: the run config's 140 keys would bury the suggestion)."""
     known = list(known)
-    parts = []
+    parts, guessed = [], True
     for key in sorted(unknown):
         spelled = key.replace("_", "-").lower()
         near = spelled if spelled in known else nearest(spelled, known)
+        guessed &= near is not None
         parts.append(f"'{key}'" + (f" (did you mean '{near}'?)" if near else ""))
+    if guessed and listed_in:
+        return f"unknown {what} {', '.join(parts)}; {listed_in} lists them all"
     return f"unknown {what} {', '.join(parts)}; known: {', '.join(known)}"
 
 

@@ -20,7 +20,9 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     defaults = app_defaults()
     unknown = set(overrides) - set(defaults)
     if unknown:
-        raise ConfigError(unknown_key_message(unknown, defaults, "run-config key"))
+        raise ConfigError(
+            unknown_key_message(unknown, defaults, "run-config key", "docs/configuration.md")
+        )
     mapping = {**defaults, **overrides}
     for key in (
         "out-dir",
@@ -137,8 +139,9 @@ def note_unread_keys(strategies: list[str], keys: set[str]) -> None:
         which = "strategy" if len(strategies) == 1 else "strategies"
         print(
             f"note: {', '.join(unread)}: not read by {which} {', '.join(strategies)} "
-            f"(keys of {', '.join(sorted(set().union(*(readers[k] for k in unread))))}); "
-            "they change nothing here",
+            f"({'a key' if len(unread) == 1 else 'keys'} of "
+            f"{', '.join(sorted(set().union(*(readers[k] for k in unread))))}); "
+            f"{'it changes' if len(unread) == 1 else 'they change'} nothing here",
             file=sys.stderr,
         )
 

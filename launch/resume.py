@@ -25,6 +25,7 @@ def resume_mapping(
     `num_clients` are what the user typed besides --resume (None: not given). ConfigError when
     the folder holds no run, the run is complete, it has no usable checkpoint, or what was typed
     differs from the stored config."""
+    from common.config import app_defaults
     from launch.preflight import resolve_run_config
 
     run_dir = run_dir.expanduser().resolve()
@@ -51,7 +52,11 @@ def resume_mapping(
         print(f"warning: checkpoint refused: {problem}; the previous one is used", file=sys.stderr)
     stored_config = dict(stored["run_config"])
     typed = resolve_run_config({**stored_config, **overrides})
-    differences = config_differences(stored_config, typed)
+    defaults = app_defaults()
+    differences = [
+        f"{key} ({stored_config.get(key, defaults.get(key))!r} there)"
+        for key in config_differences(stored_config, typed)
+    ]
     stored_clients = int(stored["num_clients"])
     if num_clients is not None and num_clients != stored_clients:
         differences.append(f"--num-clients ({stored_clients} there)")

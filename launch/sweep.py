@@ -73,8 +73,9 @@ class SweepProgress:
 
 
 def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_clients: int):
-    """The run-config keys (and client count) in which a stored run differs from `mapping`;
-    keys that the run's strategy does not read are not compared (strategies.registry)."""
+    """The run-config keys (and client count) in which a stored run differs from `mapping`, each
+    with its stored value ("lr (0.01 there)"); keys that the run's strategy does not read are not
+    compared (strategies.registry)."""
     from common.config import RunConfig, app_defaults
     from server_app.checkpoint import NOT_COMPUTED
     from strategies.registry import key_matters
@@ -89,7 +90,7 @@ def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_cl
     # A key added to the project after the run was made is absent from its config.json; the
     # run behaved as that key's default, so only a non-default wanted value is a difference.
     differences = [
-        key
+        f"{key} ({stored_config.get(key, defaults.get(key))!r} there)"
         for key, value in wanted.items()
         if key not in ignored
         and key_matters(key, wanted["strategy"])

@@ -34,7 +34,13 @@ from server_app.checkpoint import (
     write_checkpoint,
 )
 from server_app.checks import check_run_config, pretrained_weights_path
-from server_app.results import RunResults, code_version, default_run_name, library_versions
+from server_app.results import (
+    RUNTIME_KEY,
+    RunResults,
+    code_version,
+    default_run_name,
+    library_versions,
+)
 from strategies.aggregation import is_finite_model
 from strategies.maskedoptim import UNKNOWN_TRUTH, LabelExport, truth_known
 from strategies.registry import build_strategy
@@ -242,6 +248,8 @@ def main(grid: Grid, context: Context) -> None:
                 "versions": library_versions(),
                 "code_version": code_version(),
                 "server_device": str(device),
+                # which runtime ran it: simulation.py --resume goes on with the same
+                "runtime": context.node_config.get(RUNTIME_KEY, "flower"),
                 "num_clients": roster.num_clients,
                 "clients_per_round": strategy.clients_per_round,
                 "client_examples": roster.examples_of_partition,

@@ -403,6 +403,17 @@ class RunResults:
         return summary
 
 
+# The ServerApp's node-config key naming the runtime that runs it ("inprocess" where
+# launch.inprocess sets it; Flower's runtimes set none: "flower"), recorded in config.json
+RUNTIME_KEY = "runtime"
+
+
+def stored_runtime(directory: Path) -> str:
+    """The runtime that made the run in `directory` (config.json's `runtime`): "inprocess" or
+    "flower" (also for a folder without it, made before it was recorded, or without a run)."""
+    return (read_json(directory, "config.json") or {}).get("runtime", "flower")
+
+
 def read_json(directory: Path, name: str) -> dict[str, Any] | None:
     """A results file of a run folder as written above (summary.json, detection.json,
     config.json), or None when it is missing or unreadable: the one reader of the schema."""

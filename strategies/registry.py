@@ -8,6 +8,8 @@ added to `STRATEGIES` below; docs/adding-a-strategy.md walks through it.
 
 from __future__ import annotations
 
+import difflib
+
 from common.attacks import AttackSettings, check_attack
 from common.config import RunConfig, app_defaults
 from common.errors import ConfigError
@@ -81,7 +83,11 @@ STRATEGY_NAMES = tuple(BY_NAME)
 def strategy_class(name: str) -> type[SeededStrategy]:
     """The class declared for `strategy = name`; ConfigError listing the names otherwise."""
     if name not in BY_NAME:
-        raise ConfigError(f"strategy='{name}' is not known; allowed: {', '.join(STRATEGY_NAMES)}")
+        near = difflib.get_close_matches(name, STRATEGY_NAMES, n=1)
+        guess = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(
+            f"strategy='{name}' is not known{guess}; allowed: {', '.join(STRATEGY_NAMES)}"
+        )
     return BY_NAME[name]
 
 
@@ -108,7 +114,13 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
 def check_keys_of_other_strategies(config: RunConfig, context: dict) -> None:
     """A key that only other strategies read, set away from its default, is still checked by
     them: a bad value is refused, not silently ignored (`strategy='fedavg'` with
-    `fedrn-neighbours=-1`). Only errors about such keys count (a message starts "key=")."""
+    `fedrn-neighbours=-1`). Only errors about such keys count (a message starts "key=").
+
+    They are checked as if the run were long enough for every warm-up: how a stage start fits
+    num-rounds matters only to a strategy that runs, and otherwise a default warm-up (30 rounds)
+    longer than a short run would fail first and hide the changed key's error."""
+    context = dict(context, num_rounds=2**31)
+    readers = strategy_keys()
     defaults = app_defaults()
     mapping = config.to_mapping()
     own = strategy_class(config.strategy).Params.keys()
@@ -123,9 +135,10 @@ def check_keys_of_other_strategies(config: RunConfig, context: dict) -> None:
         try:
             other.Params.from_config(config).check(**context)
         except ConfigError as err:
-            if str(err).split("=", 1)[0] in keys:
+            key = str(err).split("=", 1)[0]
+            if key in keys:
                 raise ConfigError(
-                    f"{err} (a key of strategy='{other.names[0]}', which this run, "
+                    f"{err} (a key of {', '.join(sorted(readers[key]))}, which this run, "
                     f"strategy='{config.strategy}', does not read)"
                 ) from None
 

@@ -66,6 +66,7 @@ def test_the_comparison_runner_writes_a_table_and_resumes(tmp_path):
     # The same seed gives both strategies the same clients: the partitions and noise match.
     configs = [json.loads((out / f"{s}-seed1" / "config.json").read_text()) for s in table]
     assert configs[0]["client_true_noise_rates"] == configs[1]["client_true_noise_rates"]
+    assert configs[0]["runtime"] == "inprocess"  # simulation.py --resume goes on with it
     assert "| maskedoptim | 1,2 |" in (out / "comparison.md").read_text()
     assert (out / "accuracy.png").stat().st_size > 1000
     for seed in (1, 2):

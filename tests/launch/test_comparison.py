@@ -122,6 +122,19 @@ def test_the_detection_columns_appear_only_for_strategies_that_detect(tmp_path):
     assert fedavg_line.endswith("|  |  |  |  |  |  |  |  |")
 
 
+def test_the_plot_colours_five_strategies_the_method_and_fedavg_first(tmp_path):
+    from launch.comparison import highlighted
+
+    def rows(*named):
+        return strategy_rows([load_run(fake_run(tmp_path / n, n, 1, [0.1, a])) for n, a in named])
+
+    five = rows(("fedavg", 0.5), ("rfa", 0.6), ("krum", 0.2), ("selfie", 0.4), ("fedlsr", 0.3))
+    assert highlighted(five) == ["fedavg", "rfa", "selfie", "fedlsr", "krum"]  # none faded
+    seven = rows(("maskedoptim", 0.1), ("fedavg", 0.5), ("rfa", 0.6), ("krum", 0.2),
+                 ("selfie", 0.4), ("fedlsr", 0.3), ("median-torch", 0.7))  # fmt: skip
+    assert highlighted(seven) == ["maskedoptim", "fedavg", "median-torch", "rfa", "selfie"]
+
+
 def test_write_comparison_writes_tables_and_plot(tmp_path):
     runs = tmp_path / "runs"
     records = [
@@ -135,8 +148,10 @@ def test_write_comparison_writes_tables_and_plot(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [row["strategy"] for row in rows] == ["fedmedian", "fedavg"]
     assert float(rows[1]["last10_accuracy_mean"]) == pytest.approx(35.0)
+    assert rows[1]["last_rounds_averaged"] == "1"  # a run of one trained round averaged one
     with open(out / "runs.csv") as handle:
         runs_rows = list(csv.DictReader(handle))
+    assert {r["last_rounds_averaged"] for r in runs_rows} == {"1"}
     assert [(r["strategy"], r["seed"]) for r in runs_rows] == [
         ("fedmedian", "1"),
         ("fedmedian", "2"),
@@ -172,7 +187,7 @@ def test_stored_config_differences_name_the_changed_keys(tmp_path):
     directory = fake_run(tmp_path, "fedavg", 1, [0.1, 0.2])
     wanted = {**app_defaults(), "strategy": "fedavg", "seed": 1, "out-dir": "/elsewhere"}
     assert stored_config_differences(directory, wanted, 10) == []
-    assert stored_config_differences(directory, {**wanted, "lr": 0.5}, 10) == ["lr"]
+    assert stored_config_differences(directory, {**wanted, "lr": 0.5}, 10) == ["lr (0.05 there)"]
     assert stored_config_differences(directory, wanted, 4) == ["--num-clients (10 there)"]
     assert stored_config_differences(tmp_path / "nothing", wanted, 10) == []
 
@@ -201,7 +216,7 @@ def test_a_key_the_strategy_does_not_read_does_not_invalidate_its_run(tmp_path):
     assert stored_config_differences(directory, wanted, 10) == []  # fedavg ignores it
     krum = fake_run(tmp_path, "krum", 1, [0.1, 0.2])
     wanted_krum = {**wanted, "strategy": "krum"}
-    assert stored_config_differences(krum, wanted_krum, 10) == ["compromised-rate"]
+    assert stored_config_differences(krum, wanted_krum, 10) == ["compromised-rate (0.1 there)"]
 
 
 def test_a_key_added_after_the_run_counts_as_its_default(tmp_path):
@@ -214,7 +229,9 @@ def test_a_key_added_after_the_run_counts_as_its_default(tmp_path):
     wanted = {**app_defaults(), "strategy": "fedavg", "seed": 1}
     assert stored_config_differences(directory, wanted, 10) == []
     other = "fp16" if app_defaults()["precision"] != "fp16" else "fp32"
-    assert stored_config_differences(directory, {**wanted, "precision": other}, 10) == ["precision"]
+    assert stored_config_differences(directory, {**wanted, "precision": other}, 10) == [
+        f"precision ({app_defaults()['precision']!r} there)"
+    ]
 
 
 def test_a_variant_file_is_its_own_row_beside_its_strategy(tmp_path):

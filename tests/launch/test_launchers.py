@@ -52,8 +52,10 @@ def run_main(capsys, *argv: str, module=simulation) -> tuple[int, str, str]:
         (["--run-config", "num-rounds=1 oops"], "'oops' is not key=value"),
         (["--run-config", "strategy=fedavg"], "quote text: strategy='fedavg'"),
         (["--set", "lr_rate=0.1"], "unknown run-config key 'lr_rate'"),
-        (["--set", "num_rounds=3"], "did you mean 'num-rounds'"),
+        (["--set", "num_rounds=3"], "did you mean 'num-rounds'?); docs/configuration.md lists"),
+        (["--set", "zzz=3"], "unknown run-config key 'zzz'; known: strategy, dataset,"),
         (["--set", "strategy=fedavgg"], "strategy='fedavgg' is not known"),
+        (["--set", "strategy=coteachingplus"], "(did you mean 'coteaching-plus'?); allowed:"),
         (["--set", "noise-rate=2"], "noise-rate"),
         (["--set", "lr=inf"], "lr=inf is not allowed: it must be a finite number"),
         (["--set", "clients-per-round=1.5"], "a fraction of the clients is in (0, 1]"),
@@ -300,6 +302,28 @@ def killed_run(tmp_path_factory) -> Path:
     summary = json.loads((out / "r" / "summary.json").read_text())
     (out / "r" / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     return out / "r"
+
+
+def test_resume_goes_on_with_the_runtime_that_made_the_run(capsys, killed_run):
+    assert json.loads((killed_run / "config.json").read_text())["runtime"] == "inprocess"
+    code, out, _ = run_main(capsys, "--resume", str(killed_run), "--check")
+    assert code == 0 and "--runtime inprocess" in out
+    code, out, _ = run_main(capsys, "--resume", str(killed_run), "--runtime", "flower", "--check")
+    assert code == 0 and "--runtime flower" in out  # typed: it chooses
+
+
+def test_ctrl_c_says_how_to_resume(capsys, tmp_path, monkeypatch):
+    import launch.inprocess
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch.inprocess, "run_in_this_process", interrupted)
+    one = ["--runtime", "inprocess", "--set", f"out-dir={tmp_path}", "--set", "run-name=r"]
+    code, _, err = run_main(capsys, *one)
+    assert code == 130 and f"--resume {tmp_path / 'r'}" in err
+    code, _, err = run_main(capsys, *one[:2], "--seeds", "1,2", "--out", str(tmp_path / "c"))
+    assert code == 130 and "run the same command again to resume" in err
 
 
 @pytest.mark.parametrize(("where", "command"), documented_commands())

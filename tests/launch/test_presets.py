@@ -143,6 +143,24 @@ def test_a_bad_key_of_another_strategy_is_refused():
     from common.config import ConfigError, config_with
     from strategies.registry import check_strategy_settings
 
-    with pytest.raises(ConfigError, match="fedrn-neighbours=-1 .* strategy='fedrn', which"):
+    with pytest.raises(ConfigError, match="fedrn-neighbours=-1 .*a key of fedrn, which"):
         check_strategy_settings(config_with(strategy="fedavg", fedrn_neighbours=-1), 10)
     check_strategy_settings(config_with(strategy="fedavg", fedrn_neighbours=3), 10)
+    # every strategy that reads the key is named
+    readers = "dividemix, feddiv, fedrn"
+    with pytest.raises(ConfigError, match=rf"p-threshold=1.0 .*a key of {readers}, which"):
+        check_strategy_settings(config_with(strategy="coteaching", p_threshold=1.0), 10)
+
+
+def test_a_short_run_still_checks_another_strategys_key():
+    """A default warm-up (30 rounds) longer than the run must not hide a changed key's error:
+    20 rounds of co-teaching with fedrn-alpha=1.5 was let through, 60 rounds refused it."""
+    from common.config import ConfigError, config_with
+    from strategies.registry import check_strategy_settings
+
+    for rounds in (20, 60):
+        config = config_with(strategy="coteaching", num_rounds=rounds, fedrn_alpha=1.5)
+        with pytest.raises(ConfigError, match=r"fedrn-alpha=1.5 is outside \[0, 1\]"):
+            check_strategy_settings(config, 10)
+    # a warm-up that does not fit the run is the business of a strategy that reads it
+    check_strategy_settings(config_with(strategy="fedavg", num_rounds=20, fedrn_alpha=0.5), 10)

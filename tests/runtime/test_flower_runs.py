@@ -56,6 +56,7 @@ def test_demo_run_completes_and_writes_results(tmp_path):
     assert config["run_config"]["num-rounds"] == 2
     assert config["num_clients"] == 4
     assert config["versions"]["flwr"] == "1.41.0"
+    assert config["runtime"] == "flower"
     assert len(config["client_true_noise_rates"]) == 4
 
     with open(run_dir / "metrics.csv") as handle:

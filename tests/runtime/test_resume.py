@@ -88,8 +88,8 @@ def test_a_killed_run_resumes_to_the_numbers_of_an_uninterrupted_one(
     if strategy == "maskedoptim" and every == 2:  # the newest checkpoint is damaged on disk
         newest = max((run / "checkpoints").glob("round-*.ckpt"))
         newest.write_bytes(newest.read_bytes()[:100])
-    output = finished(simulation(tmp_path, "--runtime", "inprocess", "--resume", str(run)))
-    assert "resuming" in output
+    output = finished(simulation(tmp_path, "--resume", str(run)))  # the runtime it was made with
+    assert "resuming" in output and "--runtime inprocess" in output
     if strategy == "maskedoptim" and every == 2:
         assert f"{newest.name}: damaged or partly written" in output
     whole = tmp_path / "whole" / "r"
