@@ -232,6 +232,10 @@ def main(grid: Grid, context: Context) -> None:
     strategy: StrategyView = build_strategy(config, roster)
     log(INFO, "%s: %d clients per round (clients-per-round=%s, %d clients)", config.strategy,
         strategy.clients_per_round, config.clients_per_round, roster.num_clients)  # fmt: skip
+    own = sorted(type(strategy.params).keys())  # its own keys, so a log shows what it ran with
+    if own:
+        values = config.to_mapping()
+        log(INFO, "%s: %s", config.strategy, ", ".join(f"{key}={values[key]!r}" for key in own))
 
     run_name = config.run_name or default_run_name(config.strategy, config.dataset, config.seed)
     run_dir = Path(config.out_dir).expanduser().resolve() / run_name

@@ -56,6 +56,9 @@ def test_the_comparison_runner_writes_a_table_and_resumes(tmp_path):
             assert summary["status"] == "completed" and summary["rounds_completed"] == 7
             assert (out / f"{strategy}-seed{seed}" / "flower.log").stat().st_size > 0
             runs[strategy, seed] = summary["last10_mean_accuracy"]
+    # the log states the strategy's own keys as the run used them
+    assert "maskedoptim: " in (log := (out / "maskedoptim-seed1" / "flower.log").read_text())
+    assert "warmup-rounds=3" in log and "noisy-threshold=0.1" in log
     with open(out / "comparison.csv") as handle:
         table = {row["strategy"]: row for row in csv.DictReader(handle)}
     assert list(table) == ["fedavg", "maskedoptim"]
