@@ -107,7 +107,12 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
         num_clients=num_clients,
         num_rounds=config.num_rounds,
     )
-    cls.Params.from_config(config).check(**context)
+    try:
+        cls.Params.from_config(config).check(**context)
+    except ConfigError as err:  # say whose check it is (a comparison runs several)
+        raise ConfigError(
+            str(err) if config.strategy in str(err) else f"{err} (strategy='{config.strategy}')"
+        ) from None
     check_keys_of_other_strategies(config, context)
 
 
