@@ -111,7 +111,7 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
         cls.Params.from_config(config).check(**context)
     except ConfigError as err:  # say whose check it is (a comparison runs several)
         raise ConfigError(
-            str(err) if config.strategy in str(err) else f"{err} (strategy='{config.strategy}')"
+            str(err) if config.strategy in str(err) else f"strategy='{config.strategy}': {err}"
         ) from None
     check_keys_of_other_strategies(config, context)
 
