@@ -158,9 +158,13 @@ def check_device(name: str) -> None:
 
 
 def check_writable(folder: Path, key: str) -> None:
-    """Create `folder` if needed and write a file there; ConfigError naming `key` if it cannot."""
+    """Write a file in `folder`, creating it for the probe; ConfigError naming `key` if it cannot.
+    The folders made for the probe are removed again (while empty): a `--check` leaves no trace,
+    and a run makes its folders itself."""
     from common.config import ConfigError
 
+    folder = folder.expanduser().absolute()
+    made = [f for f in (folder, *folder.parents) if not f.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-check-{os.getpid()}"
@@ -168,3 +172,11 @@ def check_writable(folder: Path, key: str) -> None:
         probe.unlink()
     except OSError as err:
         raise ConfigError(f"{key}={str(folder)!r} cannot be written: {err.strerror}") from None
+    finally:
+        for path in made:
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                continue  # the mkdir stopped above it
+            except OSError:
+                break  # not empty: something else writes there now

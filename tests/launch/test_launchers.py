@@ -304,6 +304,19 @@ def killed_run(tmp_path_factory) -> Path:
     return out / "r"
 
 
+def test_check_leaves_no_folder_behind(capsys, tmp_path):
+    out = tmp_path / "new" / "results"
+    code, out_text, _ = run_main(capsys, "--set", f"out-dir={out}", "--check")
+    assert code == 0 and "check passed" in out_text
+    assert not (tmp_path / "new").exists()
+    cmp = tmp_path / "cmp" / "a"
+    code, _, _ = run_main(capsys, "--seeds", "1,2", "--out", str(cmp), "--check")
+    assert code == 0 and not (tmp_path / "cmp").exists()
+    (tmp_path / "there").mkdir()
+    code, _, _ = run_main(capsys, "--set", f"out-dir={tmp_path / 'there'}", "--check")
+    assert code == 0 and (tmp_path / "there").is_dir()  # a folder that was there stays
+
+
 def test_resume_goes_on_with_the_runtime_that_made_the_run(capsys, killed_run):
     assert json.loads((killed_run / "config.json").read_text())["runtime"] == "inprocess"
     code, out, _ = run_main(capsys, "--resume", str(killed_run), "--check")
