@@ -115,7 +115,7 @@ def test_a_resume_that_differs_from_the_stored_run_is_refused(tmp_path):
                          "--set", "lr=0.5", "--num-clients", "7")  # fmt: skip
     output, _ = refused.communicate(timeout=120)
     assert refused.returncode == 2
-    assert "differs from the stored run in lr, --num-clients (6 there)" in output
+    assert "differs from the stored run in lr (0.05 there), --num-clients (6 there)" in output
     nothing = simulation(tmp_path, "--resume", str(tmp_path))
     output, _ = nothing.communicate(timeout=120)
     assert nothing.returncode == 2 and "not a run folder" in output
