@@ -116,13 +116,26 @@ def batch_indices(
     return list(order[: num_batches * batch_size].view(num_batches, batch_size))
 
 
+# On the CPU, PyTorch's fused SGD step pays off for large models only. Measured on the 2-core
+# dev machine, one training step (forward, backward, SGD with momentum 0.9 and weight decay
+# 5e-4) on a batch of 64: fastText with a 30,000-word vocabulary (7.7M values, most in the
+# embedding) 31.8 -> 6.8 ms; LeNet (62k values) 5.6 -> 6.0 ms. The same update up to float
+# rounding, so not bit-identical with the unfused step.
+FUSED_CPU_MIN_PARAMETERS = 1_000_000
+
+
 def local_optimiser(model: nn.Module, settings: LocalTraining) -> torch.optim.SGD:
-    """A fresh SGD optimiser, as the authors create one every round (no momentum carried over)."""
+    """A fresh SGD optimiser, as the authors create one every round (no momentum carried over);
+    PyTorch's fused step for a model on the CPU with at least FUSED_CPU_MIN_PARAMETERS values."""
+    parameters = list(model.parameters())
+    on_cpu = all(p.device.type == "cpu" for p in parameters)
+    fused = on_cpu and sum(p.numel() for p in parameters) >= FUSED_CPU_MIN_PARAMETERS
     return torch.optim.SGD(
-        model.parameters(),
+        parameters,
         lr=settings.lr,
         momentum=settings.momentum,
         weight_decay=settings.weight_decay,
+        fused=fused or None,
     )
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from client_app.training import (
     LocalTraining,
     batch_indices,
+    local_optimiser,
     logit_adjusted_cross_entropy,
     logit_adjusted_distillation,
     proximal_term,
@@ -400,3 +401,28 @@ def test_fedcorr_proximal_norm_keeps_the_model_closer_to_its_start():
     )  # fmt: skip
     assert all(torch.isfinite(p).all() for p in held.parameters())  # no NaN from sqrt at 0
     assert distance(held, start) < distance(free, start)
+
+
+def test_the_fused_sgd_step_is_used_for_large_models_on_the_cpu_only():
+    settings = LocalTraining(1, 8, 0.01, 0.9, 5e-4)
+    fasttext = build_model("fasttext", 4, vocab_size=30_000)
+    assert local_optimiser(fasttext, settings).defaults["fused"] is True
+    assert not local_optimiser(build_model("lenet", 10), settings).defaults["fused"]
+
+
+def test_the_fused_sgd_step_matches_the_plain_one():
+    """Same update up to float rounding (fastText's embedding, a weight-decayed momentum step)."""
+    torch.manual_seed(0)
+    settings = LocalTraining(1, 8, 0.01, 0.9, 5e-4)
+    fused_model = build_model("fasttext", 4, vocab_size=30_000)
+    plain_model = copy.deepcopy(fused_model)
+    fused = local_optimiser(fused_model, settings)
+    plain = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    tokens, labels = torch.randint(2, 30_000, (16, 12)), torch.randint(0, 4, (16,))
+    for model, optimiser in ((fused_model, fused), (plain_model, plain)):
+        for _ in range(3):
+            optimiser.zero_grad()
+            F.cross_entropy(model(tokens), labels).backward()
+            optimiser.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
