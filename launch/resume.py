@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
-from server_app.checkpoint import CheckpointError, config_differences, latest_checkpoint
+from server_app.checkpoint import (
+    CheckpointError,
+    config_differences,
+    described_differences,
+    latest_checkpoint,
+)
 from server_app.results import read_json, read_summary, run_is_live
 
 
@@ -25,7 +30,6 @@ def resume_mapping(
     `num_clients` are what the user typed besides --resume (None: not given). ConfigError when
     the folder holds no run, the run is complete, it has no usable checkpoint, or what was typed
     differs from the stored config."""
-    from common.config import app_defaults
     from launch.preflight import resolve_run_config
 
     run_dir = run_dir.expanduser().resolve()
@@ -52,11 +56,7 @@ def resume_mapping(
         print(f"warning: checkpoint refused: {problem}; the previous one is used", file=sys.stderr)
     stored_config = dict(stored["run_config"])
     typed = resolve_run_config({**stored_config, **overrides})
-    defaults = app_defaults()
-    differences = [
-        f"{key} ({stored_config.get(key, defaults.get(key))!r} there)"
-        for key in config_differences(stored_config, typed)
-    ]
+    differences = described_differences(stored_config, config_differences(stored_config, typed))
     stored_clients = int(stored["num_clients"])
     if num_clients is not None and num_clients != stored_clients:
         differences.append(f"--num-clients ({stored_clients} there)")

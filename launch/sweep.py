@@ -76,26 +76,19 @@ def stored_config_differences(results_dir: Path, mapping: dict[str, Any], num_cl
     """The run-config keys (and client count) in which a stored run differs from `mapping`, each
     with its stored value ("lr (0.01 there)"); keys that the run's strategy does not read are not
     compared (strategies.registry)."""
-    from common.config import RunConfig, app_defaults
-    from server_app.checkpoint import NOT_COMPUTED
+    from common.config import RunConfig
+    from server_app.checkpoint import config_differences, described_differences
     from strategies.registry import key_matters
 
     stored = read_json(results_dir, "config.json")
     if stored is None:
         return []  # nothing usable there: the run will be redone
     wanted = RunConfig.from_mapping(mapping).to_mapping()
-    ignored = set(NOT_COMPUTED)  # where things live, how they are launched
     stored_config = stored.get("run_config", {})
-    defaults = app_defaults()
-    # A key added to the project after the run was made is absent from its config.json; the
-    # run behaved as that key's default, so only a non-default wanted value is a difference.
-    differences = [
-        f"{key} ({stored_config.get(key, defaults.get(key))!r} there)"
-        for key, value in wanted.items()
-        if key not in ignored
-        and key_matters(key, wanted["strategy"])
-        and stored_config.get(key, defaults.get(key)) != value
-    ]
+    keys = config_differences(stored_config, wanted)
+    differences = described_differences(
+        stored_config, [key for key in keys if key_matters(key, wanted["strategy"])]
+    )
     if stored.get("num_clients") != num_clients:
         differences.append(f"--num-clients ({stored.get('num_clients')} there)")
     return differences

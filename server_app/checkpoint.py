@@ -126,3 +126,12 @@ def config_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[s
         for key, value in wanted.items()
         if key not in NOT_COMPUTED and stored.get(key, defaults.get(key)) != value
     ]
+
+
+def described_differences(stored: dict[str, Any], keys: list[str]) -> list[str]:
+    """`keys` (from config_differences) each with its `stored` value, or its default where the
+    stored config lacks it: ["lr (0.05 there)"], for the messages that refuse a resume."""
+    from common.config import app_defaults
+
+    defaults = app_defaults()
+    return [f"{key} ({stored.get(key, defaults.get(key))!r} there)" for key in keys]

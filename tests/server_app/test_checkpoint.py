@@ -10,6 +10,7 @@ from common.config import app_defaults
 from server_app.checkpoint import (
     CheckpointError,
     config_differences,
+    described_differences,
     latest_checkpoint,
     read_checkpoint,
     write_checkpoint,
@@ -64,3 +65,10 @@ def test_config_differences_ignore_where_things_live():
     older = {k: v for k, v in stored.items() if k != "attack"}  # made before the key existed
     assert config_differences(older, wanted) == []
     assert config_differences(older, {**wanted, "attack": "ipm"}) == ["attack"]
+    assert described_differences(stored, ["lr", "seed"]) == [
+        "lr (0.1 there)",
+        f"seed ({app_defaults()['seed']!r} there)",
+    ]
+    assert described_differences(older, ["attack"]) == [
+        f"attack ({app_defaults()['attack']!r} there)"
+    ]
