@@ -96,8 +96,14 @@ def _percent(fraction: Any) -> float | None:
     return None if number is None else 100 * number
 
 
+# The files of a run folder (server_app.results) that load_run reads: a copy of these alone
+# (no checkpoints, labels or logs; 10-30 KB a run) is enough to summarise and plot the run.
+RECORD_FILES = ("config.json", "summary.json", "metrics.csv", "detection.json")
+
+
 def load_run(directory: Path) -> RunRecord | None:
-    """The run in `directory`, or None when its config or summary is missing or unreadable."""
+    """The run in `directory`, or None when its config or summary is missing or unreadable.
+    Reads RECORD_FILES only."""
     config, summary = read_json(directory, "config.json"), read_summary(directory)
     if config is None or summary is None:
         return None

@@ -30,3 +30,21 @@ def test_no_completed_run_is_an_error(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "no completed run" in done.stderr
+
+
+def test_kept_records_give_the_same_table_without_checkpoints(tmp_path):
+    for strategy, seed, last in (("fedavg", 1, 0.5), ("fedavg", 2, 0.6), ("rfa", 1, 0.4)):
+        fake_run(tmp_path / "runs", strategy, seed, [0.1, last])
+    (tmp_path / "runs" / "rfa-seed1" / "checkpoints").mkdir()
+    kept = tmp_path / "kept"
+    first = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "runs"), "--keep", str(kept)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert "records of 3 runs" in first.stderr
+    assert sorted(p.name for p in kept.iterdir()) == ["fedavg-seed1", "fedavg-seed2", "rfa-seed1"]
+    assert not (kept / "rfa-seed1" / "checkpoints").exists()
+    again = subprocess.run([sys.executable, str(SCRIPT), str(kept)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0 and again.stdout == first.stdout
