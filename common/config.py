@@ -295,7 +295,7 @@ class RunConfig:
             ("attack-fraction", self.attack_fraction),
         ):
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{key}={value} is outside [0, 1]")
+                raise ConfigError(f"{key}={value} must be in [0, 1]")
         if not 0.0 <= self.trimmed_beta < 0.5:
             raise ConfigError(f"trimmed-beta={self.trimmed_beta} must be in [0, 0.5)")
         if self.run_name in (".", "..") or any(c in self.run_name for c in "/\\"):

@@ -100,7 +100,7 @@ class FedrnParams(StrategyParams):
                 f"number of other clients ({num_clients - 1})"
             )
         if not 0.0 <= self.fedrn_alpha <= 1.0:
-            raise ConfigError(f"fedrn-alpha={self.fedrn_alpha} is outside [0, 1]")
+            raise ConfigError(f"fedrn-alpha={self.fedrn_alpha} must be in [0, 1]")
         if not 0.0 <= self.p_threshold < 1.0:
             raise ConfigError(f"p-threshold={self.p_threshold} must be in [0, 1)")
 

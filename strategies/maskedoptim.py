@@ -573,7 +573,7 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
                 f"distill-relabel-below={self.distill_relabel_below}"
             )
         if not 0 < self.mild_weight <= 1:
-            raise ConfigError(f"mild-weight={self.mild_weight} is outside (0, 1]")
+            raise ConfigError(f"mild-weight={self.mild_weight} must be in (0, 1]")
         if self.mild_weight != 1.0 and self.mild_training != "down-weight":
             raise ConfigError(
                 f"mild-weight={self.mild_weight} applies with mild-training='down-weight' only "
@@ -581,7 +581,7 @@ class MaskedOptimParams(DetectionParams, GeometricMedianParams):
             )
         if not 0 <= self.strong_model_agreement <= 1:
             raise ConfigError(
-                f"strong-model-agreement={self.strong_model_agreement} is outside [0, 1]"
+                f"strong-model-agreement={self.strong_model_agreement} must be in [0, 1]"
             )
         if (
             self.strong_model_agreement < 1

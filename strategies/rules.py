@@ -299,7 +299,7 @@ class SelfieParams(SampleLabelParams):
                 "each batch left out as high-loss"
             )
         if not 0.0 <= self.selfie_uncertainty <= 1.0:
-            raise ConfigError(f"selfie-uncertainty={self.selfie_uncertainty} is outside [0, 1]")
+            raise ConfigError(f"selfie-uncertainty={self.selfie_uncertainty} must be in [0, 1]")
 
 
 class Selfie(SampleLabelStrategy):
@@ -431,7 +431,7 @@ class DivideMixParams(StrategyParams):
             raise ConfigError(f"dividemix-lambda-u={self.dividemix_lambda_u} must be >= 0")
         if not 0.0 < self.dividemix_temperature <= 1.0:
             raise ConfigError(
-                f"dividemix-temperature={self.dividemix_temperature} is outside (0, 1]: "
+                f"dividemix-temperature={self.dividemix_temperature} must be in (0, 1]: "
                 "sharpening raises probabilities to the power 1/T"
             )
 
@@ -590,7 +590,7 @@ class FedlsrParams(StrategyParams):
         if self.fedlsr_temperature <= 0:
             raise ConfigError(f"fedlsr-temperature={self.fedlsr_temperature} must be > 0")
         if not 0.0 <= self.fedlsr_warmup_ratio <= 1.0:
-            raise ConfigError(f"fedlsr-warmup-ratio={self.fedlsr_warmup_ratio} is outside [0, 1]")
+            raise ConfigError(f"fedlsr-warmup-ratio={self.fedlsr_warmup_ratio} must be in [0, 1]")
 
     def settings(self, server_round: int, num_rounds: int) -> FedlsrSettings:
         """Round `server_round`'s settings: gamma * g / W while g < W (FNBench's 0-based round

@@ -160,7 +160,7 @@ def test_a_short_run_still_checks_another_strategys_key():
 
     for rounds in (20, 60):
         config = config_with(strategy="coteaching", num_rounds=rounds, fedrn_alpha=1.5)
-        with pytest.raises(ConfigError, match=r"fedrn-alpha=1.5 is outside \[0, 1\]"):
+        with pytest.raises(ConfigError, match=r"fedrn-alpha=1.5 must be in \[0, 1\]"):
             check_strategy_settings(config, 10)
     # a warm-up that does not fit the run is the business of a strategy that reads it
     check_strategy_settings(config_with(strategy="fedavg", num_rounds=20, fedrn_alpha=0.5), 10)

@@ -207,7 +207,7 @@ def test_distilling_clients_can_swap_the_labels_the_global_model_finds_unlikely(
         ({"mild_training": "relabel", "noisy_detector": "robust-score"}, "components above 2"),
         ({"mild_weight": 0.5}, "applies with mild-training='down-weight' only"),
         ({"strong_model_agreement": 0.8}, "this run uses them anyway"),
-        ({"strong_model_agreement": 1.5, "noisy_training": "la-distill"}, r"outside \[0, 1\]"),
+        ({"strong_model_agreement": 1.5, "noisy_training": "la-distill"}, r"must be in \[0, 1\]"),
     ],
 )
 def test_issue_22_keys_that_cannot_apply_are_refused(keys, message):
