@@ -81,7 +81,7 @@ def check_stage_starts(key: str, rounds: int, num_rounds: int, last: int | None 
         raise ConfigError(
             f"{key}={rounds} is not allowed with num-rounds={num_rounds}: the method's later "
             f"stage would never run (round {last + 1} would be its first); lower it below "
-            f"{num_rounds - (last - rounds)}"
+            f"{num_rounds - (last - rounds)}, or raise num-rounds above {last}"
         )
 
 

@@ -557,3 +557,9 @@ def test_a_warm_up_that_leaves_no_later_round_is_refused(strategy, key, latest):
     flag = key.replace("_", "-")
     with pytest.raises(ConfigError, match=f"{flag}={latest + 1} is not allowed with num-rounds=10"):
         check_strategy_settings(too_long, 20)
+    # both ways out, each of which the check then lets through
+    with pytest.raises(
+        ConfigError, match=f"lower it below {latest + 1}, or raise num-rounds above 10"
+    ):
+        check_strategy_settings(too_long, 20)
+    check_strategy_settings(config_with(strategy=strategy, num_rounds=11, **{key: latest + 1}), 20)
