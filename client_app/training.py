@@ -116,11 +116,11 @@ def batch_indices(
     return list(order[: num_batches * batch_size].view(num_batches, batch_size))
 
 
-# On the CPU, PyTorch's fused SGD step pays off for large models only. Measured on the 2-core
-# dev machine, one training step (forward, backward, SGD with momentum 0.9 and weight decay
-# 5e-4) on a batch of 64: fastText with a 30,000-word vocabulary (7.7M values, most in the
-# embedding) 31.8 -> 6.8 ms; LeNet (62k values) 5.6 -> 6.0 ms. The same update up to float
-# rounding, so not bit-identical with the unfused step.
+# On the CPU, PyTorch's fused SGD step pays off for large models only. Measured on the idle
+# 2-core dev machine by bench/optimiser_step.py, one training step (forward, backward, SGD with
+# momentum 0.9 and weight decay 5e-4) on a batch of 64: fastText with a 30,000-word vocabulary
+# (7.7M values, most in the embedding) 31.8 -> 6.8 ms; LeNet (62k values) 5.6 -> 6.0 ms. The
+# same update up to float rounding, so not bit-identical with the unfused step.
 FUSED_CPU_MIN_PARAMETERS = 1_000_000
 
 
