@@ -60,7 +60,8 @@ def main() -> None:
             for name in RECORD_FILES:
                 if (folder / name).is_file():
                     shutil.copyfile(folder / name, args.keep / folder.name / name)
-        print(f"records of {len(completed)} runs: {args.keep}", file=sys.stderr)
+        runs = f"{len(completed)} run" + ("s" if len(completed) != 1 else "")
+        print(f"records of {runs} kept in {args.keep}", file=sys.stderr)
     completed = [record for _, record in completed]
     print(markdown_table(strategy_rows(completed)), end="")
     if args.plot is not None:

@@ -46,7 +46,7 @@ def test_kept_records_give_the_same_table_without_checkpoints(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
-    assert "records of 3 runs" in first.stderr
+    assert f"records of 3 runs kept in {kept}" in first.stderr
     assert sorted(p.name for p in kept.iterdir()) == ["fedavg-seed1", "fedavg-seed2", "rfa-seed1"]
     assert not (kept / "rfa-seed1" / "checkpoints").exists()
     again = subprocess.run([sys.executable, str(SCRIPT), str(kept)],
