@@ -63,6 +63,13 @@ def main() -> None:
         runs = f"{len(completed)} run" + ("s" if len(completed) != 1 else "")
         print(f"records of {runs} kept in {args.keep}", file=sys.stderr)
     completed = [record for _, record in completed]
+    lengths = sorted({record.rounds_completed for record in completed})
+    if len(lengths) > 1:
+        print(
+            f"warning: these runs differ in length ({', '.join(map(str, lengths))} rounds): "
+            "rows that mix them are not comparable",
+            file=sys.stderr,
+        )
     print(markdown_table(strategy_rows(completed)), end="")
     if args.plot is not None:
         title = args.title or ", ".join(str(path) for path in args.runs)

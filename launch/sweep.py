@@ -166,27 +166,32 @@ def plan_comparison(
     ConfigError/DatasetNotFoundError before anything runs."""
     from common.config import ConfigError
     from launch.comparison import run_folder_name
+    from strategies.registry import strategy_keys
 
-    plans = []
-    for seed in seeds:
-        for entry in entries:
-            mapping = resolve_run_config(
-                overrides
-                | entry.keys
-                | {
-                    "seed": seed,
-                    "out-dir": str(out),
-                    "run-name": run_folder_name(entry.label, seed),
-                }
+    plans = [
+        resolve_run_config(
+            overrides
+            | entry.keys
+            | {"seed": seed, "out-dir": str(out), "run-name": run_folder_name(entry.label, seed)}
+        )
+        for seed in seeds
+        for entry in entries
+    ]
+    # The runs whose strategy reads a strategy's own key typed for the sweep are checked first,
+    # so that a bad value of `fedrn-alpha` is refused by fedrn's check, not as "a key that
+    # strategy='fedavg' does not read" (which every strategy's check also refuses).
+    readers = strategy_keys()
+    typed_own = [key for key in overrides if key in readers]
+    first = [p for p in plans if any(p["strategy"] in readers[key] for key in typed_own)]
+    for mapping in first + [p for p in plans if p not in first]:
+        preflight(mapping, num_clients)
+    for mapping in plans:
+        differences = stored_config_differences(out / mapping["run-name"], mapping, num_clients)
+        if differences:
+            raise ConfigError(
+                f"{out / mapping['run-name']} holds a run made with other settings "
+                f"(differs in: {', '.join(differences)}); give another --out or remove it"
             )
-            preflight(mapping, num_clients)
-            differences = stored_config_differences(out / mapping["run-name"], mapping, num_clients)
-            if differences:
-                raise ConfigError(
-                    f"{out / mapping['run-name']} holds a run made with other settings "
-                    f"(differs in: {', '.join(differences)}); give another --out or remove it"
-                )
-            plans.append(mapping)
     return plans
 
 

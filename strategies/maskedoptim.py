@@ -274,10 +274,11 @@ class DetectionParams(StrategyParams):
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
         key, rounds = self.warmup
         if not 1 <= rounds < num_rounds:
+            why = "no warm-up model to detect with" if rounds < 1 else "detection would never run"
             raise ConfigError(
                 f"this strategy detects noisy clients with the model of its warm-up, so "
                 f"{key} must be at least 1 and below num-rounds={num_rounds}; got "
-                f"{key}={rounds} (detection would never run). For training without detection "
+                f"{key}={rounds} ({why}). For training without detection "
                 "use strategy='fedavg' or 'rfa'"
             )
         if self.noisy_components < 2:

@@ -110,9 +110,10 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
     try:
         cls.Params.from_config(config).check(**context)
     except ConfigError as err:  # say whose check it is (a comparison runs several)
-        raise ConfigError(
-            str(err) if config.strategy in str(err) else f"strategy='{config.strategy}': {err}"
-        ) from None
+        message = str(err)
+        if not message.startswith(f"strategy='{config.strategy}'"):
+            message = f"strategy='{config.strategy}': {message}"
+        raise ConfigError(message) from None
     check_keys_of_other_strategies(config, context)
 
 

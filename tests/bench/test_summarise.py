@@ -52,3 +52,12 @@ def test_kept_records_give_the_same_table_without_checkpoints(tmp_path):
     again = subprocess.run([sys.executable, str(SCRIPT), str(kept)],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert again.returncode == 0 and again.stdout == first.stdout
+
+
+def test_runs_of_different_lengths_are_warned_about(tmp_path):
+    three_runs(tmp_path / "runs")
+    fake_run(tmp_path / "runs", "krum", 1, [0.1, 0.2, 0.3])
+    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0
+    assert "warning: these runs differ in length (1, 2 rounds)" in done.stderr

@@ -317,6 +317,16 @@ def test_plan_comparison_puts_a_variants_keys_over_the_common_ones(tmp_path):
     assert {p["num-rounds"] for p in plans} == {3}
 
 
+def test_a_bad_value_is_refused_by_the_strategy_of_the_sweep_that_reads_it(tmp_path):
+    """fedavg comes first in the sweep, but fedrn, which reads fedrn-alpha, is checked first."""
+    entries = comparison_entries(["fedavg", "fedrn"], typed={})
+    common = {"num-rounds": 40, "fedrn-alpha": 1.5}
+    with pytest.raises(ConfigError) as refused:
+        plan_comparison(common, entries, [1], tmp_path / "cmp", 6)
+    assert str(refused.value).startswith("strategy='fedrn': fedrn-alpha=1.5 must be in [0, 1]")
+    assert "does not read" not in str(refused.value)
+
+
 def test_keys_chosen_for_a_strategy_that_does_not_read_them_are_named(tmp_path, capsys):
     from launch.overrides import chosen_keys
     from launch.preflight import note_unread_keys

@@ -160,6 +160,7 @@ def test_an_unwritable_out_dir_is_refused_before_start_up(capsys, tmp_path):
     ("settings", "message"),
     [
         (["warmup-rounds=0"], "warmup-rounds must be at least 1 and below num-rounds=60"),
+        (["warmup-rounds=0"], "got warmup-rounds=0 (no warm-up model to detect with)"),
         (["num-rounds=5", "warmup-rounds=5"], "got warmup-rounds=5 (detection would never run)"),
         (["strategy=fednoro", "num-rounds=3"], "baseline-warmup-rounds must be at least 1"),
         (["strategy=bulyan", "clients-per-round=2"], "Sample at least 3 clients per round"),
