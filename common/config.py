@@ -167,13 +167,21 @@ class RunConfig:
 
     @classmethod
     def from_mapping(cls, run_config: Mapping[str, Any]) -> RunConfig:
-        """Parse and validate a Flower run config (raises ConfigError on the first bad value)."""
+        """Parse and validate a Flower run config. ConfigError naming every missing key or value
+        of the wrong type at once; then (types right) every value out of its range at once."""
         values: dict[str, Any] = {}
+        problems = []
         for field in dataclasses.fields(cls):
             key = field.name.replace("_", "-")
             if key not in run_config:
-                raise ConfigError(f"run config is missing key '{key}' (see pyproject.toml)")
-            values[field.name] = _coerce(key, run_config[key], field.type)
+                problems.append(f"run config is missing key '{key}' (see pyproject.toml)")
+                continue
+            try:
+                values[field.name] = _coerce(key, run_config[key], field.type)
+            except ConfigError as err:
+                problems.append(str(err))
+        if problems:
+            raise config_error(problems)
         config = cls(**values)
         config.validate()
         return config
@@ -200,24 +208,34 @@ class RunConfig:
         return wanted
 
     def validate(self) -> None:
-        _choice("local-loss", self.local_loss, LOCAL_LOSSES)
-        _choice("device", self.device, DEVICES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("gm-scope", self.gm_scope, GM_SCOPES)
-        _choice("noisy-detector", self.noisy_detector, NOISY_DETECTORS)
-        _choice("noisy-training", self.noisy_training, NOISY_TRAININGS)
-        _choice("mild-training", self.mild_training, MILD_TRAININGS)
-        _choice("on-divergence", self.on_divergence, ("stop", "continue"))
-        _choice("attack", self.attack, ATTACKS)
+        """ConfigError naming every bad value at once (a key with several faults: its first)."""
+        problems: dict[str, str] = {}  # key -> message; the first fault of a key is kept
+
+        def bad(key: str, message: str) -> None:
+            problems.setdefault(key, message)
+
+        for key, value, allowed in (
+            ("local-loss", self.local_loss, LOCAL_LOSSES),
+            ("device", self.device, DEVICES),
+            ("precision", self.precision, PRECISIONS),
+            ("gm-scope", self.gm_scope, GM_SCOPES),
+            ("noisy-detector", self.noisy_detector, NOISY_DETECTORS),
+            ("noisy-training", self.noisy_training, NOISY_TRAININGS),
+            ("mild-training", self.mild_training, MILD_TRAININGS),
+            ("on-divergence", self.on_divergence, ("stop", "continue")),
+            ("attack", self.attack, ATTACKS),
+        ):
+            if value not in allowed:
+                bad(key, f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, float) and not math.isfinite(value):
                 key = field.name.replace("_", "-")
-                raise ConfigError(f"{key}={value} is not allowed: it must be a finite number")
+                bad(key, f"{key}={value} is not allowed: it must be a finite number")
         try:
             parse_masked_terms(self.masked_terms)  # the protocol's one validator
         except ValueError as err:
-            raise ConfigError(str(err)) from None
+            bad("masked-terms", str(err))
         for key, value in (
             ("num-rounds", self.num_rounds),
             ("local-epochs", self.local_epochs),
@@ -231,11 +249,12 @@ class RunConfig:
             ("image-size", self.image_size),
         ):
             if value < 1:
-                raise ConfigError(f"{key}={value} is not allowed: it must be at least 1")
+                bad(key, f"{key}={value} is not allowed: it must be at least 1")
         if isinstance(self.clients_per_round, float) and not 0 < self.clients_per_round <= 1:
-            raise ConfigError(
+            bad(
+                "clients-per-round",
                 f"clients-per-round={self.clients_per_round} is not allowed: a fraction of the "
-                "clients is in (0, 1] (e.g. 0.5); a count is an integer (e.g. 5)"
+                "clients is in (0, 1] (e.g. 0.5); a count is an integer (e.g. 5)",
             )
         for key, value in (
             ("clients-per-round", self.clients_per_round),
@@ -248,7 +267,7 @@ class RunConfig:
             ("checkpoint-every", self.checkpoint_every),
         ):
             if value < 0:
-                raise ConfigError(f"{key}={value} is not allowed: it must be 0 or more")
+                bad(key, f"{key}={value} is not allowed: it must be 0 or more")
         for key, value in (
             ("lr", self.lr),
             ("weight-decay", self.weight_decay),
@@ -266,16 +285,16 @@ class RunConfig:
             ("attack-epsilon", self.attack_epsilon),
         ):
             if value < 0:
-                raise ConfigError(f"{key}={value} is not allowed: it must be >= 0")
+                bad(key, f"{key}={value} is not allowed: it must be >= 0")
         for key, value in (
             ("label-scale", self.label_scale),
             ("gm-eps", self.gm_eps),
             ("fednoro-temperature", self.fednoro_temperature),
         ):
             if value <= 0:
-                raise ConfigError(f"{key}={value} is not allowed: it must be > 0")
+                bad(key, f"{key}={value} is not allowed: it must be > 0")
         if self.dirichlet_alpha <= 0:
-            raise ConfigError(f"dirichlet-alpha={self.dirichlet_alpha} must be > 0")
+            bad("dirichlet-alpha", f"dirichlet-alpha={self.dirichlet_alpha} must be > 0")
         for key, value in (
             ("momentum", self.momentum),
             ("fraction-evaluate", self.fraction_evaluate),
@@ -295,21 +314,27 @@ class RunConfig:
             ("attack-fraction", self.attack_fraction),
         ):
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"{key}={value} must be in [0, 1]")
+                bad(key, f"{key}={value} must be in [0, 1]")
         if not 0.0 <= self.trimmed_beta < 0.5:
-            raise ConfigError(f"trimmed-beta={self.trimmed_beta} must be in [0, 0.5)")
+            bad("trimmed-beta", f"trimmed-beta={self.trimmed_beta} must be in [0, 0.5)")
         if self.run_name in (".", "..") or any(c in self.run_name for c in "/\\"):
-            raise ConfigError(
+            bad(
+                "run-name",
                 f"run-name={self.run_name!r} is not allowed: it names one folder inside out-dir "
-                "(no / or \\, not . or ..)"
+                "(no / or \\, not . or ..)",
             )
         if self.seed < 0:
-            raise ConfigError(f"seed={self.seed} is not allowed: it must be 0 or more")
+            bad("seed", f"seed={self.seed} is not allowed: it must be 0 or more")
+        if problems:
+            raise config_error(list(problems.values()))
 
 
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
+def config_error(problems: list[str]) -> ConfigError:
+    """One ConfigError for one or more problems: a single one as it is, several as a list."""
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    listed = "".join(f"\n  - {problem}" for problem in problems)
+    return ConfigError(f"{len(problems)} problems in the run config:{listed}")
 
 
 # Text keys that also take a bare number: noise-rate=0.3 means the single rate "0.3".

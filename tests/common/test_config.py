@@ -171,6 +171,30 @@ def test_wrong_type_names_key_value_and_type(key, bad, kind):
     assert kind in message
 
 
+def test_every_bad_value_is_named_in_one_error():
+    """A user who typed several wrong values learns of all of them at once, not one per try."""
+    message = error_of(seed=-1, lr=-0.5, momentum=2.0, device="tpu")
+    assert message.startswith("4 problems in the run config:")
+    for part in ("seed=-1", "lr=-0.5", "momentum=2.0", "device='tpu'"):
+        assert f"\n  - {part}" in message
+
+
+def test_a_key_with_two_faults_is_named_once():
+    message = error_of(momentum=float("nan"), seed=-1)
+    assert message.count("momentum=") == 1 and "finite" in message
+
+
+def test_every_wrong_type_and_missing_key_is_named_in_one_error():
+    mapping = mapping_with(num_rounds=1.5, batch_size="abc")
+    del mapping["lr"]
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_mapping(mapping)
+    message = str(info.value)
+    assert message.startswith("3 problems in the run config:")
+    assert "num-rounds=1.5" in message and "batch-size='abc'" in message
+    assert "missing key 'lr'" in message
+
+
 def test_missing_key_is_named():
     mapping = app_defaults()
     del mapping["batch-size"]
