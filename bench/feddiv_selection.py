@@ -1,12 +1,23 @@
 """Diagnostic: what FedDiv's clients train on, round by round.
 
-Runs one FedDiv simulation in this process (`--runtime inprocess`; every other argument goes to
-simulation.py as typed) and records, for each client's selection after the warm-up
-(client_app.feddiv.select_samples), its estimated noise level, the samples it keeps and their
-classes, how many of those are relabelled, and the classes the global model predicts. It prints
-one line a round (the clients of the round summed) and writes every client's record as JSON.
-The selection is observed by wrapping the function the ClientApp calls, so the run and its
-results are the ones `simulation.py` gives; the records are not part of a run's metrics.
+Runs one FedDiv simulation in this process (simulation.py with `--runtime inprocess`; the
+run-config options `--config`/`--run-config`, `--set` and `--out` as simulation.py takes them,
+and `--num-clients`, `--federation-config`, `--quiet` passed on) and records each client's
+selection after the warm-up (client_app.feddiv.select_samples). The run and its results are
+the ones `simulation.py` gives (the function the ClientApp calls is wrapped, nothing else); the
+records are not part of a run's metrics.
+
+It prints a table, one line per round after the warm-up, the round's clients together:
+- est. noise: the clients' estimated noise levels (the share of their samples the global
+  filter deems noisy), averaged over the round's clients (not the true rates);
+- kept: the share of the round's samples the clients train on (relabelled ones included);
+- top kept class: the class most frequent among the kept samples (their training labels), and
+  its share of the kept samples, of the global model's predictions on the clients' data, and of
+  the clients' given (noisy) labels;
+- relabelled kept: kept samples that train with the global model's prediction as label.
+The JSON (`--json`) holds these rows (`rounds`) and every client's record (`clients`: round,
+partition, samples, noise_level, kept, kept_by_class, relabelled_kept, given_by_class,
+predicted_by_class; counts per class index).
 
     .venv/bin/python bench/feddiv_selection.py --json /tmp/feddiv.json \\
         --config configs/paper-agnews-mini-fasttext.toml --set data-dir=.data/agnews-mini \\
@@ -31,9 +42,19 @@ import client_app.app as client_app  # noqa: E402
 import simulation  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
 from launch.overrides import parse_run_config_items, parse_set_items  # noqa: E402
-from launch.preflight import resolve_run_config  # noqa: E402
+from launch.preflight import check_writable, resolve_run_config  # noqa: E402
 
 _lock = threading.Lock()  # clients may train in threads at once
+_message = threading.local()  # the round and partition of the message this thread handles
+
+
+class RecordingStore(client_app.ClientStateStore):
+    """The ClientApp's state store, noting the round and partition of the message it serves
+    (train_feddiv makes its store before it selects)."""
+
+    def __init__(self, context, name, partition_id, server_round, *args, **kwargs):
+        super().__init__(context, name, partition_id, server_round, *args, **kwargs)
+        _message.round, _message.partition = int(server_round), int(partition_id)
 
 
 def recording(select, records: list[dict]):
@@ -44,6 +65,8 @@ def recording(select, records: list[dict]):
         classes = global_probabilities.shape[1]
         kept_labels = selection.labels[selection.rows]
         record = {
+            "round": _message.round,
+            "partition": _message.partition,
             "samples": int(len(given)),
             "noise_level": float(selection.noise_level),
             "kept": int(len(selection.rows)),
@@ -61,21 +84,23 @@ def recording(select, records: list[dict]):
     return select_and_record
 
 
-def per_round(records: list[dict], per_round_clients: int, first_round: int) -> list[dict]:
-    """The records summed over each round's clients (calls come round after round, one per
-    sampled client). ValueError when the count does not divide into rounds."""
-    if len(records) % per_round_clients:
-        raise ValueError(f"{len(records)} selections for {per_round_clients} clients a round")
+def per_round(records: list[dict]) -> list[dict]:
+    """The clients' records summed per round, in round order (see the module docstring)."""
     rounds = []
-    for start in range(0, len(records), per_round_clients):
-        group = records[start : start + per_round_clients]
-        total = {k: np.sum([r[k] for r in group], axis=0) for k in group[0]}
+    for number in sorted({r["round"] for r in records}):
+        group = [r for r in records if r["round"] == number]
+        total = {
+            k: np.sum([r[k] for r in group], axis=0)
+            for k in ("samples", "kept", "kept_by_class", "relabelled_kept",
+                      "given_by_class", "predicted_by_class")
+        }  # fmt: skip
         kept, predicted, given = (
             total[k] for k in ("kept_by_class", "predicted_by_class", "given_by_class")
         )
         top = int(np.argmax(kept))
         rounds.append({
-            "round": first_round + start // per_round_clients,
+            "round": number,
+            "clients": len(group),
             "estimated_noise": float(np.mean([r["noise_level"] for r in group])),
             "kept_share": float(total["kept"] / total["samples"]),
             "top_kept_class": top,
@@ -88,15 +113,31 @@ def per_round(records: list[dict], per_round_clients: int, first_round: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--json", type=Path, required=True, help="where the records go")
-    parser.add_argument("--run-config", "--config", action="append", default=[])
-    parser.add_argument("--set", action="append", default=[])
-    parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--run-config", "--config", action="append", default=[], metavar="TOML_OR_KEYS",
+        help="as simulation.py's: a preset file or \"key=value ...\"; repeatable",
+    )  # fmt: skip
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one run-config key, as simulation.py's; repeatable")  # fmt: skip
+    parser.add_argument("--out", type=Path, help="the run's folder goes here (default results/)")
+    parser.add_argument("--num-clients", type=int, help="as simulation.py's")
+    parser.add_argument("--federation-config", help="as simulation.py's")
+    parser.add_argument("--quiet", action="store_true", help="no round-by-round log")
     ours, rest = parser.parse_known_args(argv)
-    taken = [arg for arg in rest if arg.split("=")[0] in ("--runtime", "--strategies", "--seeds")]
-    if taken:
-        print(f"error: {taken[0]}: this diagnostic makes one run, in process", file=sys.stderr)
+    if rest:
+        print(f"error: {rest[0]}: not an option of this diagnostic (it makes one run, in "
+              "process; see --help)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        check_writable(ours.json.expanduser().absolute().parent, "--json")
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     try:  # the run config as simulation.py resolves it: FedDiv, and its folder known up front
         overrides = parse_run_config_items(ours.run_config) | parse_set_items(ours.set)
@@ -112,18 +153,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     records: list[dict] = []
     client_app.select_samples = recording(client_app.select_samples, records)
+    client_app.ClientStateStore = RecordingStore
     typed = [f"--run-config={item}" for item in ours.run_config]
     typed += [f"--set={item}" for item in ours.set]
     typed += [f"--set=run-name={mapping['run-name']}"] if "run-name" not in overrides else []
     typed += [f"--out={ours.out}"] if ours.out is not None else []
-    code = simulation.main([*typed, *rest, "--runtime", "inprocess", "--quiet"])
+    typed += [f"--num-clients={ours.num_clients}"] if ours.num_clients is not None else []
+    typed += [f"--federation-config={ours.federation_config}"] if ours.federation_config else []
+    typed += ["--quiet"] if ours.quiet else []
+    code = simulation.main([*typed, "--runtime", "inprocess"])
     if code != 0:
         return code
     run = Path(mapping["out-dir"]) / mapping["run-name"]
-    stored = json.loads((run / "config.json").read_text())
-    first = int(mapping["baseline-warmup-rounds"]) + 1
-    rounds = per_round(records, int(stored["clients_per_round"]), first)
-    ours.json.write_text(json.dumps({"run": str(run), "rounds": rounds, "clients": records}))
+    records.sort(key=lambda r: (r["round"], r["partition"]))
+    rounds = per_round(records)
+    out = ours.json.expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"run": str(run), "rounds": rounds, "clients": records}))
     print("| round | est. noise | kept | top kept class | its share: kept | predicted | given "
           "| relabelled kept |")  # fmt: skip
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

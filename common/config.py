@@ -167,24 +167,36 @@ class RunConfig:
 
     @classmethod
     def from_mapping(cls, run_config: Mapping[str, Any]) -> RunConfig:
-        """Parse and validate a Flower run config. ConfigError naming every missing key or value
-        of the wrong type at once; then (types right) every value out of its range at once."""
+        """Parse and validate a Flower run config: one ConfigError naming every missing key,
+        value of the wrong type, and value out of its range or choices (see parsed)."""
+        config, problems, _ = cls.parsed(run_config)
+        if problems:
+            raise config_error(problems)
+        return config
+
+    @classmethod
+    def parsed(cls, run_config: Mapping[str, Any]) -> tuple[RunConfig, list[str], set[str]]:
+        """(the config, every problem of its values, the keys missing or of the wrong type):
+        each missing key, value of the wrong type, and value out of its range or choices, one
+        message each. A key missing or of the wrong type holds a stand-in value of its type in
+        the config, so that the other keys are checked too."""
         values: dict[str, Any] = {}
-        problems = []
+        problems: dict[str, str] = {}  # key -> message
         for field in dataclasses.fields(cls):
             key = field.name.replace("_", "-")
             if key not in run_config:
-                problems.append(f"run config is missing key '{key}' (see pyproject.toml)")
-                continue
-            try:
-                values[field.name] = _coerce(key, run_config[key], field.type)
-            except ConfigError as err:
-                problems.append(str(err))
-        if problems:
-            raise config_error(problems)
+                problems[key] = f"run config is missing key '{key}' (see pyproject.toml)"
+            else:
+                try:
+                    values[field.name] = _coerce(key, run_config[key], field.type)
+                    continue
+                except ConfigError as err:
+                    problems[key] = str(err)
+            values[field.name] = _PLACEHOLDERS[field.type]  # so the other keys are checked too
         config = cls(**values)
-        config.validate()
-        return config
+        unparsed = set(problems)
+        problems = config.problems() | problems  # a key's own type problem wins
+        return config, list(problems.values()), unparsed
 
     def to_mapping(self) -> dict[str, Any]:
         """The run config as Flower spells it (kebab-case keys)."""
@@ -208,8 +220,15 @@ class RunConfig:
         return wanted
 
     def validate(self) -> None:
-        """ConfigError naming every bad value at once (a key with several faults: its first)."""
-        problems: dict[str, str] = {}  # key -> message; the first fault of a key is kept
+        """ConfigError naming every value out of its range or choices (see problems)."""
+        problems = self.problems()
+        if problems:
+            raise config_error(list(problems.values()))
+
+    def problems(self) -> dict[str, str]:
+        """{key: message} for every value out of its range or choices (a key with several
+        faults: its first), in the order of the checks."""
+        problems: dict[str, str] = {}
 
         def bad(key: str, message: str) -> None:
             problems.setdefault(key, message)
@@ -325,17 +344,28 @@ class RunConfig:
             )
         if self.seed < 0:
             bad("seed", f"seed={self.seed} is not allowed: it must be 0 or more")
-        if problems:
-            raise config_error(list(problems.values()))
+        return problems
 
 
 def config_error(problems: list[str]) -> ConfigError:
     """One ConfigError for one or more problems: a single one as it is, several as a list."""
     if len(problems) == 1:
-        return ConfigError(problems[0])
-    listed = "".join(f"\n  - {problem}" for problem in problems)
-    return ConfigError(f"{len(problems)} problems in the run config:{listed}")
+        error = ConfigError(problems[0])
+    else:
+        listed = "".join(f"\n  - {problem}" for problem in problems)
+        error = ConfigError(f"{len(problems)} problems in the run config:{listed}")
+    error.problems = list(problems)
+    return error
 
+
+def problems_of(error: ConfigError) -> list[str]:
+    """The problems a ConfigError names: those of config_error, else its message."""
+    return list(getattr(error, "problems", [str(error)]))
+
+
+# A value of the right type for each field's type, standing in for one of the wrong type while
+# the other keys are checked (its own problem is the type's)
+_PLACEHOLDERS: dict[str, Any] = {"str": "", "int": 1, "float": 1.0, "bool": False, "int | float": 1}
 
 # Text keys that also take a bare number: noise-rate=0.3 means the single rate "0.3".
 _NUMBER_AS_TEXT = frozenset({"noise-rate"})

@@ -24,16 +24,51 @@ def choice(key: str, value: str, allowed) -> None:
 
 
 def check_data_settings(config) -> None:
-    """Raise ConfigError for a data setting of `config` (a common.config.RunConfig) that is not
-    allowed, naming the key, the value and what is allowed."""
-    choice("dataset", config.dataset, DATASET_NAMES)
-    choice("cifar10n-labels", config.cifar10n_labels, tuple(CIFAR10N_LABEL_KEYS))
-    choice("partition", config.partition, PARTITION_NAMES)
-    choice("noise-type", config.noise_type, NOISE_TYPES)
+    """Raise ConfigError for the data settings of `config` (a common.config.RunConfig) that are
+    not allowed, naming each key, its value and what is allowed (several: one message listing
+    them; see data_setting_problems)."""
+    from common.config import config_error
+
+    problems = data_setting_problems(config)
+    if problems:
+        raise config_error(problems)
+
+
+def data_setting_problems(config) -> list[str]:
+    """Every data setting of `config` that is not allowed, one message each: the names and the
+    noise rate first, all of them; the settings that depend on those after, when they pass."""
+    problems = []
+    for key, value, allowed in (
+        ("dataset", config.dataset, DATASET_NAMES),
+        ("cifar10n-labels", config.cifar10n_labels, tuple(CIFAR10N_LABEL_KEYS)),
+        ("partition", config.partition, PARTITION_NAMES),
+        ("noise-type", config.noise_type, NOISE_TYPES),
+        ("image-augment", config.image_augment, IMAGE_AUGMENTS),
+    ):
+        try:
+            choice(key, value, allowed)
+        except ConfigError as err:
+            problems.append(str(err))
+    if config.image_channels not in IMAGE_CHANNELS:
+        problems.append(
+            f"image-channels={config.image_channels} is not allowed; allowed: 1 (grayscale), "
+            "3 (RGB)"
+        )
     try:
         rates = parse_rate_range(config.noise_rate)
     except ValueError as err:
-        raise ConfigError(f"noise-rate: {err}") from err
+        problems.append(f"noise-rate: {err}")
+    if problems:
+        return problems
+    try:
+        check_dependent_data_settings(config, rates)
+    except ConfigError as err:
+        problems.append(str(err))
+    return problems
+
+
+def check_dependent_data_settings(config, rates) -> None:
+    """The data settings that need valid names and noise rates (`rates`): ConfigError."""
     try:
         parse_noise_groups(config.noise_groups, None, rates)
     except ValueError as err:
@@ -43,12 +78,6 @@ def check_data_settings(config) -> None:
             "noise-type='human' goes with the datasets whose labels are human-noisy "
             f"({', '.join(HUMAN_LABELLED)}), and only with them; got "
             f"noise-type='{config.noise_type}' with dataset='{config.dataset}'"
-        )
-    choice("image-augment", config.image_augment, IMAGE_AUGMENTS)
-    if config.image_channels not in IMAGE_CHANNELS:
-        raise ConfigError(
-            f"image-channels={config.image_channels} is not allowed; allowed: 1 (grayscale), "
-            "3 (RGB)"
         )
     if config.dataset in OWN_FORMATS:
         try:

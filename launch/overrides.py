@@ -42,14 +42,23 @@ def split_pairs(text: str, option: str) -> list[tuple[str, str]]:
 
 
 def toml_value(raw: str, key: str, option: str) -> Any:
-    """A value in TOML syntax (123, 0.5, true, 'text'); ConfigError saying how to write it."""
+    """A value in TOML syntax (123, 0.5, true, 'text'); ConfigError saying how to write it:
+    for a key that takes a number or true/false (its default's kind), that, not quoting."""
     try:
         return tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
-        raise ConfigError(
-            f"{option}: {key}={raw} is not a TOML value; write numbers and true/false as they "
-            f"are and quote text: {key}='{raw.strip(chr(39) + chr(34))}'"
-        ) from None
+        pass
+    from common.config import app_defaults
+
+    kind = FEDERATION_KEYS.get(key) or type(app_defaults().get(key, ""))
+    if kind is bool:
+        hint = f"{key} is true or false"
+    elif kind in (int, float):
+        hint = f"{key} takes a number, e.g. {key}={app_defaults().get(key, 1)}"
+    else:
+        hint = "write numbers and true/false as they are and quote text: "
+        hint += f"{key}='{raw.strip(chr(39) + chr(34))}'"
+    raise ConfigError(f"{option}: {key}={raw} is not a TOML value; {hint}")
 
 
 def parse_run_config_items(items: Iterable[str]) -> dict[str, Any]:
@@ -203,6 +212,7 @@ def unknown_key_message(
         near = spelled if spelled in known else nearest(spelled, known)
         guessed &= near is not None
         parts.append(f"'{key}'" + (f" (did you mean '{near}'?)" if near else ""))
+    what += "s" if len(parts) > 1 else ""
     if guessed and listed_in:
         return f"unknown {what} {', '.join(parts)}; {listed_in} lists them all"
     return f"unknown {what} {', '.join(parts)}; known: {', '.join(known)}"

@@ -12,18 +12,19 @@ from typing import Any
 def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     """Defaults + overrides, validated; paths made absolute; a run name chosen if none; with
     checkpoints, the simulated clients' state folder inside the run's (client-state-dir)."""
-    from common.config import ConfigError, RunConfig, app_defaults
+    from common.config import RunConfig, app_defaults, config_error
     from launch.overrides import unknown_key_message
-    from server_app.checks import check_run_config
+    from server_app.checks import run_config_problems
     from server_app.results import default_run_name
 
     defaults = app_defaults()
     unknown = set(overrides) - set(defaults)
+    problems = []  # every mistake in one message: unknown keys, then the values
     if unknown:
-        raise ConfigError(
+        problems.append(
             unknown_key_message(unknown, defaults, "run-config key", "docs/configuration.md")
         )
-    mapping = {**defaults, **overrides}
+    mapping = {**defaults, **{k: v for k, v in overrides.items() if k not in unknown}}
     for key in (
         "out-dir",
         "data-dir",
@@ -34,8 +35,14 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     ):
         if isinstance(mapping[key], str) and mapping[key]:
             mapping[key] = str(Path(mapping[key]).expanduser().resolve())
-    config = RunConfig.from_mapping(mapping)
-    check_run_config(config)  # each owner's names: data, model, strategy
+    config, value_problems, unparsed = RunConfig.parsed(mapping)
+    problems += value_problems
+    problems += [  # each owner's names too (data, model, strategy), but not the stand-ins'
+        problem for problem in run_config_problems(config)
+        if not any(problem.startswith((f"{key}=", f"{key}:")) for key in unparsed)
+    ]  # fmt: skip
+    if problems:
+        raise config_error(problems)
     if not config.run_name:
         mapping["run-name"] = default_run_name(config.strategy, config.dataset, config.seed)
     if config.checkpoint_every and not config.client_state_dir:

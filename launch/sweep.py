@@ -164,9 +164,9 @@ def plan_comparison(
     """Every (seed, entry) run's validated config, seed by seed (so an interrupted sweep has
     whole seeds to compare); a variant's keys go over `overrides`. Raises
     ConfigError/DatasetNotFoundError before anything runs."""
-    from common.config import ConfigError
+    from common.config import ConfigError, config_error, problems_of
     from launch.comparison import run_folder_name
-    from strategies.registry import strategy_keys
+    from strategies.registry import UNREAD_KEY_END, strategy_keys
 
     plans = [
         resolve_run_config(
@@ -177,14 +177,28 @@ def plan_comparison(
         for seed in seeds
         for entry in entries
     ]
-    # The runs whose strategy reads a strategy's own key typed for the sweep are checked first,
-    # so that a bad value of `fedrn-alpha` is refused by fedrn's check, not as "a key that
-    # strategy='fedavg' does not read" (which every strategy's check also refuses).
+    # The runs whose strategy reads a strategy's own key typed for the sweep are checked first:
+    # a bad value of `fedrn-alpha` is named by fedrn's check, and the same refusal as "a key
+    # that strategy='fedavg' does not read" (from every other run) is left out.
     readers = strategy_keys()
     typed_own = [key for key in overrides if key in readers]
     first = [p for p in plans if any(p["strategy"] in readers[key] for key in typed_own)]
+    problems: list[str] = []  # every run's, in one message
     for mapping in first + [p for p in plans if p not in first]:
-        preflight(mapping, num_clients)
+        try:
+            preflight(mapping, num_clients)
+        except ConfigError as err:
+            problems += [p for p in problems_of(err) if p not in problems]
+    own = [p for p in problems if not p.endswith(UNREAD_KEY_END)]
+    named = set(own)
+    for problem in problems:  # an unread key's refusal once, and not where its reader names it
+        base = problem.split(" (a key of ")[0]
+        if problem.endswith(UNREAD_KEY_END) and not any(n.endswith(base) for n in named):
+            own.append(problem)
+            named.add(base)
+    problems = own
+    if problems:
+        raise config_error(problems)
     for mapping in plans:
         differences = stored_config_differences(out / mapping["run-name"], mapping, num_clients)
         if differences:

@@ -7,23 +7,40 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.config import RunConfig
+from common.config import RunConfig, config_error
 from common.errors import ConfigError
-from data.settings import check_data_settings, choice
+from data.settings import choice, data_setting_problems
 from models import MODEL_NAMES, PRETRAINED_MODELS
 from strategies.registry import strategy_class
 
 
 def check_run_config(config: RunConfig) -> None:
-    """Raise common.errors.ConfigError for the first setting its owner does not allow."""
-    strategy_class(config.strategy)
-    check_data_settings(config)
-    choice("model", config.model, MODEL_NAMES)
-    if config.pretrained_weights and config.model not in PRETRAINED_MODELS:
-        raise ConfigError(
-            f"pretrained-weights is for model = {', '.join(PRETRAINED_MODELS)}, not "
-            f"model='{config.model}'; leave it empty"
-        )
+    """Raise common.errors.ConfigError naming every setting its owner does not allow."""
+    problems = run_config_problems(config)
+    if problems:
+        raise config_error(problems)
+
+
+def run_config_problems(config: RunConfig) -> list[str]:
+    """Every setting of `config` its owner does not allow, one message each: the strategy's
+    name, the data settings (data.settings), the model's name and its pretrained weights."""
+    problems = []
+    try:
+        strategy_class(config.strategy)
+    except ConfigError as err:
+        problems.append(str(err))
+    problems += data_setting_problems(config)
+    try:
+        choice("model", config.model, MODEL_NAMES)
+    except ConfigError as err:
+        problems.append(str(err))
+    else:
+        if config.pretrained_weights and config.model not in PRETRAINED_MODELS:
+            problems.append(
+                f"pretrained-weights is for model = {', '.join(PRETRAINED_MODELS)}, not "
+                f"model='{config.model}'; leave it empty"
+            )
+    return problems
 
 
 def pretrained_weights_path(config: RunConfig) -> Path | None:

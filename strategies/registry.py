@@ -8,10 +8,12 @@ added to `STRATEGIES` below; docs/adding-a-strategy.md walks through it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import re
 
 from common.attacks import AttackSettings, check_attack
-from common.config import RunConfig, app_defaults
+from common.config import RunConfig, app_defaults, config_error, config_with
 from common.errors import ConfigError
 from common.protocol import LocalTraining
 from models import MODEL_INPUTS
@@ -92,35 +94,73 @@ def strategy_class(name: str) -> type[SeededStrategy]:
 
 
 def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
-    """Reject a strategy name or settings the strategy cannot run with, before any training
-    (ConfigError)."""
+    """Reject a strategy name or settings the strategy cannot run with, before any training:
+    one ConfigError naming every problem (common.config.config_error)."""
     cls = strategy_class(config.strategy)
+    problems = []
     kind = MODEL_INPUTS[config.model][0]
     if kind not in cls.input_kinds:
-        raise ConfigError(
+        problems.append(
             f"strategy='{config.strategy}' needs {' or '.join(cls.input_kinds)} inputs; "
             f"model='{config.model}' takes {kind}"
         )
-    check_attack(config, num_clients)
+    try:
+        check_attack(config, num_clients)
+    except ConfigError as err:
+        problems.append(str(err))
     context = dict(
         sampled=config.clients_sampled(num_clients),
         num_clients=num_clients,
         num_rounds=config.num_rounds,
     )
-    try:
-        cls.Params.from_config(config).check(**context)
-    except ConfigError as err:  # say whose check it is (a comparison runs several)
-        message = str(err)
-        if not message.startswith(f"strategy='{config.strategy}'"):
-            message = f"strategy='{config.strategy}': {message}"
-        raise ConfigError(message) from None
-    check_keys_of_other_strategies(config, context)
+    for message in params_problems(cls.Params.from_config(config), context):
+        if not message.startswith(f"strategy='{config.strategy}'"):  # whose check it is
+            message = f"strategy='{config.strategy}': {message}"  # (a comparison runs several)
+        problems.append(message)
+    problems += keys_of_other_strategies_problems(config, context)
+    if problems:
+        raise config_error(problems)
 
 
-def check_keys_of_other_strategies(config: RunConfig, context: dict) -> None:
+def params_problems(params, context: dict) -> list[str]:
+    """Every problem `params.check(**context)` finds, not only its first (a check stops at
+    its first; a user should see them all): see problems_one_by_one. Run again as if the run
+    were long enough for every warm-up, so that a warm-up longer than the run, which setting
+    it back to its default may not cure, hides none of the other keys' problems."""
+    problems = problems_one_by_one(params, context)
+    long_run = problems_one_by_one(params, dict(context, num_rounds=2**31))
+    return problems + [message for message in long_run if message not in problems]
+
+
+def problems_one_by_one(params, context: dict) -> list[str]:
+    """After each refusal of `params.check(**context)` the key it names (its message starts
+    "key=" or "key:") is set back to its default (valid, tests/common/test_config.py) and the
+    check runs again, until it passes or names a key it cannot set back."""
+    defaults = config_with()
+    problems, reset = [], set()
+    while True:
+        try:
+            params.check(**context)
+            return problems
+        except ConfigError as err:
+            message = str(err)
+            field = re.split("[=:]", message, maxsplit=1)[0].replace("-", "_")
+            if field in reset:  # its default does not pass either: that message is enough
+                return problems
+            problems.append(message)
+            if field not in {f.name for f in dataclasses.fields(params)}:
+                return problems
+            reset.add(field)
+            params = dataclasses.replace(params, **{field: getattr(defaults, field)})
+
+
+UNREAD_KEY_END = ", does not read)"  # ends the refusal of a key another strategy reads
+
+
+def keys_of_other_strategies_problems(config: RunConfig, context: dict) -> list[str]:
     """A key that only other strategies read, set away from its default, is still checked by
     them: a bad value is refused, not silently ignored (`strategy='fedavg'` with
-    `fedrn-neighbours=-1`). Only errors about such keys count (a message starts "key=").
+    `fedrn-neighbours=-1`). Only problems about such keys count (a message starts "key=").
 
     They are checked as if the run were long enough for every warm-up: how a stage start fits
     num-rounds matters only to a strategy that runs, and otherwise a default warm-up (30 rounds)
@@ -134,19 +174,22 @@ def check_keys_of_other_strategies(config: RunConfig, context: dict) -> None:
         key for key, value in mapping.items()
         if key in defaults and value != defaults[key] and key not in own
     }  # fmt: skip
+    problems = []
     for other in STRATEGIES:
         keys = other.Params.keys() & changed
         if not keys:
             continue
-        try:
-            other.Params.from_config(config).check(**context)
-        except ConfigError as err:
-            key = str(err).split("=", 1)[0]
-            if key in keys:
-                raise ConfigError(
-                    f"{err} (a key of {', '.join(sorted(readers[key]))}, which this run, "
-                    f"strategy='{config.strategy}', does not read)"
-                ) from None
+        for message in params_problems(other.Params.from_config(config), context):
+            key = message.split("=", 1)[0]
+            if key not in keys:
+                continue
+            named = (
+                f"{message} (a key of {', '.join(sorted(readers[key]))}, which this run, "
+                f"strategy='{config.strategy}'{UNREAD_KEY_END}"
+            )
+            if named not in problems:  # two readers: one message
+                problems.append(named)
+    return problems
 
 
 def build_strategy(config: RunConfig, roster: ClientRoster) -> SeededStrategy:

@@ -327,6 +327,24 @@ def test_a_bad_value_is_refused_by_the_strategy_of_the_sweep_that_reads_it(tmp_p
     assert "does not read" not in str(refused.value)
 
 
+def test_every_run_s_problems_are_named_in_one_message(tmp_path):
+    """Each strategy's warm-up too long for the sweep, and a key no run reads, once each."""
+    entries = comparison_entries(["fedavg", "maskedoptim", "feddiv", "fedrn"], typed={})
+    common = {"num-rounds": 3, "forget-rate": 3.0}
+    with pytest.raises(ConfigError) as refused:
+        plan_comparison(common, entries, [1, 2], tmp_path / "cmp", 6)
+    message = str(refused.value)
+    assert message.startswith("4 problems in the run config:")
+    for part in (
+        "strategy='maskedoptim': ",
+        "strategy='feddiv': baseline-warmup-rounds=20",
+        "strategy='fedrn': label-warmup-rounds=30",
+        "forget-rate=3.0 must be",
+    ):
+        assert f"\n  - {part}" in message, part  # fmt: skip
+    assert message.count("forget-rate") == 1
+
+
 def test_keys_chosen_for_a_strategy_that_does_not_read_them_are_named(tmp_path, capsys):
     from launch.overrides import chosen_keys
     from launch.preflight import note_unread_keys

@@ -81,6 +81,23 @@ def test_a_bad_argument_exits_2_naming_it(capsys, tmp_path, argv, message):
     assert len(err.strip().splitlines()) == 1  # one message, no traceback
 
 
+def test_every_bad_value_and_name_is_named_in_one_message(capsys, tmp_path):
+    """Several mistakes at once (types, ranges, choices, the owners' names) come out together,
+    not one per try; a name whose value has the wrong type is named once, for its type."""
+    code, _, err = run_main(
+        capsys, "--check", "--set", f"out-dir={tmp_path}", "--set", "num-rounds=abc",
+        "--set", "lr=-1", "--set", "device=tpu", "--set", "strategy=fedfoo",
+        "--set", "dataset=3", "--set", "partition=random", "--set", "model=vgg",
+    )  # fmt: skip
+    assert code == 2
+    assert err.startswith("error: 7 problems in the run config:")
+    for part in ("num-rounds='abc' must be of type int", "lr=-1.0", "device='tpu'",
+                 "strategy='fedfoo'", "dataset=3 must be of type str", "partition='random'",
+                 "model='vgg'"):  # fmt: skip
+        assert f"\n  - {part}" in err, part
+    assert "dataset=''" not in err
+
+
 def test_deploy_local_refuses_a_missing_preset_too(capsys):
     code, _, err = run_main(capsys, "--config", "nothere.toml", "--check", module=deploy_local)
     assert code == 2 and "no such preset file" in err

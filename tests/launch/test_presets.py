@@ -128,7 +128,7 @@ def test_no_preset_sets_a_key_that_another_strategy_refuses(preset):
     """Keys of other strategies are checked too (a bad one is refused even where the chosen
     strategy ignores it), so a preset's own values must pass every strategy's checks."""
     from common.config import RunConfig, app_defaults
-    from strategies.registry import check_keys_of_other_strategies
+    from strategies.registry import keys_of_other_strategies_problems
 
     values = tomllib.loads(preset.read_text())
     clients = values.pop("federation")["num-clients"]
@@ -136,7 +136,7 @@ def test_no_preset_sets_a_key_that_another_strategy_refuses(preset):
     context = dict(
         sampled=config.clients_sampled(clients), num_clients=clients, num_rounds=config.num_rounds
     )
-    check_keys_of_other_strategies(config, context)  # raises ConfigError on a refused key
+    assert keys_of_other_strategies_problems(config, context) == []
 
 
 def test_a_bad_key_of_another_strategy_is_refused():
@@ -150,6 +150,30 @@ def test_a_bad_key_of_another_strategy_is_refused():
     readers = "dividemix, feddiv, fedrn"
     with pytest.raises(ConfigError, match=rf"p-threshold=1.0 .*a key of {readers}, which"):
         check_strategy_settings(config_with(strategy="coteaching", p_threshold=1.0), 10)
+
+
+def test_every_problem_of_a_strategy_s_own_keys_is_named():
+    """A strategy's check stops at its first problem; the pre-flight names them all, the
+    warm-up that does not fit the run included."""
+    from common.config import ConfigError, config_with
+    from strategies.registry import check_strategy_settings
+
+    config = config_with(
+        strategy="feddiv", num_rounds=5, p_threshold=1.5, feddiv_xi=-1.0, feddiv_momentum=1.0
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_strategy_settings(config, 10)
+    assert refused.value.problems == [
+        "strategy='feddiv': " + problem
+        for problem in (
+            "baseline-warmup-rounds=20 is not allowed with num-rounds=5: the method's later "
+            "stage would never run (round 21 would be its first); lower it below 5, or raise "
+            "num-rounds above 20",
+            "p-threshold=1.5 must be in [0, 1)",
+            "feddiv-xi=-1.0 must be >= 0",
+            "feddiv-momentum=1.0 must be in [0, 1)",
+        )
+    ]
 
 
 def test_a_short_run_still_checks_another_strategys_key():
