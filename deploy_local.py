@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
               "--client-data paths: give one path per SuperNode (or leave out "
               "--num-supernodes)", file=sys.stderr)  # fmt: skip
         return 2
-    args.num_supernodes = len(client_data) or args.num_supernodes or 2
+    if args.num_supernodes is None:  # a typed 0 is refused below, not replaced
+        args.num_supernodes = len(client_data) or 2
     if args.num_supernodes < 1:
         print(f"error: --num-supernodes={args.num_supernodes}: at least 1", file=sys.stderr)
         return 2

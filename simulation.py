@@ -203,6 +203,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         federation = parse_federation_config(args.federation_config)
         overrides = parse_run_config_items(args.run_config) | parse_set_items(args.set)
+        typed_here = typed_keys(args.run_config, args.set)
+        if args.seeds is not None and "seed" in typed_here:
+            raise ConfigError(
+                f"--seeds {','.join(map(str, args.seeds))} names the seeds of a comparison; "
+                f"seed={overrides['seed']} given with --set or --run-config would be dropped: "
+                "leave it out"
+            )
+        if "out-dir" in typed_here and (args.out is not None or comparing):
+            raise ConfigError(
+                f"out-dir={overrides['out-dir']!r} and "
+                + (f"--out {args.out}" if args.out is not None else "a comparison's folder")
+                + " both say where the results go: give --out only"
+            )
         if comparing:
             preset = next((Path(i).stem for i in args.run_config if "=" not in i), "")
             out = (args.out or ROOT / "results" / f"cmp-{preset or 'default'}").resolve()

@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
               "process; see --help)", file=sys.stderr)  # fmt: skip
         return 2
     try:
-        check_writable(ours.json.expanduser().absolute().parent, "--json")
+        if ours.json.expanduser().is_dir():
+            raise ConfigError(f"--json {ours.json} is a folder; name the file to write")
+        check_writable(ours.json.expanduser().absolute().parent, f"--json {ours.json}: its folder")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ server_app.checks.check_run_config. The defaults live only in `pyproject.toml`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 from collections.abc import Mapping
@@ -245,7 +246,10 @@ class RunConfig:
             ("attack", self.attack, ATTACKS),
         ):
             if value not in allowed:
-                bad(key, f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
+                near = difflib.get_close_matches(value, allowed, n=1)
+                near = ["cuda"] if key == "device" and "gpu" in value.lower() else near
+                guess = f" (did you mean '{near[0]}'?)" if near else ""
+                bad(key, f"{key}='{value}' is not known{guess}; allowed: {', '.join(allowed)}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             if isinstance(value, float) and not math.isfinite(value):

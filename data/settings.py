@@ -7,6 +7,8 @@ and the noise and partition functions raise their own errors when used directly.
 
 from __future__ import annotations
 
+import difflib
+
 from common.errors import ConfigError
 from data.datasets import CIFAR10N_LABEL_KEYS, DATASET_NAMES
 from data.noise import NOISE_TYPES, parse_noise_groups, parse_rate_range
@@ -20,7 +22,14 @@ HUMAN_LABELLED = ("cifar10n", "clothing1m")
 def choice(key: str, value: str, allowed) -> None:
     """ConfigError naming `key`, `value` and the allowed values when `value` is not one."""
     if value not in allowed:
-        raise ConfigError(f"{key}='{value}' is not known; allowed: {', '.join(allowed)}")
+        raise ConfigError(unknown_choice(key, value, allowed))
+
+
+def unknown_choice(key: str, value: str, allowed) -> str:
+    """ "key='value' is not known (did you mean 'x'?); allowed: ..." (the nearest by difflib)."""
+    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    guess = f" (did you mean '{near[0]}'?)" if near else ""
+    return f"{key}='{value}' is not known{guess}; allowed: {', '.join(map(str, allowed))}"
 
 
 def check_data_settings(config) -> None:

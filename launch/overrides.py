@@ -55,6 +55,8 @@ def toml_value(raw: str, key: str, option: str) -> Any:
         hint = f"{key} is true or false"
     elif kind in (int, float):
         hint = f"{key} takes a number, e.g. {key}={app_defaults().get(key, 1)}"
+        if "," in raw and "=" in raw:
+            hint += " (settings in one --run-config are separated by spaces)"
     else:
         hint = "write numbers and true/false as they are and quote text: "
         hint += f"{key}='{raw.strip(chr(39) + chr(34))}'"
@@ -79,11 +81,13 @@ PRESET_FEDERATION_KEYS = ("num-clients",)
 
 def preset_num_clients(items: Iterable[str]) -> int | None:
     """The federation size the last preset file among `items` states in its `[federation]`
-    table (`num-clients = 100`), or None. Flower's own `flwr run --run-config FILE` ignores
-    the table (it keeps only the app's keys)."""
+    table (`num-clients = 100`), or None; ConfigError naming the file when the table is not
+    allowed (read_preset). Flower's own `flwr run --run-config FILE` ignores the table (it
+    keeps only the app's keys)."""
     size = None
     for item in items:
         if "=" not in item:
+            read_preset(item)  # its [federation] table checked
             size = _read_toml(item).get("federation", {}).get("num-clients", size)
     return size
 
@@ -115,7 +119,7 @@ def read_preset(item: str) -> dict[str, Any]:
     if unknown or not isinstance(size, int) or isinstance(size, bool) or size < 1:
         raise ConfigError(
             f"--run-config {item}: its [federation] table holds only num-clients, a positive "
-            f"integer (got {dict(federation)})"
+            f"integer (got {', '.join(f'{k} = {v!r}' for k, v in federation.items())})"
         )
     return values
 
@@ -159,14 +163,17 @@ def chosen_keys(run_config_items: Iterable[str], set_items: Iterable[str]) -> se
 def _read_toml(item: str, option: str = "--run-config") -> dict[str, Any]:
     path = Path(item).expanduser()
     if not path.is_file():
-        hint = ""
         if Path(f"{path}.toml").is_file():
             hint = f"; did you mean {item}.toml?"
+        else:  # the nearest name in its folder, else (a bare name) in configs/
+            hint = _nearest_file(path)
+            if not hint and path.parent == Path(".") and option == "--run-config":
+                hint = _nearest_file(Path("configs") / path.name)
         raise ConfigError(
             f"{option} {item!r}: no such preset file{hint} (a setting is key=value, "
             "e.g. num-rounds=3)"
             if option == "--run-config"
-            else f"{option} {item!r}: no such variant file{hint or _nearest_file(path)}"
+            else f"{option} {item!r}: no such variant file{hint}"
         )
     try:
         with open(path, "rb") as handle:
@@ -202,18 +209,17 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
 def unknown_key_message(
     unknown: Iterable[str], known: Iterable[str], what: str, listed_in: str = ""
 ) -> str:
-    """'unknown run-config key 'lr_rate' (did you mean 'lr'?)' with the nearest known keys; the
-    known keys follow when some unknown key has no near one (else only where `listed_in`, a
-    document, lists them: the run config's 140 keys would bury the suggestion)."""
+    """'unknown run-config key 'lr_rate' (did you mean 'lr'?)' with the nearest known keys;
+    then where `listed_in`, a document, lists them (the run config's 140 keys on one line
+    would bury the message), else the known keys."""
     known = list(known)
-    parts, guessed = [], True
+    parts = []
     for key in sorted(unknown):
         spelled = key.replace("_", "-").lower()
         near = spelled if spelled in known else nearest(spelled, known)
-        guessed &= near is not None
         parts.append(f"'{key}'" + (f" (did you mean '{near}'?)" if near else ""))
     what += "s" if len(parts) > 1 else ""
-    if guessed and listed_in:
+    if listed_in:
         return f"unknown {what} {', '.join(parts)}; {listed_in} lists them all"
     return f"unknown {what} {', '.join(parts)}; known: {', '.join(known)}"
 

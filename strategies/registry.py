@@ -135,7 +135,8 @@ def params_problems(params, context: dict) -> list[str]:
 def problems_one_by_one(params, context: dict) -> list[str]:
     """After each refusal of `params.check(**context)` the key it names (its message starts
     "key=" or "key:") is set back to its default (valid, tests/common/test_config.py) and the
-    check runs again, until it passes or names a key it cannot set back."""
+    check runs again, until it passes or names a key it cannot set back. A later message that
+    names a key set back is left out: it would quote a value the user did not give."""
     defaults = config_with()
     problems, reset = [], set()
     while True:
@@ -147,7 +148,8 @@ def problems_one_by_one(params, context: dict) -> list[str]:
             field = re.split("[=:]", message, maxsplit=1)[0].replace("-", "_")
             if field in reset:  # its default does not pass either: that message is enough
                 return problems
-            problems.append(message)
+            if not any(f"{name.replace('_', '-')}=" in message for name in reset):
+                problems.append(message)  # (one naming a default set back would mislead)
             if field not in {f.name for f in dataclasses.fields(params)}:
                 return problems
             reset.add(field)

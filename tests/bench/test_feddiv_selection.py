@@ -91,5 +91,11 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_any_run(tmp_path):
     (tmp_path / "file").write_text("")
     done = run("--json", str(tmp_path / "file" / "s.json"), "--set", "strategy=feddiv",
                "--out", str(tmp_path / "runs"), cwd=ROOT)  # fmt: skip
-    assert done.returncode == 2 and "--json" in done.stderr
+    assert (
+        done.returncode == 2 and f"--json {tmp_path / 'file' / 's.json'}: its folder" in done.stderr
+    )
+    assert not (tmp_path / "runs").exists()
+    done = run("--json", str(tmp_path), "--set", "strategy=feddiv",
+               "--out", str(tmp_path / "runs"), cwd=ROOT)  # fmt: skip
+    assert done.returncode == 2 and "is a folder" in done.stderr
     assert not (tmp_path / "runs").exists()

@@ -53,7 +53,7 @@ def run_main(capsys, *argv: str, module=simulation) -> tuple[int, str, str]:
         (["--run-config", "strategy=fedavg"], "quote text: strategy='fedavg'"),
         (["--set", "lr_rate=0.1"], "unknown run-config key 'lr_rate'"),
         (["--set", "num_rounds=3"], "did you mean 'num-rounds'?); docs/configuration.md lists"),
-        (["--set", "zzz=3"], "unknown run-config key 'zzz'; known: strategy, dataset,"),
+        (["--set", "zzz=3"], "unknown run-config key 'zzz'; docs/configuration.md lists them all"),
         (["--set", "strategy=fedavgg"], "strategy='fedavgg' is not known"),
         (["--set", "strategy=coteachingplus"], "(did you mean 'coteaching-plus'?); allowed:"),
         (["--set", "noise-rate=2"], "noise-rate"),
@@ -377,8 +377,11 @@ def test_every_documented_command_passes_the_preflight(
     extra = ["--set", f"out-dir={tmp_path / 'results'}"]
     if "--resume" in replaced:  # a run folder as a killed run leaves it
         replaced[replaced.index("--resume") + 1] = str(killed_run)
-    if "--out" in replaced:
+    if "--out" in replaced:  # (out-dir and --out together are refused)
         replaced[replaced.index("--out") + 1] = str(tmp_path / "cmp")
+        extra = []
+    elif "--strategies" in replaced or "--seeds" in replaced:
+        extra = ["--out", str(tmp_path / "cmp")]
     if module is deploy_local:
         extra += ["--workdir", str(tmp_path / "deploy")]
     code, out, err = run_main(capsys, *replaced, *extra, "--check", module=module)
