@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_terminate)  # `kill` stops everything, as Ctrl-C does
     if args.ray_address:
         os.environ["RAY_ADDRESS"] = args.ray_address  # read by flower_environment
+    from common.config import config_error, problems_of
     from common.errors import ConfigError
     from data.datasets import DatasetNotFoundError
     from launch.inprocess import check_cuda_graphs_at_once, client_resources, run_in_this_process
@@ -219,10 +220,21 @@ def main(argv: list[str] | None = None) -> int:
         if comparing:
             preset = next((Path(i).stem for i in args.run_config if "=" not in i), "")
             out = (args.out or ROOT / "results" / f"cmp-{preset or 'default'}").resolve()
-            base = resolve_run_config(overrides)
             typed = typed_keys(args.run_config, args.set) if args.strategies else set()
             typed = {key: overrides[key] for key in typed}
-            entries = comparison_entries(args.strategies or [base["strategy"]], typed)
+            entries, problems = [], []  # the --strategies items' and the config's at once
+            if args.strategies:
+                try:
+                    entries = comparison_entries(args.strategies, typed)
+                except ConfigError as err:
+                    problems = problems_of(err)
+            try:
+                base = resolve_run_config(overrides)
+            except ConfigError as err:
+                problems += problems_of(err)
+            if problems:
+                raise config_error(problems)
+            entries = entries or comparison_entries([base["strategy"]], typed)
             labels = [entry.label for entry in entries]
             plans = plan_comparison(
                 overrides, entries, args.seeds or [base["seed"]], out, args.num_clients

@@ -102,6 +102,7 @@ class ComparisonEntry:
 
     label: str
     keys: dict[str, Any]
+    file: str = ""  # a variant's, as given to --strategies
 
 
 def comparison_entries(items: Iterable[str], typed: dict[str, Any]) -> list[ComparisonEntry]:
@@ -110,48 +111,66 @@ def comparison_entries(items: Iterable[str], typed: dict[str, Any]) -> list[Comp
     when a variant's stem is a strategy's name or another entry's, or when it sets a key that
     was also typed on the command line (`typed`, key -> value: one of the two would be dropped),
     or when a typed strategy is not every entry's."""
-    from common.config import ConfigError
+    from common.config import ConfigError, config_error
     from launch.overrides import nearest, read_variant
     from strategies.registry import STRATEGY_NAMES
 
-    entries = []
+    entries, problems = [], []  # every item's problem, in one message
     for item in items:
         if not item.lower().endswith(".toml"):
             if item not in STRATEGY_NAMES:
                 near = nearest(item, STRATEGY_NAMES)
                 hint = f"; did you mean {item}.toml?" if Path(f"{item}.toml").is_file() else ""
                 hint = hint or (f"; did you mean '{near}'?" if near else "")
-                raise ConfigError(
+                problems.append(
                     f"--strategies {item!r} is neither a strategy nor a variant file (a path "
                     f"ending in .toml){hint}; strategies: {', '.join(STRATEGY_NAMES)}"
                 )
+                continue
             entries.append(ComparisonEntry(item, {"strategy": item}))
             continue
-        keys, label = read_variant(item), Path(item).stem
+        try:
+            keys, label = read_variant(item), Path(item).stem
+        except ConfigError as err:
+            problems.append(str(err))
+            continue
         if label in STRATEGY_NAMES:
-            raise ConfigError(
+            problems.append(
                 f"--strategies {item}: a variant's row is named by its file's stem, and "
                 f"'{label}' is a strategy's name; rename the file"
             )
         both = sorted(set(typed) & set(keys) - {"strategy"})
         if both:
-            raise ConfigError(
+            problems.append(
                 f"--strategies {item} sets {', '.join(both)}, also given on the command line "
                 "(--set / --run-config); give it in one place"
             )
-        entries.append(ComparisonEntry(label, keys))
+        entries.append(ComparisonEntry(label, keys, item))
     if "strategy" in typed and any(e.keys["strategy"] != typed["strategy"] for e in entries):
-        raise ConfigError(
+        problems.append(
             f"--strategies names the strategies of a comparison; strategy="
             f"'{typed['strategy']}' given with --set or --run-config would be dropped: leave it out"
         )
     labels = [entry.label for entry in entries]
-    for label in labels:
+    for label in dict.fromkeys(labels):
         if labels.count(label) > 1:
-            raise ConfigError(
+            problems.append(
                 f"--strategies: two entries named '{label}' (a variant is named by its file's stem)"
             )
+    if problems:
+        raise config_error(problems)
     return entries
+
+
+def common_problems(overrides: dict[str, Any], where: dict[str, Any]) -> list[str]:
+    """The problems of the keys every run of a comparison shares (no variant's keys)."""
+    from common.config import ConfigError, problems_of
+
+    try:
+        resolve_run_config(overrides | where)
+    except ConfigError as err:
+        return problems_of(err)
+    return []
 
 
 def plan_comparison(
@@ -168,15 +187,24 @@ def plan_comparison(
     from launch.comparison import run_folder_name
     from strategies.registry import UNREAD_KEY_END, strategy_keys
 
-    plans = [
-        resolve_run_config(
-            overrides
-            | entry.keys
-            | {"seed": seed, "out-dir": str(out), "run-name": run_folder_name(entry.label, seed)}
-        )
-        for seed in seeds
-        for entry in entries
-    ]
+    plans, problems = [], []  # every run's problems, in one message
+    for seed in seeds:
+        for entry in entries:
+            where = {
+                "seed": seed,
+                "out-dir": str(out),
+                "run-name": run_folder_name(entry.label, seed),
+            }
+            try:
+                plans.append(resolve_run_config(overrides | entry.keys | where))
+            except ConfigError as err:
+                for problem in problems_of(err):
+                    if entry.file and problem not in common_problems(overrides, where):
+                        problem = f"--strategies {entry.file}: {problem}"  # the variant's own
+                    if problem not in problems:
+                        problems.append(problem)
+    if problems:
+        raise config_error(problems)
     # The runs whose strategy reads a strategy's own key typed for the sweep are checked first:
     # a bad value of `fedrn-alpha` is named by fedrn's check, and the same refusal as "a key
     # that strategy='fedavg' does not read" (from every other run) is left out.

@@ -345,6 +345,24 @@ def test_every_run_s_problems_are_named_in_one_message(tmp_path):
     assert message.count("forget-rate") == 1
 
 
+def test_every_strategies_item_s_problem_and_each_variant_s_own_are_named_at_once(tmp_path):
+    bad = write_variant(tmp_path / "bad.toml", 'strategy = "maskedoptim"\nmask-keep = 3\n')
+    with pytest.raises(ConfigError) as refused:
+        comparison_entries(["fedavgg", str(tmp_path / "none.toml"), "FedProx", bad], typed={})
+    assert [p.split(" is ")[0].split(":")[0] for p in refused.value.problems] == [
+        "--strategies 'fedavgg'",
+        f"--strategies '{tmp_path / 'none.toml'}'",
+        "--strategies 'FedProx'",
+    ]
+    entries = comparison_entries(["fedavg", bad], typed={})
+    with pytest.raises(ConfigError) as refused:
+        plan_comparison({"lr": -1.0}, entries, [1, 2], tmp_path / "cmp", 4)
+    assert refused.value.problems == [
+        "lr=-1.0 is not allowed: it must be >= 0",
+        f"--strategies {bad}: mask-keep=3.0 must be in [0, 1]",
+    ]
+
+
 def test_keys_chosen_for_a_strategy_that_does_not_read_them_are_named(tmp_path, capsys):
     from launch.overrides import chosen_keys
     from launch.preflight import note_unread_keys
