@@ -27,6 +27,7 @@ After the warm-up, a client
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -40,6 +41,25 @@ RELABEL_ABOVE = 0.2  # estimated noise level above which relabelled samples are 
 PHAT_CONFIDENCE = 0.85  # de-biased probability above which a sample updates p_hat
 FILTER_ITERATIONS = 3  # EM iterations of a local filter, started from the global one
 VARIANCE_FLOOR = 1e-6  # a component's variance is kept above this (sklearn's reg_covar)
+
+_FILTERS_LOCK = threading.Lock()
+_MIXTURES = r"sklearn\.mixture"
+
+
+def ignore_mixture_convergence() -> None:
+    """Filter scikit-learn's mixtures' ConvergenceWarning for the process, once:
+    FILTER_ITERATIONS EM iterations do not converge, by design. Not warnings.catch_warnings(),
+    which is not thread-safe: in process, clients train in threads at once, and one thread
+    leaving it restored the filters under another's fit, so the warning reached the user.
+    The filter is added only where it is missing (adding it again removes it for a moment)."""
+    with _FILTERS_LOCK:
+        if not any(
+            f[0] == "ignore"
+            and f[2] is ConvergenceWarning
+            and getattr(f[3], "pattern", "") == _MIXTURES
+            for f in warnings.filters
+        ):
+            warnings.filterwarnings("ignore", category=ConvergenceWarning, module=_MIXTURES)
 
 
 @dataclass(frozen=True)
@@ -105,9 +125,8 @@ def fit_local_filter(values: np.ndarray, start: NoiseFilter | None, seed: int) -
             means_init=start.means.reshape(-1, 1),
             precisions_init=(1.0 / start.variances).reshape(-1, 1, 1),
         )
-    with warnings.catch_warnings():  # 3 iterations do not converge, by design
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gmm.fit(column)
+    ignore_mixture_convergence()
+    gmm.fit(column)
     return NoiseFilter.sorted(gmm.means_.ravel(), gmm.covariances_.ravel(), gmm.weights_)
 
 

@@ -115,3 +115,32 @@ def test_the_global_filter_by_hand():
 def test_bad_settings_are_refused_before_the_run(key, value):
     with pytest.raises(ConfigError, match=key.replace("_", "-")):
         check_strategy_settings(config_with(strategy="feddiv", **{key: value}), 10)
+
+
+def test_clients_fitting_filters_in_threads_at_once_show_no_convergence_warning():
+    """In process, clients train in threads; three EM iterations never converge, and the
+    warning must not reach the user. warnings.catch_warnings in each thread let it through
+    (this test caught that in about half of its runs: a race)."""
+    import sys
+    import threading
+    import warnings
+
+    start = NoiseFilter.sorted([0.1, 0.8], [0.01, 0.05], [0.7, 0.3])
+    values = np.random.default_rng(0).random(500)
+
+    def fit_many():
+        for _ in range(100):
+            fit_local_filter(values, start, 0)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often, as under load: the race shows
+    try:
+        with warnings.catch_warnings(record=True) as shown:
+            threads = [threading.Thread(target=fit_many) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert [w.category.__name__ for w in shown] == []
