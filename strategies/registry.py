@@ -108,11 +108,12 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
         check_attack(config, num_clients)
     except ConfigError as err:
         problems.append(str(err))
-    context = dict(
-        sampled=config.clients_sampled(num_clients),
-        num_clients=num_clients,
-        num_rounds=config.num_rounds,
-    )
+    try:
+        sampled = config.clients_sampled(num_clients)
+    except ConfigError as err:  # named with the strategy's problems, checked as with them all
+        problems.append(str(err))
+        sampled = num_clients
+    context = dict(sampled=sampled, num_clients=num_clients, num_rounds=config.num_rounds)
     for message in params_problems(cls.Params.from_config(config), context):
         if not message.startswith(f"strategy='{config.strategy}'"):  # whose check it is
             message = f"strategy='{config.strategy}': {message}"  # (a comparison runs several)
