@@ -220,12 +220,6 @@ class RunConfig:
             )
         return wanted
 
-    def validate(self) -> None:
-        """ConfigError naming every value out of its range or choices (see problems)."""
-        problems = self.problems()
-        if problems:
-            raise config_error(list(problems.values()))
-
     def problems(self) -> dict[str, str]:
         """{key: message} for every value out of its range or choices (a key with several
         faults: its first), in the order of the checks."""

@@ -32,17 +32,6 @@ def unknown_choice(key: str, value: str, allowed) -> str:
     return f"{key}='{value}' is not known{guess}; allowed: {', '.join(map(str, allowed))}"
 
 
-def check_data_settings(config) -> None:
-    """Raise ConfigError for the data settings of `config` (a common.config.RunConfig) that are
-    not allowed, naming each key, its value and what is allowed (several: one message listing
-    them; see data_setting_problems)."""
-    from common.config import config_error
-
-    problems = data_setting_problems(config)
-    if problems:
-        raise config_error(problems)
-
-
 def data_setting_problems(config) -> list[str]:
     """Every data setting of `config` that is not allowed, one message each: the names and the
     noise rate first, all of them; the settings that depend on those after, when they pass."""
