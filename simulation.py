@@ -60,7 +60,12 @@ def comma_list(text: str, kind: type = str) -> list:
         raise argparse.ArgumentTypeError(message) from None
     if not values:
         raise argparse.ArgumentTypeError("an empty list")
-    return list(dict.fromkeys(values))  # in order, without repeats
+    repeated = [str(value) for value in dict.fromkeys(values) if values.count(value) > 1]
+    if repeated:
+        # Refused rather than dropped: a repeat is a typo for another item more often than not.
+        message = f"{', '.join(repeated)} given more than once in {text!r}; name each once"
+        raise argparse.ArgumentTypeError(message)
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

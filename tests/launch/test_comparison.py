@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -176,8 +177,12 @@ def test_set_options_take_toml_values_or_plain_strings():
         parse_set_options(["lr"])
 
 
-def test_comma_lists_keep_order_and_drop_repeats():
-    assert comma_list("rfa, fedavg,rfa") == ["rfa", "fedavg"]
+def test_comma_lists_keep_order_and_refuse_repeats():
+    assert comma_list("rfa, fedavg") == ["rfa", "fedavg"]
+    with pytest.raises(argparse.ArgumentTypeError, match="rfa given more than once"):
+        comma_list("rfa, fedavg,rfa")
+    with pytest.raises(argparse.ArgumentTypeError, match="1 given more than once"):
+        comma_list("1,2,1", int)
     assert comma_list("3,1", int) == [3, 1]
     with pytest.raises(Exception, match="'1,x'"):
         comma_list("1,x", int)
