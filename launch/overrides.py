@@ -27,7 +27,7 @@ _PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S+)\s*""")
 
 def split_pairs(text: str, option: str) -> list[tuple[str, str]]:
     """`text` as (key, raw value) pairs; raises ConfigError naming the first part that is not
-    key=value (nothing is skipped)."""
+    key=value (nothing is skipped) or a key given twice (one value would be dropped)."""
     pairs, position = [], 0
     while position < len(text.strip()) and text[position:].strip():
         match = _PAIR.match(text, position)
@@ -38,6 +38,14 @@ def split_pairs(text: str, option: str) -> list[tuple[str, str]]:
             )
         pairs.append((match.group(1), match.group(2)))
         position = match.end()
+    keys = [key for key, _ in pairs]
+    repeated = [key for key in dict.fromkeys(keys) if keys.count(key) > 1]
+    if repeated:
+        values = [raw for key, raw in pairs if key == repeated[0]]
+        raise ConfigError(
+            f"{option} {text!r}: {repeated[0]} given {len(values)} times ({', '.join(values)}); "
+            "give each key once"
+        )
     return pairs
 
 
@@ -202,6 +210,11 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
             value = tomllib.loads(f"value = {text.strip()}")["value"]
         except tomllib.TOMLDecodeError:
             value = text.strip()
+        if key.strip() in merged:
+            raise ConfigError(
+                f"--set {key.strip()} given twice ({merged[key.strip()]!r}, then {value!r}); "
+                "give each key once"
+            )
         merged[key.strip()] = value
     return merged
 

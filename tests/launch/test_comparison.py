@@ -21,8 +21,8 @@ from launch.comparison import (
     strategy_rows,
     write_comparison,
 )
+from launch.overrides import parse_run_config_items, typed_keys
 from launch.overrides import parse_set_items as parse_set_options
-from launch.overrides import typed_keys
 from launch.sweep import (
     SweepProgress,
     comparison_entries,
@@ -175,6 +175,14 @@ def test_set_options_take_toml_values_or_plain_strings():
     }
     with pytest.raises(ConfigError, match="'lr'"):
         parse_set_options(["lr"])
+    with pytest.raises(ConfigError, match=r"--set lr given twice \(0.1, then 0.2\)"):
+        parse_set_options(["lr=0.1", "lr=0.2"])
+
+
+def test_a_key_twice_in_one_run_config_string_is_refused():
+    assert parse_run_config_items(["lr=0.1", "lr=0.2"]) == {"lr": 0.2}  # later options win
+    with pytest.raises(ConfigError, match=r"lr given 2 times \(0.1, 0.2\)"):
+        parse_run_config_items(["lr=0.1 seed=3 lr=0.2"])
 
 
 def test_comma_lists_keep_order_and_refuse_repeats():
