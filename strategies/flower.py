@@ -22,7 +22,6 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from common.errors import ConfigError
 from strategies.base import SeededStrategy, StrategyParams
 from strategies.rules import CompromisedRate
 
@@ -99,11 +98,7 @@ class SeededFedTrimmedAvg(FlowerStrategy):
 @dataclass(frozen=True)
 class KrumParams(CompromisedRate):
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
-        f = self.malicious(sampled)
-        if sampled < 2 * f + 3:
-            raise ConfigError(
-                f"krum and multikrum need clients-per-round >= 2*f + 3 with f = {f}; got {sampled}"
-            )
+        self.require("krum and multikrum need", "2*f + 3", 2, sampled, num_clients)
 
 
 class SeededKrum(FlowerStrategy):
@@ -130,20 +125,7 @@ class SeededMultiKrum(FlowerStrategy):
 @dataclass(frozen=True)
 class BulyanParams(CompromisedRate):
     def check(self, *, sampled: int, num_clients: int, num_rounds: int) -> None:
-        f = self.malicious(sampled)
-        if sampled >= 4 * f + 3:
-            return
-        if sampled < 3:
-            hint = "Sample at least 3 clients per round"
-        else:
-            hint = (
-                f"Lower compromised-rate to at most {((sampled - 3) // 4) / sampled:.3f} or "
-                "sample more clients"
-            )
-        raise ConfigError(
-            f"bulyan needs clients-per-round >= 4*f + 3 with f = int(clients-per-round * "
-            f"compromised-rate) = {f}; got {sampled} clients per round. {hint}"
-        )
+        self.require("bulyan needs", "4*f + 3", 4, sampled, num_clients)
 
 
 class SeededBulyan(FlowerStrategy):

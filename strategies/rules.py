@@ -14,6 +14,7 @@ Flower's messages.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,6 +169,36 @@ class CompromisedRate(StrategyParams):
 
     def malicious(self, sampled: int) -> int:
         return int(sampled * self.compromised_rate)
+
+    def require(self, who: str, rule: str, factor: int, sampled: int, num_clients: int) -> None:
+        """ConfigError unless sampled >= factor * f + 3 (Krum: 2, Bulyan: 4), naming the two
+        ways out: the largest compromised-rate for these clients per round, and the fewest
+        clients per round (within the federation) for this rate."""
+        f = self.malicious(sampled)
+        if sampled >= factor * f + 3:
+            return
+        ways = []
+        if sampled >= 3:
+            # f = (sampled - 3) // factor is the most allowed; the rate rounded down keeps
+            # int(sampled x rate) at or below it
+            most = math.floor((sampled - 3) // factor / sampled * 1000) / 1000
+            ways.append(f"compromised-rate={most:g} or lower")
+        fewest = next(
+            (
+                m
+                for m in range(max(sampled, 3), num_clients + 1)
+                if m >= factor * self.malicious(m) + 3
+            ),
+            None,
+        )
+        if fewest is not None:
+            ways.append(f"clients-per-round={fewest} or more")
+        fix = " or ".join(ways) if ways else "more clients in the federation"
+        raise ConfigError(
+            f"{who} clients-per-round >= {rule} with "
+            f"f = int(clients-per-round x compromised-rate) = {f}; got {sampled} clients per "
+            f"round. Set {fix}"
+        )
 
 
 @dataclass(frozen=True)

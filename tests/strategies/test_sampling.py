@@ -355,8 +355,36 @@ def test_krum_needs_enough_clients():
     config = config_with(strategy="krum", clients_per_round=4, compromised_rate=0.5)
     with pytest.raises(
         ConfigError, match="krum and multikrum need clients-per-round >= 2\\*f \\+ 3"
-    ):
+    ) as info:
         check_strategy_settings(config, NUM_CLIENTS)
+    # rate 0.5 leaves no clients-per-round that works, only a lower rate: f = 0 with 4 clients
+    assert str(info.value).endswith("Set compromised-rate=0 or lower")
+
+
+def test_robust_rules_name_both_ways_out_and_both_work():
+    config = config_with(strategy="multikrum", clients_per_round=4, compromised_rate=0.3)
+    with pytest.raises(ConfigError) as info:
+        check_strategy_settings(config, NUM_CLIENTS)  # f = 1 needs 5 clients
+    assert str(info.value).endswith(
+        "Set compromised-rate=0 or lower or clients-per-round=5 or more"
+    )
+    check_strategy_settings(
+        config_with(strategy="multikrum", clients_per_round=5, compromised_rate=0.3), NUM_CLIENTS
+    )
+    check_strategy_settings(
+        config_with(strategy="multikrum", clients_per_round=4, compromised_rate=0.0), NUM_CLIENTS
+    )
+    bulyan = config_with(strategy="bulyan", clients_per_round=10, compromised_rate=0.2)
+    with pytest.raises(
+        ConfigError, match="compromised-rate=0.1 or lower or clients-per-round=11 or more"
+    ):
+        check_strategy_settings(bulyan, NUM_CLIENTS)
+    # the paper presets' rate: no m makes 4 * int(0.3 m) + 3 <= m, only a lower rate works
+    with pytest.raises(ConfigError) as info:
+        check_strategy_settings(
+            config_with(strategy="bulyan", clients_per_round=10, compromised_rate=0.3), NUM_CLIENTS
+        )
+    assert str(info.value).endswith("Set compromised-rate=0.1 or lower")
 
 
 def test_too_many_clients_per_round_for_the_roster():
