@@ -71,8 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     from common.errors import ConfigError
     from data.datasets import DatasetNotFoundError
     from launch.deploy import LocalDeployment
-    from launch.overrides import chosen_keys, parse_run_config_items, parse_set_items
-    from launch.preflight import check_writable, note_unread_keys, preflight, resolve_run_config
+    from launch.overrides import chosen_keys
+    from launch.preflight import (
+        check_writable,
+        command_line_overrides,
+        note_unread_keys,
+        preflight,
+        resolve_run_config,
+    )
     from launch.report import print_summary
     from server_app.results import mark_ended
 
@@ -92,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --client-data {missing[0]}: no such file or folder", file=sys.stderr)
         return 2
     try:
-        mapping = resolve_run_config(
-            parse_run_config_items(args.run_config) | parse_set_items(args.set)
-        )
+        mapping = resolve_run_config(command_line_overrides(args.run_config, args.set))
         preflight(mapping, args.num_supernodes, client_data)
         note_unread_keys([mapping["strategy"]], chosen_keys(args.run_config, args.set))
     except (ConfigError, DatasetNotFoundError, ValueError) as err:

@@ -170,12 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         chosen_keys,
         federation_text,
         parse_federation_config,
-        parse_run_config_items,
-        parse_set_items,
         preset_num_clients,
         typed_keys,
     )
-    from launch.preflight import note_unread_keys, preflight, resolve_run_config
+    from launch.preflight import (
+        command_line_overrides,
+        note_unread_keys,
+        preflight,
+        resolve_run_config,
+    )
     from launch.processes import available_cpus, available_gpus
     from launch.resume import resume_mapping
     from launch.superlink import check_local_resources, run_simulation
@@ -207,8 +210,11 @@ def main(argv: list[str] | None = None) -> int:
               "its incomplete runs by itself when run again", file=sys.stderr)  # fmt: skip
         return 2
     try:
-        federation = parse_federation_config(args.federation_config)
-        overrides = parse_run_config_items(args.run_config) | parse_set_items(args.set)
+        try:
+            federation, problems = parse_federation_config(args.federation_config), []
+        except ConfigError as err:
+            federation, problems = {}, [str(err)]
+        overrides = command_line_overrides(args.run_config, args.set, problems)
         typed_here = typed_keys(args.run_config, args.set)
         if args.seeds is not None and "seed" in typed_here:
             raise ConfigError(

@@ -71,16 +71,57 @@ def toml_value(raw: str, key: str, option: str) -> Any:
     raise ConfigError(f"{option}: {key}={raw} is not a TOML value; {hint}")
 
 
-def parse_run_config_items(items: Iterable[str]) -> dict[str, Any]:
-    """Merge `--run-config` items left to right: preset files (any item without '='; it must be
-    a TOML file that exists) or "key=value ..." strings (TOML values)."""
+def read_overrides(
+    run_config_items: Iterable[str], set_items: Iterable[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """The keys typed on a launcher's command line and the problem of every item that could not
+    be read. `--run-config` items merge left to right (preset files: any item without '='; or
+    "key=value ..." strings with TOML values), then `--set` items (a TOML value or else a plain
+    string). The readable items still count, so that a launcher can name the other problems
+    of the run config in the same message (launch.preflight.command_line_overrides)."""
     merged: dict[str, Any] = {}
-    for item in items:
-        if "=" in item:
-            for key, raw in split_pairs(item, "--run-config"):
+    problems: list[str] = []
+    for item in run_config_items:
+        try:
+            if "=" not in item:
+                merged.update(read_preset(item))
+                continue
+            pairs = split_pairs(item, "--run-config")
+        except ConfigError as err:
+            problems.append(str(err))
+            continue
+        for key, raw in pairs:
+            try:
                 merged[key] = toml_value(raw, key, "--run-config")
-        else:
-            merged.update(read_preset(item))
+            except ConfigError as err:
+                problems.append(str(err))
+    typed: dict[str, Any] = {}
+    for item in set_items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or " " in key:
+            problems.append(f"--set {item!r}: expected one key=value")
+            continue
+        try:
+            value = tomllib.loads(f"value = {text.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()  # so --set strategy=fedavg works as well as 'fedavg'
+        if key in typed:
+            problems.append(
+                f"--set {key} given twice ({typed[key]!r}, then {value!r}); give each key once"
+            )
+            continue
+        typed[key] = value
+    return merged | typed, problems
+
+
+def parse_run_config_items(items: Iterable[str]) -> dict[str, Any]:
+    """`--run-config` items merged (read_overrides); one ConfigError naming every bad item."""
+    from common.config import config_error
+
+    merged, problems = read_overrides(items, [])
+    if problems:
+        raise config_error(problems)
     return merged
 
 
@@ -199,23 +240,12 @@ def _nearest_file(path: Path) -> str:
 
 
 def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
-    """`--set key=value` items: the value in TOML syntax, or else taken as a plain string
-    (so `--set strategy=fedavg` works as well as `--set "strategy='fedavg'"`)."""
-    merged: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip() or " " in key.strip():
-            raise ConfigError(f"--set {item!r}: expected one key=value")
-        try:
-            value = tomllib.loads(f"value = {text.strip()}")["value"]
-        except tomllib.TOMLDecodeError:
-            value = text.strip()
-        if key.strip() in merged:
-            raise ConfigError(
-                f"--set {key.strip()} given twice ({merged[key.strip()]!r}, then {value!r}); "
-                "give each key once"
-            )
-        merged[key.strip()] = value
+    """`--set key=value` items (read_overrides); one ConfigError naming every bad item."""
+    from common.config import config_error
+
+    merged, problems = read_overrides([], items)
+    if problems:
+        raise config_error(problems)
     return merged
 
 

@@ -9,6 +9,27 @@ from pathlib import Path
 from typing import Any
 
 
+def command_line_overrides(
+    run_config_items: list[str], set_items: list[str], problems: list[str] | None = None
+) -> dict[str, Any]:
+    """The keys typed on the command line (launch.overrides.read_overrides); when any item is
+    unreadable, or `problems` (the launcher's own, e.g. --federation-config's) is not empty,
+    one ConfigError that names those and what resolve_run_config finds in the readable keys."""
+    from common.config import config_error, problems_of
+    from common.errors import ConfigError
+    from launch.overrides import read_overrides
+
+    overrides, unreadable = read_overrides(run_config_items, set_items)
+    found = list(problems or []) + unreadable
+    if found:
+        try:
+            resolve_run_config(overrides)
+        except ConfigError as err:
+            found += problems_of(err)
+        raise config_error(found)
+    return overrides
+
+
 def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
     """Defaults + overrides, validated; paths made absolute; a run name chosen if none; with
     checkpoints, the simulated clients' state folder inside the run's (client-state-dir)."""

@@ -180,7 +180,7 @@ def test_an_unwritable_out_dir_is_refused_before_start_up(capsys, tmp_path):
         (["warmup-rounds=0"], "got warmup-rounds=0 (no warm-up model to detect with)"),
         (["num-rounds=5", "warmup-rounds=5"], "got warmup-rounds=5 (detection would never run)"),
         (["strategy=fednoro", "num-rounds=3"], "baseline-warmup-rounds must be at least 1"),
-        (["strategy=bulyan", "clients-per-round=2"], "Sample at least 3 clients per round"),
+        (["strategy=bulyan", "clients-per-round=2"], "Set clients-per-round=3 or more"),
     ],
 )
 def test_settings_that_would_silently_do_nothing_are_refused(capsys, tmp_path, settings, message):
@@ -527,7 +527,7 @@ def test_synthetic_noise_on_clients_own_labels_is_refused_and_in_simulation_note
     )  # fmt: skip
     assert code == 0 and "note: noise-type='symmetric'" in err, err
     code, _, err = run_main(
-        capsys, "--check", *keys, "--client-data", str(root), "--set", "dataset=digits",
-        "--set", f"out-dir='{tmp_path}'", module=deploy_local,
+        capsys, "--check", *[k.replace("=imagefolder", "=digits") for k in keys],
+        "--client-data", str(root), "--set", f"out-dir='{tmp_path}'", module=deploy_local,
     )  # fmt: skip
     assert code == 2 and "--client-data needs a dataset a client can bring" in err, err
