@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --client-data {missing[0]}: no such file or folder", file=sys.stderr)
         return 2
     try:
-        mapping = resolve_run_config(command_line_overrides(args.run_config, args.set))
+        typed = command_line_overrides(args.run_config, args.set, num_clients=args.num_supernodes)
+        mapping = resolve_run_config(typed, args.num_supernodes)
         preflight(mapping, args.num_supernodes, client_data)
         note_unread_keys([mapping["strategy"]], chosen_keys(args.run_config, args.set))
     except (ConfigError, DatasetNotFoundError, ValueError) as err:

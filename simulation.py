@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             federation, problems = parse_federation_config(args.federation_config), []
         except ConfigError as err:
             federation, problems = {}, [str(err)]
-        overrides = command_line_overrides(args.run_config, args.set, problems)
+        one_run = None if comparing or args.resume is not None else args.num_clients
+        overrides = command_line_overrides(args.run_config, args.set, problems, one_run)
         typed_here = typed_keys(args.run_config, args.set)
         if args.seeds is not None and "seed" in typed_here:
             raise ConfigError(
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.out is not None:
                 overrides["out-dir"] = str(args.out)
-            mapping = resolve_run_config(overrides)
+            mapping = resolve_run_config(overrides, args.num_clients)
             preflight(mapping, args.num_clients)
             note_unread_keys([mapping["strategy"]], chosen_keys(args.run_config, args.set))
         if args.runtime == "inprocess":

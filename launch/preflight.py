@@ -5,16 +5,21 @@ that needs no runtime, done once, before anything starts.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 
 def command_line_overrides(
-    run_config_items: list[str], set_items: list[str], problems: list[str] | None = None
+    run_config_items: list[str],
+    set_items: list[str],
+    problems: list[str] | None = None,
+    num_clients: int | None = None,
 ) -> dict[str, Any]:
     """The keys typed on the command line (launch.overrides.read_overrides); when any item is
     unreadable, or `problems` (the launcher's own, e.g. --federation-config's) is not empty,
-    one ConfigError that names those and what resolve_run_config finds in the readable keys."""
+    one ConfigError that names those and what resolve_run_config(..., num_clients) finds in
+    the readable keys."""
     from common.config import config_error, problems_of
     from common.errors import ConfigError
     from launch.overrides import read_overrides
@@ -23,20 +28,24 @@ def command_line_overrides(
     found = list(problems or []) + unreadable
     if found:
         try:
-            resolve_run_config(overrides)
+            resolve_run_config(overrides, num_clients)
         except ConfigError as err:
             found += problems_of(err)
         raise config_error(found)
     return overrides
 
 
-def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
+def resolve_run_config(overrides: dict[str, Any], num_clients: int | None = None) -> dict[str, Any]:
     """Defaults + overrides, validated; paths made absolute; a run name chosen if none; with
-    checkpoints, the simulated clients' state folder inside the run's (client-state-dir)."""
+    checkpoints, the simulated clients' state folder inside the run's (client-state-dir).
+    With `num_clients` (one run's federation size), the strategy's settings are checked too,
+    so that one ConfigError names their problems with the others'."""
     from common.config import RunConfig, app_defaults, config_error
     from launch.overrides import unknown_key_message
+    from models import MODEL_INPUTS
     from server_app.checks import run_config_problems
     from server_app.results import default_run_name
+    from strategies.registry import BY_NAME
 
     defaults = app_defaults()
     unknown = set(overrides) - set(defaults)
@@ -62,6 +71,8 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
         problem for problem in run_config_problems(config)
         if not any(problem.startswith((f"{key}=", f"{key}:")) for key in unparsed)
     ]  # fmt: skip
+    if num_clients is not None and config.strategy in BY_NAME and config.model in MODEL_INPUTS:
+        problems += strategy_problems_left(config, num_clients, problems, unparsed)
     if problems:
         raise config_error(problems)
     if not config.run_name:
@@ -72,6 +83,20 @@ def resolve_run_config(overrides: dict[str, Any]) -> dict[str, Any]:
             Path(mapping["out-dir"]) / mapping["run-name"] / "client-state"
         )
     return mapping
+
+
+def strategy_problems_left(config, num_clients: int, problems: list[str], unparsed) -> list[str]:
+    """The strategy's problems (strategies.registry.strategy_settings_problems) that name no key
+    already named in `problems` or standing in for an unparsed value (a message would quote a
+    value the user did not give)."""
+    from strategies.registry import strategy_settings_problems
+
+    named = {re.match(r"[a-z0-9-]+", problem).group() for problem in problems}
+    skip = named | set(unparsed)
+    return [
+        problem for problem in strategy_settings_problems(config, num_clients)
+        if not any(re.search(rf"(?<![\w-]){re.escape(key)}=", problem) for key in skip)
+    ]  # fmt: skip
 
 
 def preflight(

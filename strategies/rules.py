@@ -182,22 +182,27 @@ class CompromisedRate(StrategyParams):
             # f = (sampled - 3) // factor is the most allowed; the rate rounded down keeps
             # int(sampled x rate) at or below it
             most = math.floor((sampled - 3) // factor / sampled * 1000) / 1000
-            ways.append(f"compromised-rate={most:g} or lower")
-        fewest = next(
-            (
-                m
-                for m in range(max(sampled, 3), num_clients + 1)
-                if m >= factor * self.malicious(m) + 3
-            ),
+            ways.append(f"set compromised-rate={most:g} or lower")
+        fewest = next(  # the smallest that works, if any (a rate >= 1/factor has none)
+            (m for m in range(max(sampled, 3), 10_000) if m >= factor * self.malicious(m) + 3),
             None,
         )
-        if fewest is not None:
-            ways.append(f"clients-per-round={fewest} or more")
-        fix = " or ".join(ways) if ways else "more clients in the federation"
+        if fewest is not None and fewest <= num_clients:
+            ways.append(f"set clients-per-round={fewest} or more")
+        elif fewest is not None:
+            ways.append(
+                f"give the federation {fewest} clients or more (it has {num_clients}) and "
+                f"clients-per-round={fewest}"
+            )
+        if not ways:  # fewer than 3 clients per round and a rate no count can carry
+            ways.append(
+                f"set clients-per-round=3 or more and compromised-rate below {1 / factor:g}"
+            )
+        fix = " or ".join(ways)
         raise ConfigError(
             f"{who} clients-per-round >= {rule} with "
             f"f = int(clients-per-round x compromised-rate) = {f}; got {sampled} clients per "
-            f"round. Set {fix}"
+            f"round. {fix[0].upper()}{fix[1:]}"
         )
 
 

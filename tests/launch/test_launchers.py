@@ -98,6 +98,36 @@ def test_every_bad_value_and_name_is_named_in_one_message(capsys, tmp_path):
     assert "dataset=''" not in err
 
 
+@pytest.mark.parametrize("module", [simulation, deploy_local])
+def test_unreadable_items_values_and_the_strategy_s_settings_in_one_message(
+    capsys, tmp_path, module
+):
+    """An unreadable item, a bad value and the strategy's own refusal come out together; the
+    strategy's check quotes only values the user gave (not a stand-in num-rounds or lr)."""
+    code, _, err = run_main(
+        capsys, "--check", "--set", f"out-dir={tmp_path}", "--set", "momentum",
+        "--set", "strategy=maskedoptim", "--set", "num-rounds=3", "--set", "warmup-rounds=0",
+        "--set", "lr=-1", "--run-config", "seed=1 seed=2", module=module,
+    )  # fmt: skip
+    assert code == 2
+    assert err.startswith("error: 4 problems in the run config:"), err
+    for part in ("--set 'momentum': expected one key=value", "seed given 2 times (1, 2)",
+                 "lr=-1.0 is not allowed", "got warmup-rounds=0"):  # fmt: skip
+        assert part in err, part
+    assert str(2**31) not in err
+    code, _, err = run_main(
+        capsys, "--check", "--set", f"out-dir={tmp_path}", "--set", "strategy=bulyan",
+        "--set", "clients-per-round=2", "--set", "lr=abc", module=module,
+    )  # fmt: skip
+    assert code == 2 and err.startswith("error: 2 problems in the run config:"), err
+    assert "lr='abc' must be of type float" in err
+    assert (
+        "Give the federation 3 clients or more (it has 2) and clients-per-round=3"
+        if module is deploy_local
+        else "Set clients-per-round=3 or more"
+    ) in err
+
+
 def test_deploy_local_refuses_a_missing_preset_too(capsys):
     code, _, err = run_main(capsys, "--config", "nothere.toml", "--check", module=deploy_local)
     assert code == 2 and "no such preset file" in err

@@ -366,7 +366,7 @@ def test_robust_rules_name_both_ways_out_and_both_work():
     with pytest.raises(ConfigError) as info:
         check_strategy_settings(config, NUM_CLIENTS)  # f = 1 needs 5 clients
     assert str(info.value).endswith(
-        "Set compromised-rate=0 or lower or clients-per-round=5 or more"
+        "Set compromised-rate=0 or lower or set clients-per-round=5 or more"
     )
     check_strategy_settings(
         config_with(strategy="multikrum", clients_per_round=5, compromised_rate=0.3), NUM_CLIENTS
@@ -376,7 +376,7 @@ def test_robust_rules_name_both_ways_out_and_both_work():
     )
     bulyan = config_with(strategy="bulyan", clients_per_round=10, compromised_rate=0.2)
     with pytest.raises(
-        ConfigError, match="compromised-rate=0.1 or lower or clients-per-round=11 or more"
+        ConfigError, match="compromised-rate=0.1 or lower or set clients-per-round=11 or more"
     ):
         check_strategy_settings(bulyan, NUM_CLIENTS)
     # the paper presets' rate: no m makes 4 * int(0.3 m) + 3 <= m, only a lower rate works
@@ -385,6 +385,14 @@ def test_robust_rules_name_both_ways_out_and_both_work():
             config_with(strategy="bulyan", clients_per_round=10, compromised_rate=0.3), NUM_CLIENTS
         )
     assert str(info.value).endswith("Set compromised-rate=0.1 or lower")
+    # two clients a round and a rate no count can carry: both must change
+    with pytest.raises(ConfigError) as info:
+        check_strategy_settings(
+            config_with(strategy="krum", clients_per_round=2, compromised_rate=0.5), NUM_CLIENTS
+        )
+    assert str(info.value).endswith(
+        "Set clients-per-round=3 or more and compromised-rate below 0.5"
+    )
 
 
 def test_too_many_clients_per_round_for_the_roster():
