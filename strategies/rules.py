@@ -14,7 +14,6 @@ Flower's messages.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,18 +170,14 @@ class CompromisedRate(StrategyParams):
         return int(sampled * self.compromised_rate)
 
     def require(self, who: str, rule: str, factor: int, sampled: int, num_clients: int) -> None:
-        """ConfigError unless sampled >= factor * f + 3 (Krum: 2, Bulyan: 4), naming the two
-        ways out: the largest compromised-rate for these clients per round, and the fewest
-        clients per round (within the federation) for this rate."""
-        f = self.malicious(sampled)
-        if sampled >= factor * f + 3:
+        """ConfigError unless sampled >= factor * f + 3 (Krum: 2, Bulyan: 4), naming the ways
+        out, each of which passes: the largest compromised-rate for these clients per round,
+        and the fewest clients per round for this rate (beyond the federation: say so)."""
+        if sampled >= factor * self.malicious(sampled) + 3:
             return
         ways = []
         if sampled >= 3:
-            # f = (sampled - 3) // factor is the most allowed; the rate rounded down keeps
-            # int(sampled x rate) at or below it
-            most = math.floor((sampled - 3) // factor / sampled * 1000) / 1000
-            ways.append(f"set compromised-rate={most:g} or lower")
+            ways.append(f"set compromised-rate={self.largest_rate(sampled, factor)} or lower")
         fewest = next(  # the smallest that works, if any (a rate >= 1/factor has none)
             (m for m in range(max(sampled, 3), 10_000) if m >= factor * self.malicious(m) + 3),
             None,
@@ -194,16 +189,25 @@ class CompromisedRate(StrategyParams):
                 f"give the federation {fewest} clients or more (it has {num_clients}) and "
                 f"clients-per-round={fewest}"
             )
-        if not ways:  # fewer than 3 clients per round and a rate no count can carry
+        if not ways:  # fewer than 3 clients a round, and a rate no count of clients can carry
             ways.append(
-                f"set clients-per-round=3 or more and compromised-rate below {1 / factor:g}"
+                f"set clients-per-round=3 and compromised-rate={self.largest_rate(3, factor)} "
+                "or lower"
+                + (f" (the federation has {num_clients} clients)" if num_clients < 3 else "")
             )
         fix = " or ".join(ways)
         raise ConfigError(
-            f"{who} clients-per-round >= {rule} with "
-            f"f = int(clients-per-round x compromised-rate) = {f}; got {sampled} clients per "
-            f"round. {fix[0].upper()}{fix[1:]}"
+            f"{who} clients-per-round >= {rule} with f = int(clients-per-round x "
+            f"compromised-rate) = {self.malicious(sampled)}; got {sampled} clients per round. "
+            f"{fix[0].upper()}{fix[1:]}"
         )
+
+    @staticmethod
+    def largest_rate(sampled: int, factor: int) -> float:
+        """The largest rate in steps of 0.001 with sampled >= factor * int(sampled x rate) + 3:
+        int(sampled x k / 1000) <= f_max exactly when sampled x k < (f_max + 1) x 1000."""
+        most_malicious = (sampled - 3) // factor
+        return ((most_malicious + 1) * 1000 - 1) // sampled / 1000
 
 
 @dataclass(frozen=True)

@@ -358,7 +358,7 @@ def test_krum_needs_enough_clients():
     ) as info:
         check_strategy_settings(config, NUM_CLIENTS)
     # rate 0.5 leaves no clients-per-round that works, only a lower rate: f = 0 with 4 clients
-    assert str(info.value).endswith("Set compromised-rate=0 or lower")
+    assert str(info.value).endswith("Set compromised-rate=0.249 or lower")
 
 
 def test_robust_rules_name_both_ways_out_and_both_work():
@@ -366,7 +366,7 @@ def test_robust_rules_name_both_ways_out_and_both_work():
     with pytest.raises(ConfigError) as info:
         check_strategy_settings(config, NUM_CLIENTS)  # f = 1 needs 5 clients
     assert str(info.value).endswith(
-        "Set compromised-rate=0 or lower or set clients-per-round=5 or more"
+        "Set compromised-rate=0.249 or lower or set clients-per-round=5 or more"
     )
     check_strategy_settings(
         config_with(strategy="multikrum", clients_per_round=5, compromised_rate=0.3), NUM_CLIENTS
@@ -376,7 +376,7 @@ def test_robust_rules_name_both_ways_out_and_both_work():
     )
     bulyan = config_with(strategy="bulyan", clients_per_round=10, compromised_rate=0.2)
     with pytest.raises(
-        ConfigError, match="compromised-rate=0.1 or lower or set clients-per-round=11 or more"
+        ConfigError, match="compromised-rate=0.199 or lower or set clients-per-round=11 or more"
     ):
         check_strategy_settings(bulyan, NUM_CLIENTS)
     # the paper presets' rate: no m makes 4 * int(0.3 m) + 3 <= m, only a lower rate works
@@ -384,15 +384,25 @@ def test_robust_rules_name_both_ways_out_and_both_work():
         check_strategy_settings(
             config_with(strategy="bulyan", clients_per_round=10, compromised_rate=0.3), NUM_CLIENTS
         )
-    assert str(info.value).endswith("Set compromised-rate=0.1 or lower")
+    assert str(info.value).endswith("Set compromised-rate=0.199 or lower")
+    # each way out passes, and a rate one step above the largest does not
+    cases = (
+        ("krum", 7, 0.428, True), ("krum", 7, 0.429, False), ("bulyan", 10, 0.199, True),
+        ("multikrum", 4, 0.249, True), ("bulyan", 11, 0.272, True), ("bulyan", 11, 0.273, False),
+    )  # fmt: skip
+    for name, per_round, rate, ok in cases:
+        config = config_with(strategy=name, clients_per_round=per_round, compromised_rate=rate)
+        if ok:
+            check_strategy_settings(config, NUM_CLIENTS)
+        else:
+            with pytest.raises(ConfigError):
+                check_strategy_settings(config, NUM_CLIENTS)
     # two clients a round and a rate no count can carry: both must change
     with pytest.raises(ConfigError) as info:
         check_strategy_settings(
             config_with(strategy="krum", clients_per_round=2, compromised_rate=0.5), NUM_CLIENTS
         )
-    assert str(info.value).endswith(
-        "Set clients-per-round=3 or more and compromised-rate below 0.5"
-    )
+    assert str(info.value).endswith("Set clients-per-round=3 and compromised-rate=0.333 or lower")
 
 
 def test_too_many_clients_per_round_for_the_roster():
