@@ -73,14 +73,17 @@ def toml_value(raw: str, key: str, option: str) -> Any:
 
 def read_overrides(
     run_config_items: Iterable[str], set_items: Iterable[str]
-) -> tuple[dict[str, Any], list[str]]:
-    """The keys typed on a launcher's command line and the problem of every item that could not
-    be read. `--run-config` items merge left to right (preset files: any item without '='; or
-    "key=value ..." strings with TOML values), then `--set` items (a TOML value or else a plain
-    string). The readable items still count, so that a launcher can name the other problems
-    of the run config in the same message (launch.preflight.command_line_overrides)."""
+) -> tuple[dict[str, Any], list[str], set[str]]:
+    """The keys typed on a launcher's command line, the problem of every item that could not
+    be read, and the keys whose value is therefore unknown (left out of the keys: their
+    defaults must not be quoted as if typed). `--run-config` items merge left to right (preset
+    files: any item without '='; or "key=value ..." strings with TOML values), then `--set`
+    items (a TOML value or else a plain string). The readable items still count, so that a
+    launcher can name the other problems of the run config in the same message
+    (launch.preflight.command_line_overrides)."""
     merged: dict[str, Any] = {}
     problems: list[str] = []
+    unread: set[str] = set()
     for item in run_config_items:
         try:
             if "=" not in item:
@@ -89,37 +92,45 @@ def read_overrides(
             pairs = split_pairs(item, "--run-config")
         except ConfigError as err:
             problems.append(str(err))
+            unread |= set(re.findall(r"([^\s=]+)=", item))
             continue
         for key, raw in pairs:
             try:
                 merged[key] = toml_value(raw, key, "--run-config")
+                unread.discard(key)
             except ConfigError as err:
                 problems.append(str(err))
-    typed: dict[str, Any] = {}
+                unread.add(key)
+    given: dict[str, list[Any]] = {}  # each --set key's values, in order
     for item in set_items:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or " " in key:
             problems.append(f"--set {item!r}: expected one key=value")
+            unread.add(key)
             continue
         try:
             value = tomllib.loads(f"value = {text.strip()}")["value"]
         except tomllib.TOMLDecodeError:
             value = text.strip()  # so --set strategy=fedavg works as well as 'fedavg'
-        if key in typed:
+        given.setdefault(key, []).append(value)
+    typed = {key: values[0] for key, values in given.items() if len(values) == 1}
+    unread = (unread - set(typed)) | {key for key in given if key not in typed}
+    for key, values in given.items():
+        if len(values) > 1:  # which one was meant is not known
             problems.append(
-                f"--set {key} given twice ({typed[key]!r}, then {value!r}); give each key once"
+                f"--set {key} given {len(values)} times ({', '.join(map(repr, values))}); "
+                "give each key once"
             )
-            continue
-        typed[key] = value
-    return merged | typed, problems
+    merged = {key: value for key, value in (merged | typed).items() if key not in unread}
+    return merged, problems, unread
 
 
 def parse_run_config_items(items: Iterable[str]) -> dict[str, Any]:
     """`--run-config` items merged (read_overrides); one ConfigError naming every bad item."""
     from common.config import config_error
 
-    merged, problems = read_overrides(items, [])
+    merged, problems, _ = read_overrides(items, [])
     if problems:
         raise config_error(problems)
     return merged
@@ -243,7 +254,7 @@ def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
     """`--set key=value` items (read_overrides); one ConfigError naming every bad item."""
     from common.config import config_error
 
-    merged, problems = read_overrides([], items)
+    merged, problems, _ = read_overrides([], items)
     if problems:
         raise config_error(problems)
     return merged

@@ -24,25 +24,28 @@ def command_line_overrides(
     from common.errors import ConfigError
     from launch.overrides import read_overrides
 
-    overrides, unreadable = read_overrides(run_config_items, set_items)
+    overrides, unreadable, unread = read_overrides(run_config_items, set_items)
     found = list(problems or []) + unreadable
     if found:
         try:
-            resolve_run_config(overrides, num_clients)
+            resolve_run_config(overrides, num_clients, unread)
         except ConfigError as err:
             found += problems_of(err)
         raise config_error(found)
     return overrides
 
 
-def resolve_run_config(overrides: dict[str, Any], num_clients: int | None = None) -> dict[str, Any]:
+def resolve_run_config(
+    overrides: dict[str, Any], num_clients: int | None = None, unread: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Defaults + overrides, validated; paths made absolute; a run name chosen if none; with
     checkpoints, the simulated clients' state folder inside the run's (client-state-dir).
     With `num_clients` (one run's federation size), the strategy's settings are checked too,
-    so that one ConfigError names their problems with the others'."""
+    so that one ConfigError names their problems with the others'. `unread`: keys typed but
+    not readable (their own problem is named already): no message quotes their defaults, and
+    with `strategy` among them no strategy's check runs."""
     from common.config import RunConfig, app_defaults, config_error
     from launch.overrides import unknown_key_message
-    from models import MODEL_INPUTS
     from server_app.checks import run_config_problems
     from server_app.results import default_run_name
     from strategies.registry import BY_NAME
@@ -66,12 +69,13 @@ def resolve_run_config(overrides: dict[str, Any], num_clients: int | None = None
         if isinstance(mapping[key], str) and mapping[key]:
             mapping[key] = str(Path(mapping[key]).expanduser().resolve())
     config, value_problems, unparsed = RunConfig.parsed(mapping)
+    unparsed = set(unparsed) | set(unread)
     problems += value_problems
     problems += [  # each owner's names too (data, model, strategy), but not the stand-ins'
         problem for problem in run_config_problems(config)
         if not any(problem.startswith((f"{key}=", f"{key}:")) for key in unparsed)
     ]  # fmt: skip
-    if num_clients is not None and config.strategy in BY_NAME and config.model in MODEL_INPUTS:
+    if num_clients is not None and config.strategy in BY_NAME and "strategy" not in unparsed:
         problems += strategy_problems_left(config, num_clients, problems, unparsed)
     if problems:
         raise config_error(problems)

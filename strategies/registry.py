@@ -102,12 +102,12 @@ def check_strategy_settings(config: RunConfig, num_clients: int) -> None:
 
 
 def strategy_settings_problems(config: RunConfig, num_clients: int) -> list[str]:
-    """Every problem check_strategy_settings names (ConfigError for an unknown strategy or
-    model name: those are the run config's own problems, server_app.checks)."""
+    """Every problem check_strategy_settings names (ConfigError for an unknown strategy name:
+    that is the run config's own problem, server_app.checks)."""
     cls = strategy_class(config.strategy)
     problems = []
-    kind = MODEL_INPUTS[config.model][0]
-    if kind not in cls.input_kinds:
+    kind = MODEL_INPUTS[config.model][0] if config.model in MODEL_INPUTS else None
+    if kind is not None and kind not in cls.input_kinds:  # (an unknown model: its own problem)
         problems.append(
             f"strategy='{config.strategy}' needs {' or '.join(cls.input_kinds)} inputs; "
             f"model='{config.model}' takes {kind}"

@@ -175,8 +175,8 @@ def test_set_options_take_toml_values_or_plain_strings():
     }
     with pytest.raises(ConfigError, match="'lr'"):
         parse_set_options(["lr"])
-    with pytest.raises(ConfigError, match=r"--set lr given twice \(0.1, then 0.2\)"):
-        parse_set_options(["lr=0.1", "lr=0.2"])
+    with pytest.raises(ConfigError, match=r"--set lr given 3 times \(0.1, 0.2, 0.3\)"):
+        parse_set_options(["lr=0.1", "lr=0.2", "lr=0.3"])
 
 
 def test_a_key_twice_in_one_run_config_string_is_refused():

@@ -115,6 +115,19 @@ def test_unreadable_items_values_and_the_strategy_s_settings_in_one_message(
                  "lr=-1.0 is not allowed", "got warmup-rounds=0"):  # fmt: skip
         assert part in err, part
     assert str(2**31) not in err
+    # a value that could not be read is not replaced by its default in the other messages
+    for argv, wanted, unwanted in (
+        (["--run-config", "strategy=fedavg num-rounds=5"], "quote text", "strategy='maskedoptim'"),
+        (["--set", "num-rounds=5", "--set", "num-rounds=6"], "(5, 6)", "below num-rounds="),
+    ):
+        code, _, err = run_main(capsys, "--check", *argv, module=module)
+        assert code == 2 and wanted in err and unwanted not in err, err
+    # an unknown model name hides no strategy's refusal
+    code, _, err = run_main(
+        capsys, "--check", "--set", "model=lenett", "--set", "num-rounds=10",
+        "--set", "warmup-rounds=100", module=module,
+    )  # fmt: skip
+    assert code == 2 and "model='lenett'" in err and "got warmup-rounds=100" in err, err
     code, _, err = run_main(
         capsys, "--check", "--set", f"out-dir={tmp_path}", "--set", "strategy=bulyan",
         "--set", "clients-per-round=2", "--set", "lr=abc", module=module,
