@@ -29,6 +29,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import log
 
+from common.config import app_defaults
 from common.errors import ConfigError
 from common.label_metrics import metrics_from_confusion
 from common.protocol import (
@@ -275,11 +276,18 @@ class DetectionParams(StrategyParams):
         key, rounds = self.warmup
         if not 1 <= rounds < num_rounds:
             why = "no warm-up model to detect with" if rounds < 1 else "detection would never run"
+            why = f"the default; {why}" if app_defaults()[key] == rounds else why
+            if num_rounds < 2:
+                fix = f"set num-rounds=2 or more and {key}=1"
+            elif rounds < 1:
+                fix = f"set {key} between 1 and {num_rounds - 1}"
+            else:
+                fix = f"set {key}={num_rounds - 1} or fewer, or num-rounds={rounds + 1} or more"
             raise ConfigError(
                 f"this strategy detects noisy clients with the model of its warm-up, so "
                 f"{key} must be at least 1 and below num-rounds={num_rounds}; got "
-                f"{key}={rounds} ({why}). For training without detection "
-                "use strategy='fedavg' or 'rfa'"
+                f"{key}={rounds} ({why}). Fix: {fix}; or, to train without "
+                "detection, run strategy 'fedavg' or 'rfa'"
             )
         if self.noisy_components < 2:
             raise ConfigError(

@@ -222,6 +222,7 @@ def test_an_unwritable_out_dir_is_refused_before_start_up(capsys, tmp_path):
         (["warmup-rounds=0"], "warmup-rounds must be at least 1 and below num-rounds=60"),
         (["warmup-rounds=0"], "got warmup-rounds=0 (no warm-up model to detect with)"),
         (["num-rounds=5", "warmup-rounds=5"], "got warmup-rounds=5 (detection would never run)"),
+        (["num-rounds=5"], "(the default; detection would never run). Fix: set warmup-rounds=4 or"),
         (["strategy=fednoro", "num-rounds=3"], "baseline-warmup-rounds must be at least 1"),
         (["strategy=bulyan", "clients-per-round=2"], "Set clients-per-round=3 or more"),
     ],
