@@ -322,7 +322,6 @@ class RunConfig:
             ("label-merge-confidence", self.label_merge_confidence),
             ("label-step-confidence", self.label_step_confidence),
             ("distill-relabel-below", self.distill_relabel_below),
-            ("mild-weight", self.mild_weight),
             ("strong-model-agreement", self.strong_model_agreement),
             ("fednoro-kd-weight", self.fednoro_kd_weight),
             ("fedcorr-relabel-ratio", self.fedcorr_relabel_ratio),
@@ -332,6 +331,8 @@ class RunConfig:
         ):
             if not 0.0 <= value <= 1.0:
                 bad(key, f"{key}={value} must be in [0, 1]")
+        if not 0.0 < self.mild_weight <= 1.0:  # 0 would drop the mild clients' models
+            bad("mild-weight", f"mild-weight={self.mild_weight} must be in (0, 1]")
         if not 0.0 <= self.trimmed_beta < 0.5:
             bad("trimmed-beta", f"trimmed-beta={self.trimmed_beta} must be in [0, 0.5)")
         if self.run_name in (".", "..") or any(c in self.run_name for c in "/\\"):

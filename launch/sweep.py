@@ -222,7 +222,9 @@ def plan_comparison(
     for problem in problems:  # an unread key's refusal once, and not where its reader names it
         base = problem.split(" (a key of ")[0]
         if problem.endswith(UNREAD_KEY_END) and not any(n.endswith(base) for n in named):
-            own.append(problem)
+            # no run reads it (a reader's own check would have named it): say so, not one run's
+            readers = problem.split(" (a key of ")[1].split(", which this run")[0]
+            own.append(f"{base} (a key of {readers}, which no run of this comparison reads)")
             named.add(base)
     problems = own
     if problems:

@@ -290,9 +290,11 @@ class DetectionParams(StrategyParams):
                 "detection, run strategy 'fedavg' or 'rfa'"
             )
         if self.noisy_components < 2:
+            mild = getattr(self, "mild_training", "la-distill")  # MaskedOptim's (below)
             raise ConfigError(
                 f"noisy-components={self.noisy_components} is not allowed: the split needs at "
                 "least 2 Gaussian components (the lowest-mean one is clean)"
+                + (f", and 3 with mild-training='{mild}'" if mild != "la-distill" else "")
             )
         if self.noisy_components != 2 and self.noisy_detector != "robust-score":
             raise ConfigError(

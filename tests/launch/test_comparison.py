@@ -356,6 +356,10 @@ def test_every_run_s_problems_are_named_in_one_message(tmp_path):
     ):
         assert f"\n  - {part}" in message, part  # fmt: skip
     assert message.count("forget-rate") == 1
+    assert (
+        "(a key of coteaching, coteaching-plus, robustfl, which no run of this comparison reads)"
+        in message
+    )
 
 
 def test_every_strategies_item_s_problem_and_each_variant_s_own_are_named_at_once(tmp_path):
