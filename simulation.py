@@ -53,11 +53,16 @@ ROOT = Path(__file__).resolve().parent
 
 def comma_list(text: str, kind: type = str) -> list:
     items = [item.strip() for item in text.split(",") if item.strip()]
-    try:
-        values = [kind(item) for item in items]
-    except ValueError:
-        message = f"not a comma-separated list of {kind.__name__}: {text!r}"
-        raise argparse.ArgumentTypeError(message) from None
+    bad = []
+    for item in items:
+        try:
+            kind(item)
+        except ValueError:
+            bad.append(repr(item))
+    if bad:
+        message = f"{', '.join(bad)} in {text!r}: a comma-separated list of {kind.__name__}"
+        raise argparse.ArgumentTypeError(message)
+    values = [kind(item) for item in items]
     if not values:
         raise argparse.ArgumentTypeError("an empty list")
     repeated = [str(value) for value in dict.fromkeys(values) if values.count(value) > 1]
