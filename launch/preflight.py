@@ -95,7 +95,7 @@ def strategy_problems_left(config, num_clients: int, problems: list[str], unpars
     value the user did not give)."""
     from strategies.registry import strategy_settings_problems
 
-    named = {re.match(r"[a-z0-9-]+", problem).group() for problem in problems}
+    named = {re.match(r"[a-z0-9-]*", problem).group() for problem in problems} - {""}
     skip = named | set(unparsed)
     return [
         problem for problem in strategy_settings_problems(config, num_clients)
