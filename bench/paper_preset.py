@@ -47,13 +47,14 @@ def main() -> None:
     keys = (
         f"data-dir='{args.data_dir.resolve()}' strategy='{args.strategy}' model='{args.model}' "
         f"seed={args.seed} num-rounds={args.rounds} out-dir='{args.out.resolve()}' "
-        f"run-name='{name}' " + " ".join(args.set)
+        f"run-name='{name}'"
     )
     command = [
         sys.executable, str(ROOT / "simulation.py"), "--quiet",
         "--num-clients", str(args.clients),
         "--run-config", str(ROOT / "configs" / "paper-cifar10-lenet.toml"),
         "--run-config", keys,
+        *(x for item in args.set for x in ("--run-config", item)),  # later items win
         "--runtime", args.runtime,
         "--federation-config", args.federation_config,
     ]  # fmt: skip

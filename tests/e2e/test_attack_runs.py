@@ -13,21 +13,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # Six clients, all trained every round, two of them attackers (round(0.34 * 6) = 2).
-SETTINGS = (
-    "--num-clients", "6", "--runtime", "inprocess", "--quiet",
-    "--set", "num-rounds=3", "--set", "clients-per-round=6", "--set", "partition=iid",
-    "--set", "noise-rate='0.0,0.0'", "--set", "attack-fraction=0.34",
-    "--federation-config", "client-resources-num-cpus=1",
-)  # fmt: skip
+OPTIONS = ("--num-clients", "6", "--runtime", "inprocess", "--quiet",
+           "--federation-config", "client-resources-num-cpus=1")  # fmt: skip
+SETS = {"num-rounds": "3", "clients-per-round": "6", "partition": "iid",
+        "noise-rate": "'0.0,0.0'", "attack-fraction": "0.34"}  # fmt: skip
 
 
 def run(out: Path, *sets: str) -> tuple[dict, list[dict]]:
     sys.path.insert(0, str(ROOT))
     import simulation
 
-    args = [*SETTINGS, "--set", f"out-dir={out}", "--set", "run-name=r"]
-    for item in sets:
-        args += ["--set", item]
+    keys = SETS | {"out-dir": str(out), "run-name": "r"} | dict(i.split("=", 1) for i in sets)
+    args = [*OPTIONS, *(x for key, value in keys.items() for x in ("--set", f"{key}={value}"))]
     assert simulation.main(args) == 0
     config = json.loads((out / "r" / "config.json").read_text())
     with open(out / "r" / "metrics.csv") as handle:
