@@ -52,17 +52,17 @@ ROOT = Path(__file__).resolve().parent
 
 
 def comma_list(text: str, kind: type = str) -> list:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    bad = []
-    for item in items:
+    """`text`'s comma-separated items as `kind`; argparse refuses (exit 2) naming every item
+    that is not a `kind`, an empty list, or an item given twice."""
+    values, bad = [], []
+    for item in filter(None, (item.strip() for item in text.split(","))):
         try:
-            kind(item)
+            values.append(kind(item))
         except ValueError:
             bad.append(repr(item))
     if bad:
         message = f"{', '.join(bad)} in {text!r}: a comma-separated list of {kind.__name__}"
         raise argparse.ArgumentTypeError(message)
-    values = [kind(item) for item in items]
     if not values:
         raise argparse.ArgumentTypeError("an empty list")
     repeated = [str(value) for value in dict.fromkeys(values) if values.count(value) > 1]

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import client_app.app as client_app  # noqa: E402
 import simulation  # noqa: E402
 from common.errors import ConfigError  # noqa: E402
-from launch.overrides import parse_run_config_items, parse_set_items  # noqa: E402
+from launch.overrides import parse_overrides  # noqa: E402
 from launch.preflight import check_writable, resolve_run_config  # noqa: E402
 
 _lock = threading.Lock()  # clients may train in threads at once
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:  # the run config as simulation.py resolves it: FedDiv, and its folder known up front
-        overrides = parse_run_config_items(ours.run_config) | parse_set_items(ours.set)
+        overrides = parse_overrides(ours.run_config, ours.set)
         if ours.out is not None:
             overrides["out-dir"] = str(ours.out)
         mapping = resolve_run_config(overrides)

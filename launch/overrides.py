@@ -126,11 +126,14 @@ def read_overrides(
     return merged, problems, unread
 
 
-def parse_run_config_items(items: Iterable[str]) -> dict[str, Any]:
-    """`--run-config` items merged (read_overrides); one ConfigError naming every bad item."""
+def parse_overrides(
+    run_config_items: Iterable[str] = (), set_items: Iterable[str] = ()
+) -> dict[str, Any]:
+    """`--run-config` then `--set` items merged (read_overrides); one ConfigError naming every
+    bad item."""
     from common.config import config_error
 
-    merged, problems, _ = read_overrides(items, [])
+    merged, problems, _ = read_overrides(run_config_items, set_items)
     if problems:
         raise config_error(problems)
     return merged
@@ -205,7 +208,7 @@ def typed_keys(run_config_items: Iterable[str], set_items: Iterable[str]) -> set
     """The keys typed on the command line (`--run-config "key=value ..."`, `--set`), not those
     that came from preset files."""
     keys = {key for item in run_config_items if "=" in item for key, _ in split_pairs(item, "")}
-    return keys | set(parse_set_items(set_items))
+    return keys | set(parse_overrides(set_items=set_items))
 
 
 def chosen_keys(run_config_items: Iterable[str], set_items: Iterable[str]) -> set[str]:
@@ -236,11 +239,28 @@ def _read_toml(item: str, option: str = "--run-config") -> dict[str, Any]:
             else f"{option} {item!r}: no such variant file{hint}"
         )
     try:
-        with open(path, "rb") as handle:
-            values = tomllib.load(handle)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        text = path.read_bytes().decode()
+        return tomllib.loads(text)
+    except UnicodeDecodeError as err:
         raise ConfigError(f"{option} {item}: not a valid TOML file ({err})") from None
-    return values
+    except tomllib.TOMLDecodeError as err:
+        problem = _toml_problem(err, text)
+        raise ConfigError(f"{option} {item}: not a valid TOML file ({problem})") from None
+
+
+def _toml_problem(err: tomllib.TOMLDecodeError, text: str) -> str:
+    """tomllib's message, with the line it points at quoted ('Cannot overwrite a value (at line
+    3, column 9)' alone does not say that the key is given twice, nor which key)."""
+    match = re.search(r"at line (\d+)", str(err))
+    lines = text.splitlines()
+    if match is None or not 1 <= int(match.group(1)) <= len(lines):
+        return str(err)
+    line = lines[int(match.group(1)) - 1].strip()
+    key = line.partition("=")[0].strip()
+    earlier = [before.partition("=")[0].strip() for before in lines[: int(match.group(1)) - 1]]
+    if str(err).startswith("Cannot overwrite a value") and key and key in earlier:
+        return f"{err}: line {line!r} gives {key} a second time; give each key once"
+    return f"{err}: line {line!r}"
 
 
 def _nearest_file(path: Path) -> str:
@@ -248,16 +268,6 @@ def _nearest_file(path: Path) -> str:
     folder = path.parent if path.parent.is_dir() else None
     near = nearest(path.name, sorted(p.name for p in folder.glob("*.toml"))) if folder else None
     return f"; did you mean {folder / near}?" if near else ""
-
-
-def parse_set_items(items: Iterable[str]) -> dict[str, Any]:
-    """`--set key=value` items (read_overrides); one ConfigError naming every bad item."""
-    from common.config import config_error
-
-    merged, problems, _ = read_overrides([], items)
-    if problems:
-        raise config_error(problems)
-    return merged
 
 
 def unknown_key_message(

@@ -21,8 +21,7 @@ from launch.comparison import (
     strategy_rows,
     write_comparison,
 )
-from launch.overrides import parse_run_config_items, typed_keys
-from launch.overrides import parse_set_items as parse_set_options
+from launch.overrides import parse_overrides, typed_keys
 from launch.sweep import (
     SweepProgress,
     comparison_entries,
@@ -167,22 +166,24 @@ def test_write_comparison_writes_tables_and_plot(tmp_path):
 
 
 def test_set_options_take_toml_values_or_plain_strings():
-    assert parse_set_options(["lr=0.1", "strategy=fedavg", "data-dir='/x y'", "download=true"]) == {
+    assert parse_overrides(
+        set_items=["lr=0.1", "strategy=fedavg", "data-dir='/x y'", "download=true"]
+    ) == {
         "lr": 0.1,
         "strategy": "fedavg",
         "data-dir": "/x y",
         "download": True,
     }
     with pytest.raises(ConfigError, match="'lr'"):
-        parse_set_options(["lr"])
+        parse_overrides(set_items=["lr"])
     with pytest.raises(ConfigError, match=r"--set lr given 3 times \(0.1, 0.2, 0.3\)"):
-        parse_set_options(["lr=0.1", "lr=0.2", "lr=0.3"])
+        parse_overrides(set_items=["lr=0.1", "lr=0.2", "lr=0.3"])
 
 
 def test_a_key_twice_in_one_run_config_string_is_refused():
-    assert parse_run_config_items(["lr=0.1", "lr=0.2"]) == {"lr": 0.2}  # later options win
+    assert parse_overrides(["lr=0.1", "lr=0.2"]) == {"lr": 0.2}  # later options win
     with pytest.raises(ConfigError, match=r"lr given 2 times \(0.1, 0.2\)"):
-        parse_run_config_items(["lr=0.1 seed=3 lr=0.2"])
+        parse_overrides(["lr=0.1 seed=3 lr=0.2"])
 
 
 def test_comma_lists_keep_order_and_refuse_repeats():

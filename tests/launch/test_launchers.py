@@ -20,7 +20,7 @@ import torch
 import deploy_local
 import simulation
 from fakedata import write_csv, write_fake_cifar, write_fake_human
-from launch.overrides import parse_set_items
+from launch.overrides import parse_overrides
 from launch.preflight import resolve_run_config
 from launch.superlink import flower_environment
 
@@ -147,6 +147,20 @@ def test_deploy_local_refuses_a_missing_preset_too(capsys):
 
 
 @pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lr = 0.1\nseed = 2\nlr = 0.2\n", "line 'lr = 0.2' gives lr a second time; give each"),
+        ("lr = 0.1\nseed = two\n", "Invalid value (at line 2, column 8): line 'seed = two'"),
+    ],
+)
+def test_a_preset_that_is_not_toml_is_refused_quoting_the_line(capsys, tmp_path, text, message):
+    preset = tmp_path / "preset.toml"
+    preset.write_text(text)
+    code, _, err = run_main(capsys, "--config", str(preset), "--check")
+    assert code == 2 and "not a valid TOML file" in err and message in err, err
+
+
+@pytest.mark.parametrize(
     ("setting", "value"),
     [("noise-rate=0.3", "0.3"), ("clients-per-round=0.3", 0.3), ("clients-per-round=3", 3)],
 )
@@ -154,7 +168,7 @@ def test_the_values_users_type_take_effect(setting, value, tmp_path):
     from common.config import RunConfig
 
     key = setting.split("=")[0]
-    overrides = parse_set_items([setting, f"out-dir={tmp_path}"])
+    overrides = parse_overrides(set_items=[setting, f"out-dir={tmp_path}"])
     config = RunConfig.from_mapping(resolve_run_config(overrides))
     assert getattr(config, key.replace("-", "_")) == value
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from launch.deploy import LocalDeployment
-from launch.overrides import parse_set_items as parse_set_options
+from launch.overrides import parse_overrides
 from launch.preflight import resolve_run_config
 from leftovers import leftover_processes
 
@@ -43,9 +43,15 @@ def test_a_supernode_killed_mid_run_comes_back_with_its_labels(tmp_path):
     replies the server received (a fresh start would have restarted the count)."""
     out, rounds = tmp_path / "out", 4
     mapping = resolve_run_config(
-        parse_set_options([*TWO_CLIENTS, f"num-rounds={rounds}", f"out-dir='{out}'",
-                           "run-name='restarted'"])
-    )  # fmt: skip
+        parse_overrides(
+            set_items=[
+                *TWO_CLIENTS,
+                f"num-rounds={rounds}",
+                f"out-dir='{out}'",
+                "run-name='restarted'",
+            ]
+        )
+    )
     results = out / "restarted"
     with LocalDeployment(tmp_path / "deploy", num_supernodes=2) as deployment:
         deployment.start_superlink()
