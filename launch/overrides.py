@@ -252,12 +252,12 @@ def _toml_problem(err: tomllib.TOMLDecodeError, text: str) -> str:
     """tomllib's message, with the line it points at quoted ('Cannot overwrite a value (at line
     3, column 9)' alone does not say that the key is given twice, nor which key)."""
     match = re.search(r"at line (\d+)", str(err))
-    lines = text.splitlines()
-    if match is None or not 1 <= int(match.group(1)) <= len(lines):
+    number, lines = int(match.group(1)) if match else 0, text.splitlines()
+    if not 1 <= number <= len(lines):
         return str(err)
-    line = lines[int(match.group(1)) - 1].strip()
+    line = lines[number - 1].strip()
     key = line.partition("=")[0].strip()
-    earlier = [before.partition("=")[0].strip() for before in lines[: int(match.group(1)) - 1]]
+    earlier = [before.partition("=")[0].strip() for before in lines[: number - 1]]
     if str(err).startswith("Cannot overwrite a value") and key and key in earlier:
         return f"{err}: line {line!r} gives {key} a second time; give each key once"
     return f"{err}: line {line!r}"
